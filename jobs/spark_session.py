@@ -1,0 +1,94 @@
+"""The one place that obtains a SparkSession.
+
+An active session (Databricks, a notebook, ``spark-submit``'s) is reused as it is: a platform's
+session is configured by the platform.  Otherwise a local session is built and tuned for the
+machine.  Executors must never build sessions, so this refuses to run inside a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pyspark.sql import SparkSession
+
+from jobs.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+#: Settings every session we build gets, whatever the profile.  UTC session time zone makes
+#: ``timestamp`` columns mean UTC everywhere (SPEC section 3); Parquet INT96 is not Delta-readable,
+#: so timestamps are written as microseconds.
+_REQUIRED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.parquet.enable.summary-metadata": "false",
+}
+
+#: Local-mode defaults that make small machines fast; a profile's ``spark.extra`` overrides them.
+_LOCAL_DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    "spark.driver.extraJavaOptions": "-XX:+UseG1GC -Dlog4j2.level=WARN",
+}
+
+
+def get_spark(config: SparkConfig | None = None) -> SparkSession:
+    """Return the active SparkSession, or build a local one from ``config``."""
+    _refuse_on_executor()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        # Session-level (not static) settings can still be applied to a borrowed session.
+        for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType"):
+            if active.conf.get(key, None) != _REQUIRED_CONF[key]:
+                log.info("setting %s=%s on the active session", key, _REQUIRED_CONF[key])
+                active.conf.set(key, _REQUIRED_CONF[key])
+        return active
+
+    config = config or SparkConfig()
+    cores = _cores_for(config.master)
+    shuffle_partitions = config.shuffle_partitions or max(2, 2 * cores)
+    builder = SparkSession.builder.appName(config.app_name).master(config.master)
+    settings = {
+        **_LOCAL_DEFAULTS,
+        "spark.driver.memory": config.driver_memory,
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.default.parallelism": str(shuffle_partitions),
+        **_REQUIRED_CONF,
+        **dict(config.extra),
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info(
+        "built Spark %s session master=%s shuffle_partitions=%s",
+        spark.version,
+        config.master,
+        shuffle_partitions,
+    )
+    return spark
+
+
+def _cores_for(master: str) -> int:
+    """Cores a ``local[N]`` / ``local[*]`` master will use (cluster masters: the local count)."""
+    if master.startswith("local[") and master.endswith("]"):
+        inner = master[len("local[") : -1].split(",")[0]
+        if inner != "*" and inner.isdigit():
+            return int(inner)
+    elif master == "local":
+        return 1
+    return os.cpu_count() or 2
+
+
+def _refuse_on_executor() -> None:
+    """Raise if called from inside a Spark task: sessions live on the driver only."""
+    from pyspark import TaskContext
+
+    if TaskContext.get() is not None:
+        raise RuntimeError("get_spark() was called inside a Spark task; sessions are driver-only")

@@ -1,0 +1,1 @@
+"""Spark-side user-defined functions of the pipeline (the transformer encoder lives here)."""
