@@ -149,7 +149,7 @@ def read_raw(spark: SparkSession, spec: InputSpec) -> DataFrame:
         parsed = F.from_json(
             "value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
         )
-        blank = F.trim("value") == ""
+        blank = F.trim(F.col(RAW)) == ""
         return text.select(
             F.col("value").alias(RAW),
             F.col("_metadata.file_path").alias(SOURCE_FILE),

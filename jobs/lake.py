@@ -140,7 +140,7 @@ class Lake:
         from deltalake import DeltaTable
 
         dt = DeltaTable(_require_path(loc))
-        actions = dt.get_add_actions(flatten=True)
+        actions = pa.table(dt.get_add_actions(flatten=True))
         records = actions.column("num_records").to_pylist() if actions.num_rows else []
         if any(r is None for r in records):
             rows = int(self.read(table).count())

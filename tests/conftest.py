@@ -1,0 +1,47 @@
+"""Shared fixtures: one small local SparkSession for the whole run, Delta tables in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from jobs.config import LakeConfig, SparkConfig
+from jobs.lake import Lake
+from jobs.spark_session import get_spark
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)  # type: ignore[attr-defined]
+    session = get_spark(
+        SparkConfig(
+            master="local[2]",
+            app_name="clickstream-segments-tests",
+            shuffle_partitions=2,
+            driver_memory="2g",
+            extra={"spark.ui.showConsoleProgress": "false", "spark.sql.adaptive.enabled": "false"},
+        )
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake(spark: SparkSession, tmp_path: Path) -> Lake:
+    """A delta-rs lake in a fresh folder (the engine every machine here can run)."""
+    return Lake(spark, LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")))
+
+
+def shared_data(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real-data sample not found at {path}")
+    return path

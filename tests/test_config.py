@@ -1,0 +1,89 @@
+"""Typed configuration: defaults, overlays, overrides and the errors people will see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.config import AppConfig, ConfigError, InputSpec, load_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_base_yaml_spells_out_exactly_the_code_defaults() -> None:
+    assert load_config([CONF / "base.yaml"]) == AppConfig()
+
+
+@pytest.mark.parametrize(
+    "profile", ["local.yaml", "cluster.yaml", "databricks.yaml", "sources/rees46.yaml",
+                "sources/diginetica.yaml"],
+)
+def test_every_shipped_profile_loads(profile: str) -> None:
+    config = load_config([CONF / "base.yaml", CONF / profile])
+    assert isinstance(config, AppConfig)
+
+
+def test_databricks_profile_uses_unity_catalog_names() -> None:
+    config = load_config([CONF / "databricks.yaml"])
+    assert config.lake.engine == "spark"
+    assert config.lake.root is None
+    assert config.lake.catalog_schema == "main.clickstream"
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sessionize:\n  inactivity_gap: 600\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([bad])
+    message = str(err.value)
+    assert "sessionize.inactivity_gap" in message and str(bad) in message
+    assert "inactivity_gap_s" in message  # the known keys are listed to help
+
+
+def test_wrong_type_names_key_expected_and_origin(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generate:\n  n_users: many\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'generate.n_users' expects an integer"):
+        load_config([bad])
+    with pytest.raises(ConfigError, match=r"--set spark.master=\[1\]: key 'spark.master'"):
+        load_config([], ["spark.master=[1]"])
+    with pytest.raises(ConfigError, match="true or false"):
+        load_config([], ["sessionize.split_at_midnight=3"])
+
+
+def test_set_overrides_win_over_files_and_parse_yaml_values(tmp_path: Path) -> None:
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("sessionize:\n  inactivity_gap_s: 600\n  max_events: 50\n")
+    config = load_config(
+        [overlay], ["sessionize.inactivity_gap_s=900", "generate.formats=[jsonl, parquet]"]
+    )
+    assert config.sessionize.inactivity_gap_s == 900
+    assert config.sessionize.max_events == 50  # untouched keys of the section survive
+    assert config.generate.formats == ("jsonl", "parquet")
+    assert config.generate.n_users == AppConfig().generate.n_users
+
+
+def test_mappings_are_replaced_whole_not_merged() -> None:
+    config = load_config([CONF / "sources" / "rees46.yaml"])
+    source = config.ingest.source
+    assert source.name == "rees46"
+    # The synthetic mapping's `query` / `event_id` columns must not leak into the REES46 one.
+    assert "query" not in source.inputs[0].columns
+    assert "event_id" not in source.inputs[0].columns
+    assert isinstance(source.inputs[0], InputSpec)
+
+
+def test_missing_file_and_invalid_yaml_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config([tmp_path / "nope.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spark: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([broken])
+
+
+def test_config_is_frozen() -> None:
+    config = AppConfig()
+    with pytest.raises(AttributeError):
+        config.sessionize.max_events = 3  # type: ignore[misc]

@@ -1,0 +1,302 @@
+"""Ingest: source mappings, quarantine reasons, deduplication and row accounting."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from jobs import ingest, sessionize
+from jobs.config import AppConfig, InputSpec, LakeConfig, load_config
+from jobs.ingest import IngestError
+from jobs.lake import Lake
+
+from .conftest import REPO, shared_data
+
+GOOD = {
+    "event_id": "e1",
+    "user": "u1",
+    "event_time": "2024-03-01T10:00:00.000Z",
+    "type": "view",
+    "product_id": "p1",
+    "category_code": "electronics.smartphone",
+    "brand": "acme",
+    "price": 199.5,
+    "search_query": None,
+}
+
+
+def record(**changes: object) -> str:
+    data = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in data.items() if v != "<absent>"})
+
+
+#: (raw line, expected outcome): "kept", "duplicate", or the quarantine reason.
+CASES: list[tuple[str, str]] = [
+    (record(), "kept"),
+    (record(event_id="e2", event_time="2024-03-01T10:05:00Z", type="cart"), "kept"),
+    (record(event_id="e3", event_time=1709287500000, type="PURCHASE"), "kept"),  # epoch ms
+    (record(event_id="e4", type="search", product_id=None, search_query="red shoes",
+            price=None), "kept"),
+    (record(), "duplicate"),  # same event_id, same content
+    (record(event_id="e1-resent"), "duplicate"),  # same content under another id
+    ('{"event_id": "e5", "user": "u1", "event_time": "2024-03-01T1', "malformed jsonl record"),
+    ("", "empty record"),
+    (record(event_id="e6", user="<absent>", userId="u1"), "missing user_id"),
+    (record(event_id="e7", event_time="<absent>"), "missing event_ts"),
+    (record(event_id="e8", event_time="yesterday"), "unparseable event_ts: yesterday"),
+    (record(event_id="e9", event_time="1970-01-01T00:00:00Z"), "event_ts out of range"),
+    (record(event_id="e10", type=None), "missing event_type"),
+    (record(event_id="e11", type="wishlist"), "unknown event_type: wishlist"),
+    (record(event_id="e12", price="12,99 EUR"), "invalid price"),
+    (record(event_id="e13", price=-5), "negative price"),
+    (record(event_id="e14", user="NA"), "missing user_id"),
+]
+
+
+def config_for(tmp_path: Path, paths: list[str], fmt: str = "jsonl", **options: str) -> AppConfig:
+    base = AppConfig()
+    spec = dataclasses.replace(
+        base.ingest.source.inputs[0], paths=tuple(paths), format=fmt, options=options
+    )
+    source = dataclasses.replace(base.ingest.source, inputs=(spec,))
+    return dataclasses.replace(
+        base,
+        ingest=dataclasses.replace(base.ingest, source=source),
+        lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
+    )
+
+
+def test_every_line_is_kept_deduplicated_or_quarantined_with_its_reason(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    raw = tmp_path / "in.jsonl"
+    raw.write_text("\n".join(line for line, _ in CASES) + "\n")
+    config = config_for(tmp_path, [str(raw)])
+    lake = Lake(spark, config.lake)
+
+    counts = ingest.run(spark, lake, config, run_id="run-1")
+
+    expected_reasons = sorted(o for _, o in CASES if o not in ("kept", "duplicate"))
+    assert counts.input_rows == len(CASES)
+    assert counts.kept == sum(o == "kept" for _, o in CASES)
+    assert counts.duplicates_removed == sum(o == "duplicate" for _, o in CASES)
+    assert counts.quarantined == len(expected_reasons)
+    assert counts.reconciles
+
+    quarantine = lake.read("events_quarantine").collect()
+    assert sorted(r["reason"] for r in quarantine) == expected_reasons
+    by_reason = {r["reason"]: r for r in quarantine}
+    # The raw record is kept verbatim, with the file it came from.
+    assert by_reason["negative price"]["raw"] == record(event_id="e13", price=-5)
+    assert all(r["source_file"].endswith("in.jsonl") for r in quarantine)
+    assert all(r["ingest_run_id"] == "run-1" for r in quarantine)
+
+    events = lake.read("events")
+    got = events.select("event_id", "user_id", "event_ts", "event_type", "price", "query")
+    expected = spark.createDataFrame(
+        [
+            ("e1", "u1", "2024-03-01 10:00:00", "view", 199.5, None),
+            ("e2", "u1", "2024-03-01 10:05:00", "add_to_cart", 199.5, None),
+            ("e3", "u1", "2024-03-01 10:05:00", "purchase", 199.5, None),
+            ("e4", "u1", "2024-03-01 10:00:00", "search", None, "red shoes"),
+        ],
+        "event_id string, user_id string, event_ts string, event_type string, price double, "
+        "query string",
+    ).withColumn("event_ts", F.to_timestamp("event_ts"))
+    assertDataFrameEqual(got, expected)
+    assert [f.name for f in events.schema] == [f.name for f in ingest.EVENTS_SCHEMA]
+    assert {r["event_date"].isoformat() for r in events.collect()} == {"2024-03-01"}
+
+
+def test_missing_source_ids_become_content_hashes(spark: SparkSession, tmp_path: Path) -> None:
+    raw = tmp_path / "noid.jsonl"
+    raw.write_text("\n".join([record(event_id=None), record(event_id=None)]) + "\n")
+    config = config_for(tmp_path, [str(raw)])
+    counts = ingest.run(spark, Lake(spark, config.lake), config, run_id="r")
+    assert (counts.kept, counts.duplicates_removed) == (1, 1)
+    event_id = Lake(spark, config.lake).read("events").first()["event_id"]  # type: ignore[index]
+    assert len(event_id) == 32 and all(c in "0123456789abcdef" for c in event_id)
+
+
+def test_csv_parquet_and_gzip_inputs_ingest_the_same_events(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    good = [json.loads(line) for line, outcome in CASES if outcome == "kept"]
+    fields = list(GOOD)
+    table = pa.table({f: [None if r.get(f) is None else str(r[f]) for r in good] for f in fields})
+    csv_path = tmp_path / "csv" / "events.csv.gz"
+    csv_path.parent.mkdir()
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(table, tmp_path / "plain.csv")
+    csv_path.write_bytes(gzip.compress((tmp_path / "plain.csv").read_bytes()))
+    pq.write_table(table, tmp_path / "events.parquet")
+    jsonl = tmp_path / "events.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(("\n".join(json.dumps(r) for r in good) + "\n").encode()))
+
+    results = {}
+    for name, path, fmt in [
+        ("csv", csv_path.parent, "csv"),
+        ("parquet", tmp_path / "events.parquet", "parquet"),
+        ("jsonl", jsonl, "jsonl"),
+    ]:
+        config = config_for(tmp_path / name, [str(path)], fmt)
+        lake = Lake(spark, config.lake)
+        counts = ingest.run(spark, lake, config, run_id="r")
+        assert (counts.input_rows, counts.kept, counts.quarantined) == (len(good), len(good), 0)
+        results[name] = lake.read("events").drop("ingest_run_id")
+    assertDataFrameEqual(results["csv"], results["jsonl"])
+    assertDataFrameEqual(results["parquet"], results["jsonl"])
+
+
+def test_malformed_csv_rows_are_quarantined_with_the_original_line(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text(
+        "event_id,user,event_time,type,product_id,category_code,brand,price,search_query\n"
+        "e1,u1,2024-03-01T10:00:00Z,view,p1,c,b,1.0,\n"
+        "e2,u1,2024-03-01T10:01:00Z,view\n"
+    )
+    config = config_for(tmp_path, [str(path)], "csv")
+    lake = Lake(spark, config.lake)
+    counts = ingest.run(spark, lake, config, run_id="r")
+    assert (counts.kept, counts.quarantined) == (1, 1)
+    bad = lake.read("events_quarantine").first()
+    assert bad is not None
+    assert (bad["reason"], bad["raw"]) == ("malformed csv record", "e2,u1,2024-03-01T10:01:00Z,view")
+
+
+def test_unusable_inputs_fail_with_a_message_naming_the_problem(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    config = config_for(tmp_path, [str(tmp_path / "missing.jsonl")])
+    with pytest.raises(IngestError, match="input path does not exist: .*missing.jsonl"):
+        ingest.run(spark, Lake(spark, config.lake), config, run_id="r")
+    (tmp_path / "x.jsonl").write_text(record() + "\n")
+    config = config_for(tmp_path, [str(tmp_path / "x.jsonl")])
+    spec = dataclasses.replace(config.ingest.source.inputs[0], columns={"user_id": "user"})
+    with pytest.raises(IngestError, match=r"maps no column for \['event_ts', 'event_type'\]"):
+        ingest.normalise(
+            ingest.read_raw(spark, spec), spec=spec, source=config.ingest.source
+        )
+    with pytest.raises(IngestError, match="unsupported input format"):
+        ingest.read_raw(spark, InputSpec(paths=(str(tmp_path / "x.jsonl"),), format="xml"))
+
+
+def test_rerunning_ingest_and_sessionize_leaves_identical_tables(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    raw = tmp_path / "in.jsonl"
+    raw.write_text("\n".join(line for line, _ in CASES) + "\n")
+    config = config_for(tmp_path, [str(raw)])
+    lake = Lake(spark, config.lake)
+
+    def snapshot() -> dict[str, list]:
+        return {
+            t: sorted(map(repr, lake.read(t).drop("ingest_run_id", "quarantined_at").collect()))
+            for t in ("events", "events_quarantine", "sessions", "user_sequences")
+        }
+
+    ingest.run(spark, lake, config, run_id="first")
+    sessionize.run(spark, lake, config, run_id="first")
+    first = snapshot()
+    ingest.run(spark, lake, config, run_id="second")
+    sessionize.run(spark, lake, config, run_id="second")
+    assert snapshot() == first
+    assert lake.version("events") == 1 and lake.version("sessions") == 1
+    events = lake.read("events")
+    assert events.count() == events.select("event_id").distinct().count()
+    assert {r[0] for r in events.select("ingest_run_id").distinct().collect()} == {"second"}
+
+
+def test_rees46_sample_ingests_by_config_and_matches_vendor_sessions(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    sample = shared_data("rees46-2019-oct-sample", "events.csv")
+    config = load_config(
+        [REPO / "conf" / "sources" / "rees46.yaml"],
+        [f"lake.root={tmp_path / 'lake'}", "lake.engine=delta-rs"],
+    )
+    spec = dataclasses.replace(config.ingest.source.inputs[0], paths=(str(sample),))
+    config = dataclasses.replace(
+        config,
+        ingest=dataclasses.replace(
+            config.ingest, source=dataclasses.replace(config.ingest.source, inputs=(spec,))
+        ),
+    )
+    lake = Lake(spark, config.lake)
+    counts = ingest.run(spark, lake, config, run_id="r")
+    # The sample's README: 17,434 rows (17,055 view / 165 cart / 214 purchase).
+    assert counts.input_rows == 17_434 and counts.reconciles
+    assert counts.quarantined == 0
+    events = lake.read("events")
+    by_type = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
+    assert set(by_type) == {"view", "add_to_cart", "purchase"}
+    # The file holds 5 exact duplicate rows (4 views, 1 cart), checked independently with pandas.
+    assert counts.duplicates_removed == 5
+    assert by_type == {"view": 17_055 - 4, "add_to_cart": 165 - 1, "purchase": 214}
+    assert events.where("category is null").count() == 0  # category_id fills missing codes
+    assert events.where("source_session_id is null").count() == 0
+
+    assigned = events.transform(sessionize.assign_sessions, config=config.sessionize)
+    agreement = sessionize.vendor_session_agreement(assigned).first()
+    assert agreement is not None
+    print(
+        f"\nREES46 sample: {agreement['reproduced_exactly']:,} of "
+        f"{agreement['vendor_sessions']:,} vendor sessions reproduced exactly "
+        f"({agreement['share_reproduced']:.1%}) with a 30-minute gap"
+    )
+    assert agreement["vendor_sessions"] == 5_066
+    # Measured 80.9% on this sample; REES46 sessions also break on app restarts, which a
+    # time-gap rule cannot see, so exact agreement well above this is not expected.
+    assert 0.75 <= agreement["share_reproduced"] <= 0.9
+
+
+def test_diginetica_views_and_purchases_ingest_with_the_category_lookup(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    folder = shared_data("diginetica-sample")
+    config = load_config(
+        [REPO / "conf" / "sources" / "diginetica.yaml"],
+        [f"lake.root={tmp_path / 'lake'}", "lake.engine=delta-rs"],
+    )
+    source = config.ingest.source
+    inputs = tuple(
+        dataclasses.replace(spec, paths=(str(folder / Path(spec.paths[0]).name),))
+        for spec in source.inputs
+    )
+    lookups = tuple(
+        dataclasses.replace(lk, path=str(folder / Path(lk.path).name)) for lk in source.lookups
+    )
+    config = dataclasses.replace(
+        config,
+        ingest=dataclasses.replace(
+            config.ingest, source=dataclasses.replace(source, inputs=inputs, lookups=lookups)
+        ),
+    )
+    lake = Lake(spark, config.lake)
+    counts = ingest.run(spark, lake, config, run_id="r")
+    assert counts.input_rows == 12_391 + 18_025 and counts.reconciles
+    events = lake.read("events")
+    by_type = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
+    assert set(by_type) == {"view", "purchase"}
+    # Every sampled view's item is in the category file, so the lookup fills them all.
+    views = events.where("event_type = 'view'")
+    assert views.where("category is null").count() == 0
+    anonymous = events.where(F.col("user_id").startswith("anon-session-")).count()
+    assert anonymous > 0
+    # Times are the session day plus the millisecond offset.
+    first = (
+        events.where("source_session_id = '1' and item_id = '81766'").select("event_ts").first()
+    )
+    assert first is not None and str(first[0]) == "2016-05-09 00:08:46.309000"

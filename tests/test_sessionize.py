@@ -1,0 +1,226 @@
+"""Sessionization rules on inline rows (SPEC section 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import datetime, timedelta
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from jobs.config import BotConfig, SessionizeConfig
+from jobs.ingest import EVENTS_SCHEMA, deduplicate, to_events
+from jobs.sessionize import (
+    assign_sessions,
+    build_user_sequences,
+    rule_version,
+    sessionize,
+)
+
+T0 = datetime(2024, 3, 1, 10, 0, 0)
+DEFAULT = SessionizeConfig()
+
+
+def events(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    """Rows of (user, timestamp, event_type[, item, category, brand, price]) -> ``events``."""
+    full = []
+    for i, row in enumerate(rows):
+        user, ts, kind, *rest = row
+        item, category, brand, price = (list(rest) + [None] * 4)[:4]
+        full.append(
+            (f"e{i:05d}", user, ts, kind, item, category, brand, price, None, None,
+             ts.date() if ts else None, "test-run")
+        )
+    return spark.createDataFrame(full, EVENTS_SCHEMA)
+
+
+def spans(sessions: DataFrame) -> DataFrame:
+    return sessions.select("user_id", "session_start", "session_end", "n_events")
+
+
+def expected_spans(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    return spark.createDataFrame(
+        rows, "user_id string, session_start timestamp, session_end timestamp, n_events long"
+    )
+
+
+def at(minutes: float = 0, seconds: float = 0) -> datetime:
+    return T0 + timedelta(minutes=minutes, seconds=seconds)
+
+
+def test_gap_exactly_at_threshold_continues_and_one_second_over_splits(
+    spark: SparkSession,
+) -> None:
+    rows = [
+        ("u1", at(0), "view"),
+        ("u1", at(30), "view"),  # gap == 30 min: same session
+        ("u1", at(60, 1), "view"),  # gap 30 min 1 s: new session
+    ]
+    got = spans(events(spark, rows).transform(sessionize, config=DEFAULT))
+    assertDataFrameEqual(
+        got, expected_spans(spark, [("u1", at(0), at(30), 1 + 1), ("u1", at(60, 1), at(60, 1), 1)])
+    )
+
+
+def test_midnight_split_off_and_on_across_a_time_zone(spark: SparkSession) -> None:
+    # 04:50 and 05:10 UTC on 2024-03-02 are 23:50 and 00:10 in New York (EST, UTC-5).
+    late, early = datetime(2024, 3, 2, 4, 50), datetime(2024, 3, 2, 5, 10)
+    df = events(spark, [("u1", late, "view"), ("u1", early, "view")])
+
+    off = df.transform(sessionize, config=DEFAULT)
+    assertDataFrameEqual(spans(off), expected_spans(spark, [("u1", late, early, 2)]))
+
+    utc_midnight = dataclasses.replace(DEFAULT, split_at_midnight=True, timezone="UTC")
+    no_utc_crossing = df.transform(sessionize, config=utc_midnight)
+    assertDataFrameEqual(spans(no_utc_crossing), expected_spans(spark, [("u1", late, early, 2)]))
+
+    new_york = dataclasses.replace(DEFAULT, split_at_midnight=True, timezone="America/New_York")
+    split = df.transform(sessionize, config=new_york)
+    assertDataFrameEqual(
+        spans(split), expected_spans(spark, [("u1", late, late, 1), ("u1", early, early, 1)])
+    )
+    # session_date is the local date of the session start.
+    dates = sorted(r["session_date"].isoformat() for r in split.collect())
+    assert dates == ["2024-03-01", "2024-03-02"]
+
+
+def test_long_session_is_split_into_max_duration_windows(spark: SparkSession) -> None:
+    rows = [("u1", at(10 * i), "view") for i in range(16)]  # every 10 min for 150 min
+    config = dataclasses.replace(DEFAULT, max_session_duration_s=3600)
+    got = spans(events(spark, rows).transform(sessionize, config=config))
+    assertDataFrameEqual(
+        got,
+        expected_spans(
+            spark,
+            [("u1", at(0), at(50), 6), ("u1", at(60), at(110), 6), ("u1", at(120), at(150), 4)],
+        ),
+    )
+
+
+def test_duplicates_are_removed_before_sessionizing(spark: SparkSession) -> None:
+    base = events(spark, [("u1", at(0), "view", "i1"), ("u1", at(1), "purchase", "i1", "c", "b", 9.5)])
+    same_id_twice = base.union(base.limit(1))
+    same_content_new_id = base.union(base.limit(1).withColumn("event_id", F.lit("other-id")))
+    for noisy in (same_id_twice, same_content_new_id):
+        cleaned = noisy.drop("event_date", "ingest_run_id").transform(deduplicate)
+        sessions = cleaned.transform(to_events, run_id="r").transform(sessionize, config=DEFAULT)
+        row = sessions.collect()
+        assert len(row) == 1
+        assert (row[0]["n_events"], row[0]["n_purchases"], row[0]["revenue"]) == (2, 1, 9.5)
+
+
+def test_out_of_order_input_gives_the_same_sessions(spark: SparkSession) -> None:
+    rows = [("u1", at(m), "view", f"i{m}") for m in (0, 5, 50, 55, 120)] + [
+        ("u2", at(m), "view", f"j{m}") for m in (1, 2, 3)
+    ]
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    # Event ids follow list position, so shuffling also changes which id each event has;
+    # the sessions must not depend on either.
+    ordered = events(spark, rows).transform(sessionize, config=DEFAULT)
+    scrambled = events(spark, shuffled).transform(sessionize, config=DEFAULT).repartition(3)
+    assertDataFrameEqual(scrambled, ordered)
+    first = ordered.where("user_id = 'u1'").orderBy("session_start").first()
+    assert first is not None
+    assert [e["item_id"] for e in first["events"]] == ["i0", "i5"]
+
+
+def test_user_with_a_single_event(spark: SparkSession) -> None:
+    sessions = events(spark, [("solo", at(3), "view", "i1", "c1", "b1", 5.0)]).transform(
+        sessionize, config=DEFAULT
+    )
+    row = sessions.collect()[0]
+    assert (row["n_events"], row["duration_s"], row["is_bot"]) == (1, 0.0, False)
+    assert row["session_start"] == row["session_end"] == at(3)
+    assert [tuple(e) for e in row["events"]] == [(at(3), "view", "i1", "c1", "b1", 5.0)]
+
+
+def test_bot_users_are_flagged_on_every_row(spark: SparkSession) -> None:
+    bot = [("bot", at(seconds=s), "view") for s in range(0, 100)]  # 100 events in 99 s
+    bot += [("bot", at(300), "view")]  # a later, slow session of the same user
+    human = [("human", at(m), "view") for m in range(0, 25)]  # one event a minute
+    sessions = events(spark, bot + human).transform(sessionize, config=DEFAULT)
+    flags = {(r["user_id"], r["n_events"]): r["is_bot"] for r in sessions.collect()}
+    assert flags == {("bot", 100): True, ("bot", 1): True, ("human", 25): False}
+
+    daily_cap = dataclasses.replace(
+        DEFAULT, bot=BotConfig(max_events_per_minute=1000.0, max_events_per_day=20)
+    )
+    by_day = events(spark, human).transform(sessionize, config=daily_cap).collect()
+    assert by_day[0]["is_bot"] is True
+
+    disabled = dataclasses.replace(DEFAULT, bot=BotConfig(enabled=False))
+    assert not any(r["is_bot"] for r in events(spark, bot).transform(sessionize, config=disabled).collect())
+
+    users = build_user_sequences(sessions, config=DEFAULT)
+    assert {r["user_id"]: r["is_bot"] for r in users.collect()} == {"bot": True, "human": False}
+
+
+def test_session_id_is_stable_across_runs_and_tied_to_the_rules(spark: SparkSession) -> None:
+    rows = [("u1", at(m), "view") for m in (0, 10, 100)] + [("u2", at(5), "view")]
+    first = events(spark, rows).transform(sessionize, config=DEFAULT).select("session_id")
+    second = events(spark, list(reversed(rows))).transform(sessionize, config=DEFAULT).select(
+        "session_id"
+    )
+    assertDataFrameEqual(first, second)
+    assert first.distinct().count() == 3
+    other_rules = dataclasses.replace(DEFAULT, inactivity_gap_s=900)
+    assert rule_version(other_rules) != rule_version(DEFAULT)
+    changed = events(spark, rows).transform(sessionize, config=other_rules).select("session_id")
+    assert not {r[0] for r in changed.collect()} & {r[0] for r in first.collect()}
+
+
+def test_events_are_ordered_and_truncated_but_counts_keep_full_length(spark: SparkSession) -> None:
+    rows = [("u1", at(seconds=10 * i), "view", f"i{i:02d}") for i in range(12)]
+    rows.append(("u1", at(seconds=125), "purchase", "i99", "c", "b", 20.0))
+    config = dataclasses.replace(DEFAULT, max_events=5)
+    session = events(spark, rows).transform(sessionize, config=config).collect()[0]
+    assert session["n_events"] == 13 and session["n_views"] == 12 and session["n_purchases"] == 1
+    assert session["revenue"] == 20.0
+    # The last five events by time, oldest first.
+    assert [e["item_id"] for e in session["events"]] == ["i08", "i09", "i10", "i11", "i99"]
+    assert session["session_start"] == at(0) and session["session_end"] == at(seconds=125)
+
+
+def test_user_sequences_keep_session_boundaries_and_the_last_events(spark: SparkSession) -> None:
+    rows = [("u1", at(m), "view", f"a{m}") for m in (0, 1, 2)]  # session 1
+    rows += [("u1", at(m), "add_to_cart", f"b{m}") for m in (100, 101)]  # session 2
+    rows += [("u1", at(200), "purchase", "c", "cat", "br", 3.0)]  # session 3
+    config = dataclasses.replace(DEFAULT, max_events=4)
+    sessions = events(spark, rows).transform(sessionize, config=config)
+    users = build_user_sequences(sessions, config=config).collect()
+    assert len(users) == 1
+    user = users[0]
+    assert (user["n_sessions"], user["n_events"], user["n_add_to_cart"], user["revenue"]) == (
+        3,
+        6,
+        2,
+        3.0,
+    )
+    assert (user["first_seen"], user["last_seen"]) == (at(0), at(200))
+    tail = user["events"]
+    assert [e["item_id"] for e in tail] == ["a2", "b100", "b101", "c"]
+    session_of = {r["session_start"]: r["session_id"] for r in sessions.collect()}
+    assert [e["session_id"] for e in tail] == [
+        session_of[at(0)], session_of[at(100)], session_of[at(100)], session_of[at(200)]
+    ]
+
+
+def test_assign_sessions_keeps_one_row_per_event(spark: SparkSession) -> None:
+    rows = [("u1", at(m), "view") for m in range(0, 200, 7)]
+    assigned = events(spark, rows).transform(assign_sessions, config=DEFAULT)
+    assert assigned.count() == len(rows)
+    per_session = assigned.groupBy("session_id").agg(F.min("event_ts").alias("start"),
+                                                     F.first("session_start").alias("s"))
+    assert all(r["start"] == r["s"] for r in per_session.collect())
+
+
+@pytest.mark.parametrize("bad", [{"inactivity_gap_s": 0}, {"max_session_duration_s": -1}])
+def test_invalid_rules_are_rejected(spark: SparkSession, bad: dict) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        events(spark, [("u", at(0), "view")]).transform(
+            assign_sessions, config=dataclasses.replace(DEFAULT, **bad)
+        )
