@@ -113,7 +113,9 @@ def execute_stage(stage: str, config: AppConfig, run_id: str, spark: Any = None)
 
 
 def parse_common(
-    argv: Sequence[str] | None, prog: str, description: str,
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
     extend: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> tuple[argparse.Namespace, AppConfig, str]:
     """Parse arguments, set up logging, load and log the config; exits 2 on a config error."""

@@ -124,9 +124,10 @@ class GenerateConfig:
 class InputSpec:
     """One kind of raw file and how its fields map onto the ``events`` contract.
 
-    ``columns`` maps an ``events`` column (``event_id``, ``user_id``, ``event_ts``, ``event_type``,
-    ``item_id``, ``category``, ``brand``, ``price``, ``query``, ``source_session_id``) to a Spark SQL
-    expression over the raw fields; a bare field name is the common case.  Raw fields are read as
+    ``columns`` maps an ``events`` column (``event_id``, ``user_id``, ``event_ts``,
+    ``event_type``, ``item_id``, ``category``, ``brand``, ``price``, ``query``,
+    ``source_session_id``) to a Spark SQL expression over the raw fields; a bare field name is
+    the common case.  Raw fields are read as
     strings, so expressions see the text as it was written.
     """
 
@@ -336,14 +337,14 @@ def _coerce(value: Any, hint: Any, *, origin: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        errors = []
+        errors: list[ConfigError] = []
         for candidate in non_none:
             try:
                 return _coerce(value, candidate, origin=origin, key=key)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
         raise errors[0] if len(errors) == 1 else fail(" or ".join(map(_type_name, non_none)))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise fail(f"a mapping for {hint.__name__}")
         return _merge(hint(), value, origin=origin, prefix=f"{key}.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -227,12 +227,12 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _IDENTIFIER = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _referenced_fields(expressions: Sequence[str] | object) -> set[str]:
+def _referenced_fields(expressions: Iterable[str]) -> set[str]:
     """Names an expression may read from a JSON record (over-approximated, which is harmless:
     a name that is really a function or keyword just becomes an unused all-null field)."""
     names: set[str] = set()
-    for expression in expressions:  # type: ignore[attr-defined]
-        stripped = _QUOTED.sub("''", str(expression))
+    for expression in expressions:
+        stripped = _QUOTED.sub("''", expression)
         for quoted, bare in _IDENTIFIER.findall(stripped):
             names.add(quoted or bare)
     return names
@@ -334,9 +334,7 @@ def normalise(raw: DataFrame, *, spec: InputSpec, source: SourceConfig) -> DataF
     )
 
 
-def _parse_timestamp(
-    raw: Column, text: Column, dtype: T.DataType, source: SourceConfig
-) -> Column:
+def _parse_timestamp(raw: Column, text: Column, dtype: T.DataType, source: SourceConfig) -> Column:
     """Turn a raw timestamp (text, epoch number or native timestamp) into a UTC timestamp."""
     unit = source.timestamp_unit
     if unit not in ("s", "ms", "us"):
@@ -349,9 +347,7 @@ def _parse_timestamp(
             return F.timestamp_millis(number.try_cast("bigint"))
         return F.timestamp_micros(number.try_cast("bigint"))
 
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
-        parsed = raw.cast("timestamp")
-    elif isinstance(dtype, T.DateType):
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         parsed = raw.cast("timestamp")
     elif isinstance(dtype, T.NumericType):
         parsed = from_epoch(raw)
@@ -380,7 +376,10 @@ def apply_lookups(
         keys = list(spec.join_on.items())
         side = table.select(
             *[F.trim(F.col(f"`{src}`")).alias(prefix + tgt) for tgt, src in keys],
-            *[F.col(f"`{src}`").cast("string").alias(prefix + tgt) for tgt, src in spec.columns.items()],
+            *[
+                F.col(f"`{src}`").cast("string").alias(prefix + tgt)
+                for tgt, src in spec.columns.items()
+            ],
         ).dropDuplicates([prefix + tgt for tgt, _ in keys])  # one match per key keeps rows 1:1
         condition = reduce(
             lambda a, b: a & b, [result[tgt] == side[prefix + tgt] for tgt, _ in keys]
@@ -423,7 +422,11 @@ def deduplicate(valid: DataFrame) -> DataFrame:
 def to_events(deduplicated: DataFrame, *, run_id: str) -> DataFrame:
     """Shape deduplicated rows into the ``events`` contract (UTC ``event_date`` partition)."""
     return deduplicated.select(
-        *[F.col(f.name) for f in EVENTS_SCHEMA.fields if f.name not in ("event_date", "ingest_run_id")],
+        *[
+            F.col(f.name)
+            for f in EVENTS_SCHEMA.fields
+            if f.name not in ("event_date", "ingest_run_id")
+        ],
         F.to_date("event_ts").alias("event_date"),
         F.lit(run_id).alias("ingest_run_id"),
     )
@@ -458,23 +461,21 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> I
     if not source.inputs:
         raise IngestError(f"source {source.name!r} configures no inputs")
     lookups = [(spec, read_lookup(spark, spec)) for spec in source.lookups]
-    parts = [
-        normalise(read_raw(spark, spec), spec=spec, source=source) for spec in source.inputs
-    ]
+    parts = [normalise(read_raw(spark, spec), spec=spec, source=source) for spec in source.inputs]
     normalised = reduce(DataFrame.unionByName, parts)
     if lookups:
         normalised = apply_lookups(normalised, lookups)
     normalised = normalised.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         by_reason = {
-            row[REASON]: int(row["count"])
-            for row in normalised.groupBy(REASON).count().collect()
+            row[REASON]: int(row["count"]) for row in normalised.groupBy(REASON).count().collect()
         }
         input_rows = sum(by_reason.values())
         valid = by_reason.pop(None, 0)
         quarantine = lake.overwrite("events_quarantine", to_quarantine(normalised, run_id=run_id))
         events = lake.overwrite(
-            "events", valid_rows(normalised).transform(deduplicate).transform(to_events, run_id=run_id)
+            "events",
+            valid_rows(normalised).transform(deduplicate).transform(to_events, run_id=run_id),
         )
     finally:
         normalised.unpersist()

@@ -174,7 +174,9 @@ class Lake:
                 f"{table}: overwrite_partitions needs values for partition columns "
                 f"{list(loc.partition_by)}; got {sorted(partitions)}"
             )
-        normalised = {col: [_partition_text(v) for v in values] for col, values in partitions.items()}
+        normalised = {
+            col: [_partition_text(v) for v in values] for col, values in partitions.items()
+        }
         return self._write(table, df, mode="overwrite", partitions=normalised)
 
     def _write(
@@ -463,7 +465,7 @@ def _write_delta_rs(
                     for col, values in partitions.items()
                 ]
             DeltaTable(uri).create_write_transaction(
-                actions,
+                list[Any](actions),
                 mode,
                 schema,
                 partition_by=list(loc.partition_by) or None,
@@ -471,7 +473,9 @@ def _write_delta_rs(
             )
     finally:
         fs.delete_dir_contents(staging, missing_dir_ok=True)
-        fs.delete_dir(staging) if fs.get_file_info(staging).type == pafs.FileType.Directory else None
+        fs.delete_dir(staging) if fs.get_file_info(
+            staging
+        ).type == pafs.FileType.Directory else None
 
     version = int(DeltaTable(uri).version())
     return WriteResult(
@@ -495,7 +499,9 @@ def _check_schema(loc: TableLocation, current: Any, incoming: Any) -> None:
     )
 
 
-def _partition_values_from_path(relative: str, partition_by: Sequence[str]) -> dict[str, str | None]:
+def _partition_values_from_path(
+    relative: str, partition_by: Sequence[str]
+) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for segment in relative.split("/")[:-1]:
         key, sep, raw = segment.partition("=")

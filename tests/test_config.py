@@ -16,8 +16,14 @@ def test_base_yaml_spells_out_exactly_the_code_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    "profile", ["local.yaml", "cluster.yaml", "databricks.yaml", "sources/rees46.yaml",
-                "sources/diginetica.yaml"],
+    "profile",
+    [
+        "local.yaml",
+        "cluster.yaml",
+        "databricks.yaml",
+        "sources/rees46.yaml",
+        "sources/diginetica.yaml",
+    ],
 )
 def test_every_shipped_profile_loads(profile: str) -> None:
     config = load_config([CONF / "base.yaml", CONF / profile])

@@ -44,8 +44,10 @@ CASES: list[tuple[str, str]] = [
     (record(), "kept"),
     (record(event_id="e2", event_time="2024-03-01T10:05:00Z", type="cart"), "kept"),
     (record(event_id="e3", event_time=1709287500000, type="PURCHASE"), "kept"),  # epoch ms
-    (record(event_id="e4", type="search", product_id=None, search_query="red shoes",
-            price=None), "kept"),
+    (
+        record(event_id="e4", type="search", product_id=None, search_query="red shoes", price=None),
+        "kept",
+    ),
     (record(), "duplicate"),  # same event_id, same content
     (record(event_id="e1-resent"), "duplicate"),  # same content under another id
     ('{"event_id": "e5", "user": "u1", "event_time": "2024-03-01T1', "malformed jsonl record"),
@@ -173,22 +175,23 @@ def test_malformed_csv_rows_are_quarantined_with_the_original_line(
     assert (counts.kept, counts.quarantined) == (1, 1)
     bad = lake.read("events_quarantine").first()
     assert bad is not None
-    assert (bad["reason"], bad["raw"]) == ("malformed csv record", "e2,u1,2024-03-01T10:01:00Z,view")
+    assert (bad["reason"], bad["raw"]) == (
+        "malformed csv record",
+        "e2,u1,2024-03-01T10:01:00Z,view",
+    )
 
 
 def test_unusable_inputs_fail_with_a_message_naming_the_problem(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     config = config_for(tmp_path, [str(tmp_path / "missing.jsonl")])
-    with pytest.raises(IngestError, match="input path does not exist: .*missing.jsonl"):
+    with pytest.raises(IngestError, match=r"input path does not exist: .*missing\.jsonl"):
         ingest.run(spark, Lake(spark, config.lake), config, run_id="r")
     (tmp_path / "x.jsonl").write_text(record() + "\n")
     config = config_for(tmp_path, [str(tmp_path / "x.jsonl")])
     spec = dataclasses.replace(config.ingest.source.inputs[0], columns={"user_id": "user"})
     with pytest.raises(IngestError, match=r"maps no column for \['event_ts', 'event_type'\]"):
-        ingest.normalise(
-            ingest.read_raw(spark, spec), spec=spec, source=config.ingest.source
-        )
+        ingest.normalise(ingest.read_raw(spark, spec), spec=spec, source=config.ingest.source)
     with pytest.raises(IngestError, match="unsupported input format"):
         ingest.read_raw(spark, InputSpec(paths=(str(tmp_path / "x.jsonl"),), format="xml"))
 
@@ -296,7 +299,5 @@ def test_diginetica_views_and_purchases_ingest_with_the_category_lookup(
     anonymous = events.where(F.col("user_id").startswith("anon-session-")).count()
     assert anonymous > 0
     # Times are the session day plus the millisecond offset.
-    first = (
-        events.where("source_session_id = '1' and item_id = '81766'").select("event_ts").first()
-    )
+    first = events.where("source_session_id = '1' and item_id = '81766'").select("event_ts").first()
     assert first is not None and str(first[0]) == "2016-05-09 00:08:46.309000"

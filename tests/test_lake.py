@@ -126,7 +126,9 @@ def test_schema_enforcement_rejects_a_changed_schema(spark: SparkSession, tmp_pa
     assert lake.version("t") == 0
 
 
-def test_empty_dataframe_creates_a_readable_empty_table(spark: SparkSession, tmp_path: Path) -> None:
+def test_empty_dataframe_creates_a_readable_empty_table(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = _lake(spark, tmp_path)
     result = lake.overwrite("t", _frame(spark).limit(0))
     assert result.rows_written == 0
@@ -165,7 +167,7 @@ def test_auto_engine_picks_delta_rs_without_jars_and_spark_engine_refuses(
         pytest.skip("Delta jars are loaded in this session; the fallback is not exercised")
     assert "Delta" in reason
     assert _lake(spark, tmp_path, engine="auto").engine == "delta-rs"
-    with pytest.raises(LakeError, match="lake.engine=spark"):
+    with pytest.raises(LakeError, match=r"lake\.engine=spark"):
         _lake(spark, tmp_path, engine="spark")
 
 
@@ -176,8 +178,6 @@ def test_spark_engine_round_trip_and_cross_engine_read(spark: SparkSession, tmp_
         pytest.skip(f"spark engine needs the Delta Lake JVM jars: {reason}")
     spark_lake = _lake(spark, tmp_path, engine="spark")
     spark_lake.overwrite("t", _frame(spark))
-    spark_lake.overwrite_partitions(
-        "t", _frame(spark, [_rows()[2]]), {"day": [date(2024, 3, 2)]}
-    )
+    spark_lake.overwrite_partitions("t", _frame(spark, [_rows()[2]]), {"day": [date(2024, 3, 2)]})
     # The delta-rs engine reads what delta-spark wrote, identically.
     assertDataFrameEqual(_lake(spark, tmp_path).read("t"), spark_lake.read("t"))

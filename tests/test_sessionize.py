@@ -31,8 +31,20 @@ def events(spark: SparkSession, rows: list[tuple]) -> DataFrame:
         user, ts, kind, *rest = row
         item, category, brand, price = (list(rest) + [None] * 4)[:4]
         full.append(
-            (f"e{i:05d}", user, ts, kind, item, category, brand, price, None, None,
-             ts.date() if ts else None, "test-run")
+            (
+                f"e{i:05d}",
+                user,
+                ts,
+                kind,
+                item,
+                category,
+                brand,
+                price,
+                None,
+                None,
+                ts.date() if ts else None,
+                "test-run",
+            )
         )
     return spark.createDataFrame(full, EVENTS_SCHEMA)
 
@@ -101,7 +113,9 @@ def test_long_session_is_split_into_max_duration_windows(spark: SparkSession) ->
 
 
 def test_duplicates_are_removed_before_sessionizing(spark: SparkSession) -> None:
-    base = events(spark, [("u1", at(0), "view", "i1"), ("u1", at(1), "purchase", "i1", "c", "b", 9.5)])
+    base = events(
+        spark, [("u1", at(0), "view", "i1"), ("u1", at(1), "purchase", "i1", "c", "b", 9.5)]
+    )
     same_id_twice = base.union(base.limit(1))
     same_content_new_id = base.union(base.limit(1).withColumn("event_id", F.lit("other-id")))
     for noisy in (same_id_twice, same_content_new_id):
@@ -153,7 +167,9 @@ def test_bot_users_are_flagged_on_every_row(spark: SparkSession) -> None:
     assert by_day[0]["is_bot"] is True
 
     disabled = dataclasses.replace(DEFAULT, bot=BotConfig(enabled=False))
-    assert not any(r["is_bot"] for r in events(spark, bot).transform(sessionize, config=disabled).collect())
+    assert not any(
+        r["is_bot"] for r in events(spark, bot).transform(sessionize, config=disabled).collect()
+    )
 
     users = build_user_sequences(sessions, config=DEFAULT)
     assert {r["user_id"]: r["is_bot"] for r in users.collect()} == {"bot": True, "human": False}
@@ -162,8 +178,10 @@ def test_bot_users_are_flagged_on_every_row(spark: SparkSession) -> None:
 def test_session_id_is_stable_across_runs_and_tied_to_the_rules(spark: SparkSession) -> None:
     rows = [("u1", at(m), "view") for m in (0, 10, 100)] + [("u2", at(5), "view")]
     first = events(spark, rows).transform(sessionize, config=DEFAULT).select("session_id")
-    second = events(spark, list(reversed(rows))).transform(sessionize, config=DEFAULT).select(
-        "session_id"
+    second = (
+        events(spark, list(reversed(rows)))
+        .transform(sessionize, config=DEFAULT)
+        .select("session_id")
     )
     assertDataFrameEqual(first, second)
     assert first.distinct().count() == 3
@@ -205,7 +223,10 @@ def test_user_sequences_keep_session_boundaries_and_the_last_events(spark: Spark
     assert [e["item_id"] for e in tail] == ["a2", "b100", "b101", "c"]
     session_of = {r["session_start"]: r["session_id"] for r in sessions.collect()}
     assert [e["session_id"] for e in tail] == [
-        session_of[at(0)], session_of[at(100)], session_of[at(100)], session_of[at(200)]
+        session_of[at(0)],
+        session_of[at(100)],
+        session_of[at(100)],
+        session_of[at(200)],
     ]
 
 
@@ -213,8 +234,9 @@ def test_assign_sessions_keeps_one_row_per_event(spark: SparkSession) -> None:
     rows = [("u1", at(m), "view") for m in range(0, 200, 7)]
     assigned = events(spark, rows).transform(assign_sessions, config=DEFAULT)
     assert assigned.count() == len(rows)
-    per_session = assigned.groupBy("session_id").agg(F.min("event_ts").alias("start"),
-                                                     F.first("session_start").alias("s"))
+    per_session = assigned.groupBy("session_id").agg(
+        F.min("event_ts").alias("start"), F.first("session_start").alias("s")
+    )
     assert all(r["start"] == r["s"] for r in per_session.collect())
 
 
