@@ -61,7 +61,8 @@ WITH valid AS (
 ), by_id AS (
     SELECT coalesce(event_id, md5(concat_ws('|', user_id, epoch_us(event_ts), event_type,
                     item_id, category, brand, price, query))) AS event_id,
-           min((user_id, event_ts, event_type, item_id, category, brand, price, query)) AS r
+           min(struct_pack(user_id, event_ts, event_type, item_id, category, brand, price,
+                           query)) AS r
     FROM valid GROUP BY 1
 )
 SELECT min(event_id) AS event_id, r.user_id, r.event_ts, r.event_type, r.item_id, r.category,
@@ -130,8 +131,9 @@ COPY (
                sum(n_views) AS n_views, sum(n_add_to_cart) AS n_add_to_cart,
                sum(n_purchases) AS n_purchases, sum(revenue) AS revenue,
                bool_or(is_bot) AS is_bot,
-               flatten(list(list_transform(events, e -> struct_insert(e, session_id := session_id)))
-                       ORDER BY session_start) AS all_events
+               flatten(list(
+                   list_transform(events, lambda e: struct_insert(e, session_id := session_id))
+                   ORDER BY session_start)) AS all_events
         FROM sessions GROUP BY user_id
     )
     SELECT * EXCLUDE (all_events), all_events[-200:] AS events FROM per_user
