@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import resource
 import shutil
 import sys
@@ -227,6 +228,18 @@ def _jvm_peak_rss_mb(spark: object) -> float:
     return float("nan")
 
 
+def _generate_and_report(gen: GenerateConfig) -> None:
+    from jobs.generate import generate
+
+    started = time.perf_counter()
+    generated = generate(gen)
+    print(
+        f"generated {generated.n_lines_written:,} raw events for {gen.n_users:,} users as Parquet "
+        f"in {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=5_000_000, help="approximate raw events")
@@ -234,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (Spark: local[2])")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args(argv)
-
-    from jobs.generate import generate
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-sessionize-"))
     shutil.rmtree(workdir / "out", ignore_errors=True)
@@ -246,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         ground_truth_path=str(workdir / "truth" / "personas.csv"),
         formats=("parquet",),
     )
-    t = time.perf_counter()
-    generated = generate(gen)
-    print(
-        f"generated {generated.n_lines_written:,} raw events for {gen.n_users:,} users as Parquet "
-        f"in {time.perf_counter() - t:.1f}s"
-    )
+    # Generate in a child process so this process's peak RSS measures DuckDB alone.
+    child = multiprocessing.get_context("fork").Process(target=_generate_and_report, args=(gen,))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit("data generation failed")
     parquet_dir = workdir / "raw" / "parquet"
 
     duck = run_duckdb(str(parquet_dir / "*.parquet"), workdir / "out" / "duckdb", args.threads)

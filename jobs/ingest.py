@@ -41,19 +41,6 @@ OPTIONAL_COLUMNS = (
     "source_session_id",
 )
 MAPPABLE_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-#: Column order of a normalised row (before the bookkeeping columns).
-MAPPABLE_COLUMNS_ORDER = (
-    "event_id",
-    "user_id",
-    "event_ts",
-    "event_type",
-    "item_id",
-    "category",
-    "brand",
-    "price",
-    "query",
-    "source_session_id",
-)
 #: The normalised record: what "the same event" means for content deduplication and hashing.
 CONTENT_COLUMNS = (
     "user_id",
@@ -66,6 +53,8 @@ CONTENT_COLUMNS = (
     "query",
     "source_session_id",
 )
+#: Column order of a normalised row (before the bookkeeping columns).
+NORMALISED_COLUMNS = ("event_id", *CONTENT_COLUMNS)
 
 EVENTS_SCHEMA = T.StructType(
     [
@@ -326,12 +315,10 @@ def normalise(raw: DataFrame, *, spec: InputSpec, source: SourceConfig) -> DataF
         .when(F.isnan("price") | (F.abs("price") == float("inf")), F.lit("invalid price"))
         .when(col("price") < 0, F.lit("negative price"))
     )
-    return staged.select(
-        RAW,
-        SOURCE_FILE,
-        *[c for c in MAPPABLE_COLUMNS_ORDER],
-        reason.alias(REASON),
-    )
+    checked = staged.select(RAW, SOURCE_FILE, *NORMALISED_COLUMNS, reason.alias(REASON))
+    # Only quarantined rows keep their raw record: valid rows then carry no copy of it through
+    # the cache and the shuffles, and Parquet rows are rendered as JSON only when rejected.
+    return checked.withColumn(RAW, F.when(F.col(REASON).isNotNull(), F.col(RAW)))
 
 
 def _parse_timestamp(raw: Column, text: Column, dtype: T.DataType, source: SourceConfig) -> Column:

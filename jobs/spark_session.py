@@ -32,7 +32,7 @@ _REQUIRED_CONF = {
 #: Local-mode defaults that make small machines fast; a profile's ``spark.extra`` overrides them.
 _LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
+    "spark.ui.showConsoleProgress": "true",
     "spark.sql.adaptive.enabled": "true",
     "spark.sql.adaptive.coalescePartitions.enabled": "true",
     "spark.driver.extraJavaOptions": "-XX:+UseG1GC -Dlog4j2.level=WARN",

@@ -77,14 +77,19 @@ def config_for(tmp_path: Path, paths: list[str], fmt: str = "jsonl", **options: 
     )
 
 
-def test_every_line_is_kept_deduplicated_or_quarantined_with_its_reason(
-    spark: SparkSession, tmp_path: Path
-) -> None:
+@pytest.fixture
+def hostile(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, Lake]:
+    """Config and lake for a JSON-lines file holding every line of CASES."""
     raw = tmp_path / "in.jsonl"
     raw.write_text("\n".join(line for line, _ in CASES) + "\n")
     config = config_for(tmp_path, [str(raw)])
-    lake = Lake(spark, config.lake)
+    return config, Lake(spark, config.lake)
 
+
+def test_every_line_is_kept_deduplicated_or_quarantined_with_its_reason(
+    spark: SparkSession, hostile: tuple[AppConfig, Lake]
+) -> None:
+    config, lake = hostile
     counts = ingest.run(spark, lake, config, run_id="run-1")
 
     expected_reasons = sorted(o for _, o in CASES if o not in ("kept", "duplicate"))
@@ -197,12 +202,9 @@ def test_unusable_inputs_fail_with_a_message_naming_the_problem(
 
 
 def test_rerunning_ingest_and_sessionize_leaves_identical_tables(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, hostile: tuple[AppConfig, Lake]
 ) -> None:
-    raw = tmp_path / "in.jsonl"
-    raw.write_text("\n".join(line for line, _ in CASES) + "\n")
-    config = config_for(tmp_path, [str(raw)])
-    lake = Lake(spark, config.lake)
+    config, lake = hostile
 
     def snapshot() -> dict[str, list]:
         return {
