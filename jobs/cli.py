@@ -20,9 +20,9 @@ from jobs.config import AppConfig, ConfigError, load_config, log_config
 
 log = logging.getLogger("jobs")
 
-STAGES = ("generate", "ingest", "sessionize")
+STAGES = ("generate", "ingest", "sessionize", "train_encoder", "embed")
 #: Stages that read or write tables need Spark; ``generate`` is plain Python.
-SPARK_STAGES = frozenset({"ingest", "sessionize"})
+SPARK_STAGES = frozenset(STAGES) - {"generate"}
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -73,6 +73,33 @@ class StageOutcome:
     result: Any
 
 
+def _summary(stage: str, result: Any) -> str:
+    """One human line per stage result."""
+    if stage == "generate":
+        return (
+            f"generated {result.n_lines_written:,} raw records "
+            f"({result.n_events_clean:,} clean events) in {len(result.files)} files"
+        )
+    if stage == "ingest":
+        return str(result.line())
+    if stage == "sessionize":
+        return (
+            f"{result.events_in:,} events -> {result.sessions:,} sessions, "
+            f"{result.users:,} user sequences ({result.bot_users} bot users flagged)"
+        )
+    if stage == "train_encoder":
+        return (
+            f"masked-event loss {result.first_loss:.3f} -> {result.last_loss:.3f} over "
+            f"{result.steps} steps on {result.sequences:,} sequences; model at {result.output_dir}"
+        )
+    if stage == "embed":
+        return (
+            f"{result.rows:,} {result.unit} embeddings from {result.model_name} "
+            f"(model_version {result.model_version})"
+        )
+    return repr(result)
+
+
 def execute_stage(stage: str, config: AppConfig, run_id: str, spark: Any = None) -> StageOutcome:
     """Run one stage with start/end logging and wall time; ``spark`` is built on demand."""
     if stage not in STAGES:
@@ -84,29 +111,16 @@ def execute_stage(stage: str, config: AppConfig, run_id: str, spark: Any = None)
         from jobs.generate import generate
 
         result = generate(config.generate)
-        summary = (
-            f"generated {result.n_lines_written:,} raw records "
-            f"({result.n_events_clean:,} clean events) in {len(result.files)} files"
-        )
     else:
+        import importlib
+
         from jobs.lake import Lake
         from jobs.spark_session import get_spark
 
         spark = spark or get_spark(config.spark)
-        lake = Lake(spark, config.lake)
-        if stage == "ingest":
-            from jobs import ingest
-
-            result = ingest.run(spark, lake, config, run_id=run_id)
-            summary = result.line()
-        else:
-            from jobs import sessionize
-
-            result = sessionize.run(spark, lake, config, run_id=run_id)
-            summary = (
-                f"{result.events_in:,} events -> {result.sessions:,} sessions, "
-                f"{result.users:,} user sequences ({result.bot_users} bot users flagged)"
-            )
+        module = importlib.import_module(f"jobs.{stage}")
+        result = module.run(spark, Lake(spark, config.lake), config, run_id=run_id)
+    summary = _summary(stage, result)
     seconds = time.monotonic() - started
     log.info("stage %s: done in %.1fs: %s", stage, seconds, summary)
     return StageOutcome(stage=stage, seconds=seconds, summary=summary, result=result)

@@ -66,7 +66,7 @@ def _default_tables() -> Mapping[str, TableSpec]:
         "events_quarantine": TableSpec(),
         "sessions": TableSpec(partition_by=("session_date",)),
         "user_sequences": TableSpec(),
-        "embeddings": TableSpec(),
+        "embeddings": TableSpec(partition_by=("unit", "model_version")),
         "cluster_assignments": TableSpec(),
         "cluster_centroids": TableSpec(),
         "cluster_metrics": TableSpec(),
@@ -233,6 +233,61 @@ class SessionizeConfig:
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """Which transformer turns a rendered sequence into a vector, and how (SPEC section 6)."""
+
+    #: text (a pretrained sentence encoder over rendered text) | sequence (a small BERT over
+    #: event tokens, trained by ``train_encoder``).
+    kind: str = "text"
+    #: A Hugging Face model directory; null means the packaged all-MiniLM-L6-v2 for ``text`` and
+    #: ``<lake.root>/../models/sequence-encoder`` for ``sequence``.
+    model_path: str | None = None
+    #: Tokens per sequence; the most recent events are kept when a rendering is longer.
+    max_length: int = 128
+    #: Sequences per forward pass.
+    batch_size: int = 128
+    #: auto | cpu | cuda.  auto takes the task's GPU when Spark assigned one.
+    device: str = "auto"
+    #: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.
+    precision: str = "auto"
+    #: Render item ids too (only useful when items recur across users).
+    include_item_ids: bool = False
+    #: Upper bounds of the price bands cheap / low / mid / high; above the last is premium.
+    price_band_edges: tuple[float, ...] = (20.0, 60.0, 200.0, 600.0)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The ``embed`` job: which table's sequences become vectors."""
+
+    #: user (rows of user_sequences) | session (rows of sessions).
+    unit: str = "user"
+    include_bots: bool = False
+    #: Rows per Arrow batch handed to the UDF.
+    arrow_batch_rows: int = 2048
+
+
+@dataclass(frozen=True)
+class TrainEncoderConfig:
+    """Self-supervised training of the ``sequence`` encoder (masked-event prediction)."""
+
+    output_dir: str = "data/models/sequence-encoder"
+    #: Sequences sampled from ``sessions`` for training.
+    max_sequences: int = 20000
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 0.001
+    mask_probability: float = 0.15
+    seed: int = 42
+    #: Run the training function through pyspark.ml.torch.distributor.TorchDistributor.
+    distributed: bool = False
+    num_processes: int = 1
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration of one run."""
 
@@ -241,6 +296,9 @@ class AppConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
 
 
 # --------------------------------------------------------------------------------------------

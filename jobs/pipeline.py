@@ -1,6 +1,7 @@
 """``pipeline``: the stages in order under one ``run_id``, then a summary of every table.
 
-``--from`` / ``--to`` select a contiguous range of stages.  ``generate`` runs only when the
+``--from`` / ``--to`` select a contiguous range of stages; ``train_encoder`` runs only when
+``encoder.kind`` is ``sequence``.  ``generate`` runs only when the
 range includes it (it is the first stage), so a real dataset is processed with
 ``--from ingest``.
 """
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 STAGE_TABLES = {
     "ingest": ("events", "events_quarantine"),
     "sessionize": ("sessions", "user_sequences"),
+    "embed": ("embeddings",),
 }
 
 
@@ -32,6 +34,17 @@ def select_stages(start: str | None, stop: str | None) -> list[str]:
     if first > last:
         raise SystemExit(f"--from {start} comes after --to {stop}")
     return list(STAGES[first : last + 1])
+
+
+def applicable(stages: Sequence[str], config: AppConfig) -> list[str]:
+    """Drop optional stages the configuration does not call for: ``train_encoder`` runs only
+    for the ``sequence`` encoder (the text encoder is pretrained)."""
+    if config.encoder.kind == "sequence":
+        return list(stages)
+    skipped = [s for s in stages if s == "train_encoder"]
+    if skipped:
+        log.info("skipping train_encoder: encoder.kind=%s needs no training", config.encoder.kind)
+    return [s for s in stages if s != "train_encoder"]
 
 
 def _add_range(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, config, run_id = parse_common(
         argv, "segments pipeline", "Run the pipeline stages in order.", extend=_add_range
     )
-    stages = select_stages(args.start, args.stop)
+    stages = applicable(select_stages(args.start, args.stop), config)
     started = time.monotonic()
     outcomes, table_lines = run_pipeline(config, run_id, stages)
     print(f"\npipeline run {run_id}: {' -> '.join(stages)} in {time.monotonic() - started:.1f}s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -53,6 +54,10 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
 
     config = config or SparkConfig()
     _require_java()
+    if config.master.startswith("local"):
+        # Local Python workers must run the driver's interpreter (the project's virtualenv),
+        # not whatever `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     cores = _cores_for(config.master)
     shuffle_partitions = config.shuffle_partitions or max(2, 2 * cores)
     builder = SparkSession.builder.appName(config.app_name).master(config.master)

@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from jobs.config import AppConfig, LakeConfig, load_config
-from jobs.pipeline import run_pipeline, select_stages
+from jobs.pipeline import applicable, run_pipeline, select_stages
 
 from .conftest import REPO
 
@@ -46,8 +46,10 @@ def test_pipeline_accounts_for_every_generated_record(
     spark: SparkSession, tmp_path: Path, fmt: str
 ) -> None:
     config = small_config(tmp_path, (fmt,))
-    outcomes, table_lines = run_pipeline(config, "run-e2e", select_stages(None, None))
-    generated, ingested, sessionized = (o.result for o in outcomes)
+    stages = applicable(select_stages(None, None), config)
+    outcomes, table_lines = run_pipeline(config, "run-e2e", stages)
+    assert [o.stage for o in outcomes] == ["generate", "ingest", "sessionize", "embed"]
+    generated, ingested, sessionized, embedded = (o.result for o in outcomes)
 
     # Independent counts from the generator meet the ingest's own accounting.
     assert ingested.input_rows == generated.n_lines_written
@@ -58,7 +60,8 @@ def test_pipeline_accounts_for_every_generated_record(
     assert sessionized.bot_users == generated.n_bot_users
     assert sessionized.users == config.generate.n_users + generated.n_bot_users
 
-    for table in ("events", "events_quarantine", "sessions", "user_sequences"):
+    assert embedded.rows == config.generate.n_users  # every human user; bots excluded
+    for table in ("events", "events_quarantine", "sessions", "user_sequences", "embeddings"):
         path = Path(config.lake.root or "") / table
         assert DeltaTable(str(path)).version() == 0
         assert any(table in line for line in table_lines)
@@ -68,7 +71,13 @@ def test_pipeline_accounts_for_every_generated_record(
 
 
 def test_stage_selection() -> None:
-    assert select_stages("ingest", None) == ["ingest", "sessionize"]
+    assert select_stages("ingest", "sessionize") == ["ingest", "sessionize"]
+    everything = select_stages(None, None)
+    assert applicable(everything, AppConfig()) == ["generate", "ingest", "sessionize", "embed"]
+    sequence = dataclasses.replace(
+        AppConfig(), encoder=dataclasses.replace(AppConfig().encoder, kind="sequence")
+    )
+    assert applicable(everything, sequence)[-2:] == ["train_encoder", "embed"]
     assert select_stages(None, "ingest") == ["generate", "ingest"]
     with pytest.raises(SystemExit):
         select_stages("sessionize", "generate")
@@ -99,7 +108,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "reconciliation OK: input" in out
-    for table in ("events", "events_quarantine", "sessions", "user_sequences"):
+    for table in ("events", "events_quarantine", "sessions", "user_sequences", "embeddings"):
         assert str(tmp_path / "lake" / table) in out
     assert "resolved config" in result.stderr  # the resolved config is logged at start
 

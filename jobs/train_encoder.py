@@ -1,0 +1,209 @@
+"""``train_encoder`` stage: self-supervised masked-event pre-training of the sequence encoder.
+
+Sessions (bots excluded) are rendered as event tokens (``view:electronics.smartphone ...``, the
+same rendering ``embed`` uses), a vocabulary is built from them, and a small
+``transformers.BertForMaskedLM`` learns to predict masked events from their context.  No labels
+are involved.  The encoder part is saved as a Hugging Face directory (``config.json`` +
+``model.safetensors``) with ``event_vocab.json`` and ``metadata.json`` (data snapshot, steps,
+loss curve), ready for ``encoder.kind=sequence``.
+
+Locally the training runs in the driver process; with ``train_encoder.distributed`` it runs
+through ``pyspark.ml.torch.distributor.TorchDistributor`` (one process per GPU on a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from jobs.config import AppConfig, EncoderConfig, TrainEncoderConfig
+from jobs.lake import Lake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: str
+    sequences: int
+    vocab_size: int
+    steps: int
+    first_loss: float
+    last_loss: float
+    losses: tuple[float, ...]
+
+
+def build_vocab(sequences: Sequence[str]) -> list[str]:
+    """Special tokens, then event tokens by descending frequency (ties alphabetical)."""
+    from udfs.encoder import SPECIAL_TOKENS
+
+    counts = Counter(token for text in sequences for token in text.split())
+    for special in SPECIAL_TOKENS:
+        counts.pop(special, None)
+    return [*SPECIAL_TOKENS, *sorted(counts, key=lambda t: (-counts[t], t))]
+
+
+def train_mlm(
+    sequences: Sequence[str], settings: TrainEncoderConfig, max_length: int, output_dir: str
+) -> dict[str, Any]:
+    """Train and save the encoder; pure torch (no Spark), so TorchDistributor can run it."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from udfs.encoder import CLS, MASK, PAD, SEP, SEQUENCE_VOCAB_FILE, SPECIAL_TOKENS, UNK
+
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    vocab = build_vocab(sequences)
+    index = {t: i for i, t in enumerate(vocab)}
+    encoded = [
+        [index[CLS], *[index.get(t, index[UNK]) for t in text.split()][-(max_length - 1) :]]
+        for text in sequences
+    ]
+    encoded = [ids for ids in encoded if len(ids) > 2]  # something to predict from context
+    if not encoded:
+        raise ValueError("train_encoder: no sequences with at least two events to learn from")
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        intermediate_size=4 * settings.hidden_size,
+        max_position_embeddings=max(max_length, 8),
+        pad_token_id=index[PAD],
+    )
+    model = BertForMaskedLM(config)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    special_ids = torch.tensor([index[t] for t in SPECIAL_TOKENS])
+    losses: list[float] = []
+    started = time.monotonic()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(encoded), generator=generator).tolist()
+        for start in range(0, len(order), settings.batch_size):
+            batch = [encoded[i] for i in order[start : start + settings.batch_size]]
+            width = max(len(ids) for ids in batch)
+            ids = torch.full((len(batch), width), index[PAD], dtype=torch.long)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+            attention = (ids != index[PAD]).long()
+            maskable = attention.bool() & ~torch.isin(ids, special_ids)
+            chosen = maskable & (
+                torch.rand(ids.shape, generator=generator) < settings.mask_probability
+            )
+            # Every sequence predicts at least one event, so no batch is without a target.
+            first_real = maskable.float().argmax(dim=1)
+            none = ~chosen.any(dim=1) & maskable.any(dim=1)
+            chosen[none, first_real[none]] = True
+            labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+            inputs = torch.where(chosen, torch.full_like(ids, index[MASK]), ids)
+            loss = model(input_ids=inputs, attention_mask=attention, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            if len(losses) % 50 == 0:
+                log.info(
+                    "train_encoder epoch %d step %d loss %.3f", epoch + 1, len(losses), losses[-1]
+                )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.bert.save_pretrained(out)  # the encoder alone, loadable as BertModel
+    (out / SEQUENCE_VOCAB_FILE).write_text(json.dumps(vocab))
+    assert SEP in index
+    return {
+        "sequences": len(encoded),
+        "vocab_size": len(vocab),
+        "steps": len(losses),
+        "losses": losses,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> TrainResult:
+    """Sample sessions, train, save the model directory and its metadata."""
+    from jobs.embed import render_sequences, select_units
+
+    settings = config.train_encoder
+    encoder = replace(config.encoder, kind="sequence")
+    assert isinstance(encoder, EncoderConfig)
+    sessions = lake.read("sessions")
+    rendered = (
+        sessions.transform(select_units, unit="session", include_bots=False)
+        .transform(render_sequences, config=encoder)
+        .select("rendered")
+    )
+    total = rendered.count()
+    fraction = min(1.0, settings.max_sequences / max(total, 1))
+    sample = rendered.sample(fraction=fraction, seed=settings.seed).limit(settings.max_sequences)
+    # Sorted so the sample's order, and so training, does not depend on partitioning.
+    texts = sorted(r[0] for r in sample.collect())
+    log.info("train_encoder: %d of %d sessions sampled", len(texts), total)
+    stats: dict[str, Any]
+    if settings.distributed:
+        import torch
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        distributed_stats = TorchDistributor(
+            num_processes=settings.num_processes,
+            local_mode=str(spark.sparkContext.master).startswith("local"),
+            use_gpu=torch.cuda.is_available(),
+        ).run(train_mlm, texts, settings, encoder.max_length, settings.output_dir)
+        if distributed_stats is None:
+            raise RuntimeError("TorchDistributor returned no training statistics")
+        stats = distributed_stats
+    else:
+        stats = train_mlm(texts, settings, encoder.max_length, settings.output_dir)
+    losses = stats["losses"]
+    window = max(1, len(losses) // 10)
+    first = sum(losses[:window]) / window
+    last = sum(losses[-window:]) / window
+    metadata = {
+        "run_id": run_id,
+        "kind": "sequence",
+        "trained_on": {
+            "table": lake.location("sessions").describe(),
+            "table_version": lake.version("sessions"),
+            "sessions_total": total,
+            "sequences_used": stats["sequences"],
+        },
+        "settings": asdict(settings),
+        "max_length": encoder.max_length,
+        "include_item_ids": encoder.include_item_ids,
+        "vocab_size": stats["vocab_size"],
+        "steps": stats["steps"],
+        "seconds": stats["seconds"],
+        "loss_first_10pct_mean": first,
+        "loss_last_10pct_mean": last,
+        "loss_curve": losses,
+    }
+    Path(settings.output_dir, "metadata.json").write_text(json.dumps(metadata, indent=1))
+    return TrainResult(
+        output_dir=settings.output_dir,
+        sequences=stats["sequences"],
+        vocab_size=stats["vocab_size"],
+        steps=stats["steps"],
+        first_loss=first,
+        last_loss=last,
+        losses=tuple(losses),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``spark-submit jobs/train_encoder.py --conf conf/local.yaml``."""
+    from jobs.cli import run_stage
+
+    return run_stage("train_encoder", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

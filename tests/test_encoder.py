@@ -1,0 +1,123 @@
+"""The Spark-free encoder core (udfs.encoder) on CPU, plus a GPU check where CUDA exists."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.config import EncoderConfig, TrainEncoderConfig
+from jobs.train_encoder import train_mlm
+from udfs.encoder import (
+    Encoder,
+    load_encoder,
+    model_version,
+    packaged_minilm_path,
+)
+
+TEXTS = [
+    "view electronics smartphone samsung mid",
+    "",
+    "cart apparel shoes nike low, buy apparel shoes nike low | view kids toys lego cheap",
+    "search oled tv",
+    "view furniture living room sofa ikea high, " * 3,
+]
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> Encoder:
+    return load_encoder(EncoderConfig(max_length=64, batch_size=64), device="cpu")
+
+
+def test_shape_dtype_and_unit_norm(text_encoder: Encoder) -> None:
+    vectors = text_encoder.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert text_encoder.encode([]).shape == (0, 384)
+
+
+def test_matches_sentence_transformers_reference(text_encoder: Encoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+    reference.max_seq_length = 64
+    expected = reference.encode(TEXTS, normalize_embeddings=True, batch_size=64)
+    np.testing.assert_allclose(text_encoder.encode(TEXTS), expected, atol=1e-5)
+
+
+def test_order_is_restored_after_length_sorting(text_encoder: Encoder) -> None:
+    together = text_encoder.encode(TEXTS)
+    one_by_one = np.vstack([text_encoder.encode([t]) for t in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    reversed_order = text_encoder.encode(TEXTS[::-1])[::-1]
+    np.testing.assert_allclose(together, reversed_order, atol=1e-5)
+    # Distinct inputs really give distinct vectors (the check above is not vacuous).
+    assert np.abs(together[0] - together[2]).max() > 0.05
+
+
+def test_deterministic_and_batch_size_independent(text_encoder: Encoder) -> None:
+    many = [f"view category{i % 17} brand{i % 5} {'mid ' * (i % 9)}" for i in range(130)]
+    first = text_encoder.encode(many)
+    np.testing.assert_array_equal(first, text_encoder.encode(many))
+    single = dataclasses.replace(text_encoder, batch_size=1).encode(many)
+    np.testing.assert_allclose(first, single, atol=1e-5)
+
+
+def test_long_sequences_keep_their_most_recent_events(text_encoder: Encoder) -> None:
+    tail = ", ".join(["buy kids toys lego cheap"] * 30)
+    a = text_encoder.encode(["view electronics smartphone, " * 500 + tail])
+    b = text_encoder.encode(["view apparel dress zara, " * 800 + tail])
+    np.testing.assert_allclose(a, b, atol=1e-5)  # only the last max_length tokens count
+    assert len(text_encoder.tokenize(["word " * 5000])[0]) == 64
+
+
+def test_model_version_tracks_weights_and_rendering(tmp_path: Path) -> None:
+    minilm = packaged_minilm_path()
+    base = model_version(EncoderConfig(), minilm)
+    assert base == model_version(EncoderConfig(), minilm)
+    assert model_version(EncoderConfig(max_length=64), minilm) != base
+    assert model_version(EncoderConfig(include_item_ids=True), minilm) != base
+
+
+def test_sequence_encoder_trains_and_encodes(tmp_path: Path) -> None:
+    corpus = [
+        " ".join(["view:kids.toys", "add_to_cart:kids.toys", "purchase:kids.toys"] * 3),
+        " ".join(["view:sport.bicycle", "view:sport.tennis", "add_to_cart:sport.bicycle"] * 3),
+    ] * 40
+    settings = TrainEncoderConfig(
+        hidden_size=32, num_layers=1, num_heads=2, epochs=8, batch_size=16, learning_rate=0.003
+    )
+    stats = train_mlm(corpus, settings, 32, str(tmp_path))
+    losses = stats["losses"]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])  # it learned the patterns
+    vocab = json.loads((tmp_path / "event_vocab.json").read_text())
+    assert vocab[:5] == ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+
+    encoder = load_encoder(
+        EncoderConfig(kind="sequence", model_path=str(tmp_path), max_length=32), device="cpu"
+    )
+    vectors = encoder.encode([*corpus[:2], "never:seen tokens", ""])
+    assert vectors.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    ids = encoder.tokenize(["never:seen"])[0]
+    assert ids == [vocab.index("[CLS]"), vocab.index("[UNK]")]
+    assert len(encoder.tokenize(["view:kids.toys " * 100])[0]) == 32
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json missing"):
+        load_encoder(EncoderConfig(model_path=str(tmp_path)))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_matches_cpu(text_encoder: Encoder) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    gpu = load_encoder(EncoderConfig(max_length=64, batch_size=64), device="cuda")
+    cpu_vectors, gpu_vectors = text_encoder.encode(TEXTS), gpu.encode(TEXTS)
+    cosine = (cpu_vectors * gpu_vectors).sum(axis=1)
+    assert cosine.min() > 0.99

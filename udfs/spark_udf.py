@@ -1,0 +1,72 @@
+"""The encoder as a Spark iterator pandas UDF: a thin wrapper over :mod:`udfs.encoder`.
+
+The model is loaded once per Python worker (Spark reuses workers across tasks), on the GPU Spark
+assigned to the task when there is one (``TaskContext.resources()["gpu"]``), otherwise on the
+CPU with ``torch.set_num_threads`` equal to the task's cores so concurrent tasks do not
+oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import Column
+from pyspark.sql import types as T
+from pyspark.sql.functions import pandas_udf
+
+from jobs.config import EncoderConfig
+from udfs.encoder import Encoder, load_encoder
+
+#: One loaded encoder per worker process, keyed by what defines it.
+_WORKER_ENCODERS: dict[tuple[EncoderConfig, str, str], Encoder] = {}
+
+
+def task_device() -> tuple[str, int | None]:
+    """The device for this task (``cuda:<n>`` from Spark's GPU resources, else ``cpu``) and,
+    on CPU, the number of cores the task was given."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return "cpu", None
+    gpus = context.resources().get("gpu")
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}", None
+    return "cpu", max(1, int(context.cpus()))
+
+
+def worker_encoder(config: EncoderConfig, model_dir: str) -> Encoder:
+    """The worker's encoder, loaded on first use."""
+    device, threads = task_device()
+    if config.device == "cpu":
+        device = "cpu"
+    key = (config, model_dir, device)
+    encoder = _WORKER_ENCODERS.get(key)
+    if encoder is None:
+        from pathlib import Path
+
+        encoder = load_encoder(
+            config, model_dir=Path(model_dir), device=device, num_threads=threads
+        )
+        _WORKER_ENCODERS[key] = encoder
+    elif threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return encoder
+
+
+def embedding_udf(config: EncoderConfig, model_dir: str) -> Callable[[Column], Column]:
+    """A UDF mapping a column of rendered sequences to ``array<float>`` unit vectors."""
+
+    @pandas_udf(T.ArrayType(T.FloatType()))  # type: ignore[call-overload]
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        encoder = worker_encoder(config, model_dir)
+        for texts in batches:
+            vectors = encoder.encode(texts.fillna("").tolist())
+            yield pd.Series(list(vectors))
+
+    wrapped: Any = embed
+    return wrapped
