@@ -1,0 +1,204 @@
+"""Benchmark: the bare encoder core vs the same encoder inside the Spark pandas UDF.
+
+Same rows (user sequences rendered from generated data), same model, batch size and machine:
+
+* **bare**: ``Encoder.encode`` in this process with torch using all local cores;
+* **udf**: ``embedding_udf`` on ``local[N]`` (N tasks, one torch thread each), results written to
+  Spark's ``noop`` sink so only the computation and the Arrow round trip are timed.  The first UDF
+  job ("cold") includes loading the model in each Python worker; the second ("warm") reuses the
+  workers, as a long embed job does after its first batches.
+
+Prints sequences/s and tokens/s of each, the warm UDF / bare ratio (SPEC section 10 target:
+>= 0.9) and peak resident memory.  Usage::
+
+    python benchmarks/embed.py [--rows 4096] [--batch-size 128] [--max-length 128] [--kind text]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs.config import AppConfig, EncoderConfig, LakeConfig, SparkConfig  # noqa: E402
+
+
+def _python_worker_peak_rss_mb() -> float:
+    """Largest peak RSS among PySpark's Python worker processes (read from /proc)."""
+    peak = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+            if "pyspark.daemon" not in cmdline and "pyspark.worker" not in cmdline:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024.0)
+        except OSError:
+            continue
+    return peak
+
+
+def rendered_sequences(rows: int, encoder: EncoderConfig, workdir: Path) -> list[str]:
+    """Render user sequences of generated data with the pipeline's own transforms."""
+    from jobs import ingest, sessionize
+    from jobs.embed import render_sequences, select_units
+    from jobs.generate import generate
+    from jobs.lake import Lake
+    from jobs.spark_session import get_spark
+
+    base = AppConfig()
+    spec = dataclasses.replace(
+        base.ingest.source.inputs[0], paths=(str(workdir / "raw" / "jsonl"),)
+    )
+    config = dataclasses.replace(
+        base,
+        generate=dataclasses.replace(
+            base.generate,
+            n_users=max(200, rows // 2),
+            output_dir=str(workdir / "raw"),
+            ground_truth_path=str(workdir / "truth.csv"),
+        ),
+        ingest=dataclasses.replace(
+            base.ingest, source=dataclasses.replace(base.ingest.source, inputs=(spec,))
+        ),
+        lake=LakeConfig(engine="delta-rs", root=str(workdir / "lake")),
+    )
+    generate(config.generate)
+    spark = get_spark(config.spark)
+    lake = Lake(spark, config.lake)
+    ingest.run(spark, lake, config, run_id="bench")
+    sessionize.run(spark, lake, config, run_id="bench")
+    texts = [
+        r[0]
+        for r in lake.read("user_sequences")
+        .transform(select_units, unit="user", include_bots=False)
+        .transform(render_sequences, config=encoder)
+        .select("rendered")
+        .orderBy("id")
+        .limit(rows)
+        .collect()
+    ]
+    while len(texts) < rows:  # repeat when the generated data has fewer users than rows
+        texts.extend(texts[: rows - len(texts)])
+    return texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--kind", default="text", choices=["text"])
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from jobs.spark_session import get_spark
+    from udfs.encoder import load_encoder, resolve_model_path
+    from udfs.spark_udf import embedding_udf
+
+    encoder_config = EncoderConfig(
+        kind=args.kind, max_length=args.max_length, batch_size=args.batch_size, device="cpu"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    spark = get_spark(
+        SparkConfig(
+            master=f"local[{args.cores}]",
+            shuffle_partitions=args.cores,
+            extra={"spark.ui.showConsoleProgress": "false"},
+        )
+    )
+    texts = rendered_sequences(args.rows, encoder_config, workdir)
+
+    # ---- bare core
+    encoder = load_encoder(encoder_config, device="cpu", num_threads=args.cores)
+    tokens = sum(len(ids) for ids in encoder.tokenize(texts))
+    encoder.encode(texts[: args.batch_size])  # warm-up: first-call allocations
+    started = time.perf_counter()
+    bare_vectors = encoder.encode(texts)
+    bare_s = time.perf_counter() - started
+    bare_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    del encoder
+    torch.set_num_threads(1)  # the driver stays idle while the UDF's workers compute
+
+    # ---- the same rows through the UDF
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 8))
+    frame = spark.createDataFrame([(t,) for t in texts], "rendered string").repartition(args.cores)
+    frame = frame.cache()
+    frame.count()
+    model_dir = str(resolve_model_path(encoder_config))
+    embedded = frame.select(embedding_udf(encoder_config, model_dir)("rendered").alias("v"))
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        embedded.write.format("noop").mode("overwrite").save()
+        timings.append(time.perf_counter() - started)
+    cold_s, warm_s = timings
+    worker_rss = _python_worker_peak_rss_mb()
+    # The UDF computes what the core computes (spot check on the first rows).
+    sample = [
+        r["v"]
+        for r in frame.limit(8)
+        .select(embedding_udf(encoder_config, model_dir)("rendered").alias("v"))
+        .collect()
+    ]
+    first_texts = [r[0] for r in frame.limit(8).collect()]
+    check = load_encoder(encoder_config, device="cpu").encode(first_texts)
+    max_diff = float(np.abs(check - np.array(sample)).max())
+    spark.stop()
+
+    n = len(texts)
+    ratio = bare_s / warm_s
+    print(
+        f"\n{n:,} user sequences, {tokens:,} tokens (mean {tokens / n:.0f}), model "
+        f"all-MiniLM-L6-v2, batch {args.batch_size}, max_length {args.max_length}, "
+        f"{args.cores} CPU cores, torch {torch.__version__}"
+    )
+    print(
+        f"bare encode():   {n / bare_s:8.1f} seq/s  {tokens / bare_s:10,.0f} tokens/s  "
+        f"({bare_s:.1f}s)  peak RSS {bare_rss:,.0f} MB"
+    )
+    print(
+        f"UDF warm:        {n / warm_s:8.1f} seq/s  {tokens / warm_s:10,.0f} tokens/s  "
+        f"({warm_s:.1f}s)  peak Python worker RSS {worker_rss:,.0f} MB"
+    )
+    print(
+        f"UDF cold:        {n / cold_s:8.1f} seq/s  (first job, includes loading the model "
+        f"in each of {args.cores} workers; {cold_s:.1f}s)"
+    )
+    print(f"ratio UDF/bare (warm): {ratio:.2f}  (SPEC target >= 0.9); cold {bare_s / cold_s:.2f}")
+    print(f"UDF vs core on the same rows: max abs difference {max_diff:.2e}")
+    print(
+        json.dumps(
+            {
+                "rows": n,
+                "tokens": tokens,
+                "bare_s": bare_s,
+                "udf_warm_s": warm_s,
+                "udf_cold_s": cold_s,
+                "ratio_warm": ratio,
+                "bare_rss_mb": bare_rss,
+                "worker_rss_mb": worker_rss,
+                "bare_dim": int(bare_vectors.shape[1]),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
