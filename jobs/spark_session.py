@@ -53,31 +53,38 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         return active
 
     config = config or SparkConfig()
-    _require_java()
-    if config.master.startswith("local"):
+    # spark-submit starts the JVM first and hands Python its gateway: then the submit command
+    # (cluster manager, --master, --driver-memory) decides, not the profile.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not submitted:
+        _require_java()
+    if config.master.startswith("local") and not submitted:
         # Local Python workers must run the driver's interpreter (the project's virtualenv),
         # not whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     cores = _cores_for(config.master)
     shuffle_partitions = config.shuffle_partitions or max(2, 2 * cores)
-    builder = SparkSession.builder.appName(config.app_name).master(config.master)
-    settings = {
-        **_LOCAL_DEFAULTS,
-        "spark.driver.memory": config.driver_memory,
-        "spark.sql.shuffle.partitions": str(shuffle_partitions),
-        "spark.default.parallelism": str(shuffle_partitions),
-        **_REQUIRED_CONF,
-        **dict(config.extra),
-    }
+    builder = SparkSession.builder.appName(config.app_name)
+    settings: dict[str, str] = {}
+    if not submitted:
+        builder = builder.master(config.master)
+        settings.update(_LOCAL_DEFAULTS)
+        settings["spark.driver.memory"] = config.driver_memory
+        settings["spark.default.parallelism"] = str(shuffle_partitions)
+    if not submitted or config.shuffle_partitions:
+        settings["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
+    settings.update(_REQUIRED_CONF)
+    settings.update(config.extra)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     log.info(
-        "built Spark %s session master=%s shuffle_partitions=%s",
+        "built Spark %s session master=%s shuffle_partitions=%s%s",
         spark.version,
-        config.master,
-        shuffle_partitions,
+        spark.sparkContext.master,
+        spark.conf.get("spark.sql.shuffle.partitions"),
+        " (settings from spark-submit)" if submitted else "",
     )
     return spark
 
