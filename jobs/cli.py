@@ -88,8 +88,9 @@ def _summary(stage: str, result: Any) -> str:
             f"{result.users:,} user sequences ({result.bot_users} bot users flagged)"
         )
     if stage == "train_encoder":
+        loss = "masked-event" if result.mode == "mlm" else "contrastive"
         return (
-            f"masked-event loss {result.first_loss:.3f} -> {result.last_loss:.3f} over "
+            f"{loss} loss {result.first_loss:.3f} -> {result.last_loss:.3f} over "
             f"{result.steps} steps on {result.sequences:,} sequences; model at {result.output_dir}"
         )
     if stage == "embed":

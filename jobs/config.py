@@ -269,8 +269,11 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class TrainEncoderConfig:
-    """Self-supervised training of the ``sequence`` encoder (masked-event prediction)."""
+    """Self-supervised training: masked-event pre-training of the ``sequence`` encoder (``mlm``)
+    or contrastive fine-tuning of the ``text`` encoder (``contrastive``)."""
 
+    #: mlm | contrastive
+    mode: str = "mlm"
     output_dir: str = "data/models/sequence-encoder"
     #: Sequences sampled from ``sessions`` for training.
     max_sequences: int = 20000
@@ -281,6 +284,10 @@ class TrainEncoderConfig:
     batch_size: int = 64
     learning_rate: float = 0.001
     mask_probability: float = 0.15
+    #: contrastive mode: learning rate, InfoNCE temperature, share of events dropped per view.
+    contrastive_learning_rate: float = 2e-5
+    temperature: float = 0.05
+    event_dropout: float = 0.3
     seed: int = 42
     #: Run the training function through pyspark.ml.torch.distributor.TorchDistributor.
     distributed: bool = False

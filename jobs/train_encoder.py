@@ -1,4 +1,9 @@
-"""``train_encoder`` stage: self-supervised masked-event pre-training of the sequence encoder.
+"""``train_encoder`` stage: self-supervised training of an encoder, no labels.
+
+``mode: mlm`` (default) pre-trains the sequence encoder by masked-event prediction, as below;
+``mode: contrastive`` fine-tunes the text encoder so that two augmented views of the same
+sequence (random event dropout) embed close together and other sequences of the batch apart
+(InfoNCE with in-batch negatives), and saves the fine-tuned text model the same way.
 
 Sessions (bots excluded) are rendered as event tokens (``view:electronics.smartphone ...``, the
 same rendering ``embed`` uses), a vocabulary is built from them, and a small
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
+    mode: str
     output_dir: str
     sequences: int
     vocab_size: int
@@ -129,12 +135,118 @@ def train_mlm(
     }
 
 
+def _two_views(text: str, dropout: float, generator: Any) -> tuple[str, str]:
+    """Two augmented views of one rendered text sequence: each drops events at random."""
+    import torch
+
+    events = text.split(", ")
+    views = []
+    for _ in range(2):
+        keep = torch.rand(len(events), generator=generator) >= dropout
+        if not keep.any():
+            keep[int(torch.randint(len(events), (1,), generator=generator))] = True
+        views.append(", ".join(e for e, k in zip(events, keep.tolist(), strict=True) if k))
+    return views[0], views[1]
+
+
+def train_contrastive(
+    sequences: Sequence[str],
+    settings: TrainEncoderConfig,
+    encoder: EncoderConfig,
+    output_dir: str,
+) -> dict[str, Any]:
+    """Fine-tune the text encoder: two views of the same sequence attract, the other sequences
+    of the batch repel (InfoNCE with in-batch negatives).  Pure torch + transformers."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from udfs.encoder import resolve_model_path
+
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    base = resolve_model_path(replace(encoder, kind="text"))
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    tokenizer.truncation_side = "left"
+    model = AutoModel.from_pretrained(base, local_files_only=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.contrastive_learning_rate)
+
+    def embed(texts: list[str]) -> Any:
+        batch = tokenizer(
+            texts, truncation=True, max_length=encoder.max_length, padding=True, return_tensors="pt"
+        )
+        hidden = model(**batch).last_hidden_state
+        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=1)
+
+    def info_nce(pairs: list[tuple[str, str]]) -> Any:
+        left = embed([a for a, _ in pairs])
+        right = embed([b for _, b in pairs])
+        logits = left @ right.T / settings.temperature
+        target = torch.arange(len(pairs))
+        return (
+            torch.nn.functional.cross_entropy(logits, target)
+            + torch.nn.functional.cross_entropy(logits.T, target)
+        ) / 2
+
+    texts = [t for t in sequences if t]
+    if len(texts) < 2:
+        raise ValueError("train_encoder (contrastive): needs at least two non-empty sequences")
+    held_out = [
+        _two_views(t, settings.event_dropout, torch.Generator().manual_seed(i))
+        for i, t in enumerate(texts[: settings.batch_size])
+    ]
+    model.eval()
+    with torch.no_grad():
+        loss_before = float(info_nce(held_out))
+    model.train()
+    losses: list[float] = []
+    started = time.monotonic()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(texts), generator=generator).tolist()
+        for start in range(0, len(order) - 1, settings.batch_size):
+            chunk = [texts[i] for i in order[start : start + settings.batch_size]]
+            if len(chunk) < 2:
+                continue
+            loss = info_nce([_two_views(t, settings.event_dropout, generator) for t in chunk])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            if len(losses) % 20 == 0:
+                log.info(
+                    "train_encoder (contrastive) epoch %d step %d loss %.3f",
+                    epoch + 1,
+                    len(losses),
+                    losses[-1],
+                )
+    model.eval()
+    with torch.no_grad():
+        loss_after = float(info_nce(held_out))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {
+        "sequences": len(texts),
+        "vocab_size": int(tokenizer.vocab_size),
+        "steps": len(losses),
+        "losses": losses,
+        "held_out_loss_before": loss_before,
+        "held_out_loss_after": loss_after,
+        "seconds": time.monotonic() - started,
+    }
+
+
 def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> TrainResult:
     """Sample sessions, train, save the model directory and its metadata."""
     from jobs.embed import render_sequences, select_units
 
     settings = config.train_encoder
-    encoder = replace(config.encoder, kind="sequence")
+    if settings.mode not in ("mlm", "contrastive"):
+        raise ValueError("train_encoder.mode must be mlm or contrastive")
+    kind = "sequence" if settings.mode == "mlm" else "text"
+    encoder = replace(config.encoder, kind=kind)
     assert isinstance(encoder, EncoderConfig)
     sessions = lake.read("sessions")
     rendered = (
@@ -149,6 +261,11 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
     texts = sorted(r[0] for r in sample.collect())
     log.info("train_encoder: %d of %d sessions sampled", len(texts), total)
     stats: dict[str, Any]
+    train_fn: Any = train_mlm
+    arguments: tuple[Any, ...] = (texts, settings, encoder.max_length, settings.output_dir)
+    if settings.mode == "contrastive":
+        train_fn = train_contrastive
+        arguments = (texts, settings, encoder, settings.output_dir)
     if settings.distributed:
         import torch
         from pyspark.ml.torch.distributor import TorchDistributor
@@ -157,19 +274,20 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
             num_processes=settings.num_processes,
             local_mode=str(spark.sparkContext.master).startswith("local"),
             use_gpu=torch.cuda.is_available(),
-        ).run(train_mlm, texts, settings, encoder.max_length, settings.output_dir)
+        ).run(train_fn, *arguments)
         if distributed_stats is None:
             raise RuntimeError("TorchDistributor returned no training statistics")
         stats = distributed_stats
     else:
-        stats = train_mlm(texts, settings, encoder.max_length, settings.output_dir)
+        stats = train_fn(*arguments)
     losses = stats["losses"]
     window = max(1, len(losses) // 10)
     first = sum(losses[:window]) / window
     last = sum(losses[-window:]) / window
     metadata = {
         "run_id": run_id,
-        "kind": "sequence",
+        "mode": settings.mode,
+        "kind": kind,
         "trained_on": {
             "table": lake.location("sessions").describe(),
             "table_version": lake.version("sessions"),
@@ -185,9 +303,12 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
         "loss_first_10pct_mean": first,
         "loss_last_10pct_mean": last,
         "loss_curve": losses,
+        "held_out_loss_before": stats.get("held_out_loss_before"),
+        "held_out_loss_after": stats.get("held_out_loss_after"),
     }
     Path(settings.output_dir, "metadata.json").write_text(json.dumps(metadata, indent=1))
     return TrainResult(
+        mode=settings.mode,
         output_dir=settings.output_dir,
         sequences=stats["sequences"],
         vocab_size=stats["vocab_size"],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jobs.config import EncoderConfig, TrainEncoderConfig
-from jobs.train_encoder import train_mlm
+from jobs.train_encoder import train_contrastive, train_mlm
 from udfs.encoder import (
     Encoder,
     load_encoder,
@@ -105,6 +105,30 @@ def test_sequence_encoder_trains_and_encodes(tmp_path: Path) -> None:
     ids = encoder.tokenize(["never:seen"])[0]
     assert ids == [vocab.index("[CLS]"), vocab.index("[UNK]")]
     assert len(encoder.tokenize(["view:kids.toys " * 100])[0]) == 32
+
+
+def test_contrastive_fine_tuning_pulls_views_together(tmp_path: Path) -> None:
+    words = [
+        "view kids toys lego cheap",
+        "cart apparel shoes nike low",
+        "buy sport bicycle high",
+        "view electronics smartphone samsung mid",
+        "search",
+        "view kitchen knives tefal low",
+    ]
+    rng = np.random.default_rng(0)
+    texts = [", ".join(rng.choice(words, size=8)) for _ in range(48)]
+    settings = TrainEncoderConfig(
+        mode="contrastive", epochs=2, batch_size=16, seed=3, contrastive_learning_rate=5e-5
+    )
+    stats = train_contrastive(texts, settings, EncoderConfig(max_length=48), str(tmp_path))
+    assert stats["steps"] == 6
+    assert stats["held_out_loss_after"] < stats["held_out_loss_before"]
+    tuned = load_encoder(EncoderConfig(model_path=str(tmp_path), max_length=48), device="cpu")
+    vectors = tuned.encode(texts[:3])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    original = load_encoder(EncoderConfig(max_length=48), device="cpu").encode(texts[:3])
+    assert np.abs(vectors - original).max() > 1e-4  # the weights really changed
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
