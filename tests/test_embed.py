@@ -156,3 +156,19 @@ def test_train_encoder_lowers_its_loss_and_embeds_through_the_udf(
     new_rows = lake.read("embeddings").where(F.col("model_version") == counts.model_version)
     assert new_rows.where("unit = 'user'").count() == 120
     assert {r[0] for r in new_rows.select(F.size("embedding")).distinct().collect()} == {32}
+
+
+def test_train_encoder_runs_through_torch_distributor(
+    spark: SparkSession, small_lake: AppConfig, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(
+        small_lake.train_encoder,
+        distributed=True,
+        num_processes=1,
+        output_dir=str(tmp_path / "distributed"),
+    )
+    config = dataclasses.replace(small_lake, train_encoder=settings)
+    result = train_encoder.run(spark, Lake(spark, config.lake), config, run_id="td")
+    assert result.last_loss < result.first_loss
+    assert (tmp_path / "distributed" / "model.safetensors").is_file()
+    assert (tmp_path / "distributed" / "event_vocab.json").is_file()
