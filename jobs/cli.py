@@ -20,7 +20,7 @@ from jobs.config import AppConfig, ConfigError, load_config, log_config
 
 log = logging.getLogger("jobs")
 
-STAGES = ("generate", "ingest", "sessionize", "train_encoder", "embed")
+STAGES = ("generate", "ingest", "sessionize", "train_encoder", "embed", "cluster")
 #: Stages that read or write tables need Spark; ``generate`` is plain Python.
 SPARK_STAGES = frozenset(STAGES) - {"generate"}
 
@@ -98,6 +98,14 @@ def _summary(stage: str, result: Any) -> str:
             f"{result.rows:,} {result.unit} embeddings from {result.model_name} "
             f"(model_version {result.model_version})"
         )
+    if stage == "cluster":
+        source = (
+            "saved model" if not result.sweep else f"k chosen from {[s[0] for s in result.sweep]}"
+        )
+        return (
+            f"{result.rows:,} rows in k={result.k} clusters on {result.backend} ({source}); "
+            f"sizes {list(result.sizes)}"
+        )
     return repr(result)
 
 
@@ -167,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobs.pipeline import main as pipeline_main
 
         return pipeline_main(rest)
+    if command == "cluster":
+        from jobs.cluster import main as cluster_main
+
+        return cluster_main(rest)
     return run_stage(command, rest)
 
 

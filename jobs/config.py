@@ -67,9 +67,9 @@ def _default_tables() -> Mapping[str, TableSpec]:
         "sessions": TableSpec(partition_by=("session_date",)),
         "user_sequences": TableSpec(),
         "embeddings": TableSpec(partition_by=("unit", "model_version")),
-        "cluster_assignments": TableSpec(),
-        "cluster_centroids": TableSpec(),
-        "cluster_metrics": TableSpec(),
+        "cluster_assignments": TableSpec(partition_by=("run_id",)),
+        "cluster_centroids": TableSpec(partition_by=("run_id",)),
+        "cluster_metrics": TableSpec(partition_by=("run_id",)),
         "cluster_profiles": TableSpec(),
     }
 
@@ -295,6 +295,29 @@ class TrainEncoderConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """The ``cluster`` job: K-Means on one model_version of ``embeddings`` (SPEC section 7)."""
+
+    #: One k, or candidates to sweep (each fitted and recorded; ``criterion`` picks one).
+    k: int | tuple[int, ...] = 6
+    #: silhouette (highest squared-Euclidean silhouette) | elbow (knee of the SSE curve).
+    criterion: str = "silhouette"
+    max_iter: int = 50
+    tol: float = 1e-4
+    #: Must fit in 32 bits, as cuML requires.
+    seed: int = 42
+    #: auto | gpu (spark-rapids-ml) | cpu (Spark MLlib).  auto uses the GPU when cuML imports and
+    #: executors have GPUs.
+    backend: str = "auto"
+    #: Which embeddings to cluster; null = the most recently embedded version of ``embed.unit``.
+    model_version: str | None = None
+    #: Fitted models are saved (Spark ML format) under ``<model_root>/<run_id>``.
+    model_root: str = "data/models/kmeans"
+    #: Assign rows with this saved model instead of fitting (``cluster --assign-only --model``).
+    assign_with_model: str | None = None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration of one run."""
 
@@ -306,6 +329,7 @@ class AppConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ STAGE_TABLES = {
     "ingest": ("events", "events_quarantine"),
     "sessionize": ("sessions", "user_sequences"),
     "embed": ("embeddings",),
+    "cluster": ("cluster_assignments", "cluster_centroids", "cluster_metrics"),
 }
 
 

@@ -38,6 +38,7 @@ def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppCo
             base.ingest, source=dataclasses.replace(base.ingest.source, inputs=(spec,))
         ),
         lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
+        cluster=dataclasses.replace(base.cluster, model_root=str(tmp_path / "models")),
     )
 
 
@@ -48,8 +49,8 @@ def test_pipeline_accounts_for_every_generated_record(
     config = small_config(tmp_path, (fmt,))
     stages = applicable(select_stages(None, None), config)
     outcomes, table_lines = run_pipeline(config, "run-e2e", stages)
-    assert [o.stage for o in outcomes] == ["generate", "ingest", "sessionize", "embed"]
-    generated, ingested, sessionized, embedded = (o.result for o in outcomes)
+    assert [o.stage for o in outcomes] == ["generate", "ingest", "sessionize", "embed", "cluster"]
+    generated, ingested, sessionized, embedded, clustered = (o.result for o in outcomes)
 
     # Independent counts from the generator meet the ingest's own accounting.
     assert ingested.input_rows == generated.n_lines_written
@@ -61,7 +62,18 @@ def test_pipeline_accounts_for_every_generated_record(
     assert sessionized.users == config.generate.n_users + generated.n_bot_users
 
     assert embedded.rows == config.generate.n_users  # every human user; bots excluded
-    for table in ("events", "events_quarantine", "sessions", "user_sequences", "embeddings"):
+    assert clustered.rows == embedded.rows and sum(clustered.sizes) == embedded.rows
+    assert clustered.model_version == embedded.model_version
+    for table in (
+        "events",
+        "events_quarantine",
+        "sessions",
+        "user_sequences",
+        "embeddings",
+        "cluster_assignments",
+        "cluster_centroids",
+        "cluster_metrics",
+    ):
         path = Path(config.lake.root or "") / table
         assert DeltaTable(str(path)).version() == 0
         assert any(table in line for line in table_lines)
@@ -73,11 +85,17 @@ def test_pipeline_accounts_for_every_generated_record(
 def test_stage_selection() -> None:
     assert select_stages("ingest", "sessionize") == ["ingest", "sessionize"]
     everything = select_stages(None, None)
-    assert applicable(everything, AppConfig()) == ["generate", "ingest", "sessionize", "embed"]
+    assert applicable(everything, AppConfig()) == [
+        "generate",
+        "ingest",
+        "sessionize",
+        "embed",
+        "cluster",
+    ]
     sequence = dataclasses.replace(
         AppConfig(), encoder=dataclasses.replace(AppConfig().encoder, kind="sequence")
     )
-    assert applicable(everything, sequence)[-2:] == ["train_encoder", "embed"]
+    assert applicable(everything, sequence)[-3:] == ["train_encoder", "embed", "cluster"]
     assert select_stages(None, "ingest") == ["generate", "ingest"]
     with pytest.raises(SystemExit):
         select_stages("sessionize", "generate")
@@ -94,6 +112,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
         "item_id: product_id, category: category_code, brand: brand, price: price, "
         "query: search_query}}]",
         f"lake.root={tmp_path / 'lake'}",
+        f"cluster.model_root={tmp_path / 'models'}",
         "spark.master=local[2]",
         "spark.shuffle_partitions=2",
     ]
@@ -108,7 +127,14 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "reconciliation OK: input" in out
-    for table in ("events", "events_quarantine", "sessions", "user_sequences", "embeddings"):
+    for table in (
+        "events",
+        "events_quarantine",
+        "sessions",
+        "user_sequences",
+        "embeddings",
+        "cluster_assignments",
+    ):
         assert str(tmp_path / "lake" / table) in out
     assert "resolved config" in result.stderr  # the resolved config is logged at start
 

@@ -1,0 +1,198 @@
+"""The cluster job on well-separated blobs of unit vectors (CPU path; GPU path where cuML is)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+from sklearn.metrics import adjusted_rand_score
+
+from jobs import cluster
+from jobs.cluster import pick_k
+from jobs.config import AppConfig, ClusterConfig, LakeConfig
+from jobs.lake import Lake
+
+K_TRUE = 5
+N = 500
+
+
+def blobs(seed: int = 0, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around K_TRUE random directions (tight, well separated)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(K_TRUE, dim))
+    labels = np.arange(N) % K_TRUE
+    points = centres[labels] + rng.normal(scale=0.08, size=(N, dim))
+    return points / np.linalg.norm(points, axis=1, keepdims=True), labels
+
+
+@pytest.fixture
+def blob_lake(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, np.ndarray, np.ndarray]:
+    points, labels = blobs()
+    config = dataclasses.replace(
+        AppConfig(),
+        lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
+        cluster=ClusterConfig(k=K_TRUE, model_root=str(tmp_path / "models"), backend="cpu"),
+    )
+    rows = [
+        (
+            "user",
+            f"u{i:04d}",
+            f"u{i:04d}",
+            [float(x) for x in p],
+            "blobs",
+            "v-blobs",
+            "r0",
+            datetime(2024, 3, 1),
+        )
+        for i, p in enumerate(points)
+    ]
+    frame = spark.createDataFrame(
+        rows,
+        "unit string, id string, user_id string, embedding array<float>, model_name string, "
+        "model_version string, run_id string, embedded_at timestamp",
+    )
+    Lake(spark, config.lake).overwrite("embeddings", frame)
+    return config, points, labels
+
+
+def assignments(lake: Lake, run_id: str) -> dict[str, int]:
+    table = lake.read("cluster_assignments").where(f"run_id = '{run_id}'")
+    return {r["id"]: r["cluster_id"] for r in table.collect()}
+
+
+def test_cpu_kmeans_recovers_the_blobs_deterministically(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    config, points, labels = blob_lake
+    lake = Lake(spark, config.lake)
+    result = cluster.run(spark, lake, config, run_id="a")
+    got = assignments(lake, "a")
+    predicted = [got[f"u{i:04d}"] for i in range(N)]
+    assert adjusted_rand_score(labels, predicted) >= 0.95
+    assert (result.k, result.backend, result.rows) == (K_TRUE, "cpu", N)
+    assert sum(result.sizes) == N
+    centroids = lake.read("cluster_centroids").where("run_id = 'a'").collect()
+    assert sum(r["size"] for r in centroids) == N and len(centroids) == K_TRUE
+
+    cluster.run(spark, lake, config, run_id="b")
+    assert assignments(lake, "b") == got  # same seed, same assignments
+
+    # distance is the Euclidean distance to the row's own centroid
+    centre = {r["cluster_id"]: np.array(r["centroid"]) for r in centroids}
+    table = lake.read("cluster_assignments").where("run_id = 'a'").collect()
+    index = {f"u{i:04d}": i for i in range(N)}
+    for row in table[:50]:
+        expected = np.linalg.norm(points[index[row["id"]]] - centre[row["cluster_id"]])
+        assert row["distance"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_rerunning_a_run_replaces_its_rows(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    config, _, _ = blob_lake
+    lake = Lake(spark, config.lake)
+    sweep = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=(4, 5)))
+    cluster.run(spark, lake, sweep, run_id="r")
+    cluster.run(spark, lake, sweep, run_id="r")
+    assert lake.read("cluster_assignments").count() == N
+    assert lake.read("cluster_centroids").count() == K_TRUE
+    metrics = lake.read("cluster_metrics").collect()
+    assert sorted((m["metric"], m["k"]) for m in metrics) == [
+        ("silhouette_sqeuclidean", 4),
+        ("silhouette_sqeuclidean", 5),
+        ("sse", 4),
+        ("sse", 5),
+    ]
+
+
+def test_sweep_picks_the_true_k_and_records_every_candidate(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    config, points, _labels = blob_lake
+    lake = Lake(spark, config.lake)
+    for criterion in ("silhouette", "elbow"):
+        sweep = dataclasses.replace(
+            config,
+            cluster=dataclasses.replace(config.cluster, k=(3, 4, 5, 6, 7, 8), criterion=criterion),
+        )
+        result = cluster.run(spark, lake, sweep, run_id=f"sweep-{criterion}")
+        assert result.k == K_TRUE, (criterion, result.sweep)
+    metrics = lake.read("cluster_metrics").where("run_id = 'sweep-silhouette'").collect()
+    assert {(m["metric"], m["k"]) for m in metrics} == {
+        (name, k) for name in ("sse", "silhouette_sqeuclidean") for k in range(3, 9)
+    }
+    assert {m["method"] for m in metrics} == {"embedding"}
+    assert all(m["sample_size"] == N and m["model_version"] == "v-blobs" for m in metrics)
+    # inertia matches scikit-learn's for the same assignment
+    got = assignments(lake, "sweep-silhouette")
+    predicted = np.array([got[f"u{i:04d}"] for i in range(N)])
+    sse = sum(
+        ((points[predicted == c] - points[predicted == c].mean(axis=0)) ** 2).sum()
+        for c in range(K_TRUE)
+    )
+    recorded = next(m["value"] for m in metrics if m["metric"] == "sse" and m["k"] == K_TRUE)
+    assert recorded == pytest.approx(sse, rel=1e-4)
+
+
+def test_assign_only_with_a_saved_model(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    config, _, _ = blob_lake
+    lake = Lake(spark, config.lake)
+    fitted = cluster.run(spark, lake, config, run_id="fit")
+    assert fitted.model_path and Path(fitted.model_path).exists()
+    reuse = dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, assign_with_model=fitted.model_path)
+    )
+    again = cluster.run(spark, lake, reuse, run_id="assign")
+    assert again.sweep == () and again.k == K_TRUE
+    assert assignments(lake, "assign") == assignments(lake, "fit")
+
+
+def test_pick_k_rules() -> None:
+    sweep = [(2, 100.0, 0.3), (3, 40.0, 0.6), (4, 35.0, 0.5), (5, 33.0, 0.4)]
+    assert pick_k(sweep, "silhouette") == 3
+    assert pick_k(sweep, "elbow") == 3
+    assert pick_k([(4, 1.0, 0.1)], "elbow") == 4
+
+
+def test_invalid_settings(spark: SparkSession, blob_lake: tuple) -> None:
+    config, _, _ = blob_lake
+    lake = Lake(spark, config.lake)
+    for bad, message in [
+        ({"k": 1}, "k must be >= 2"),
+        ({"seed": 2**32}, "32 bits"),
+        ({"criterion": "gap"}, "criterion"),
+    ]:
+        broken = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **bad))
+        with pytest.raises(ValueError, match=message):
+            cluster.run(spark, lake, broken, run_id="x")
+
+
+@pytest.mark.gpu
+def test_gpu_centres_match_cpu(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    pytest.importorskip("spark_rapids_ml", reason="spark-rapids-ml / cuML not installed")
+    config, _, _ = blob_lake
+    lake = Lake(spark, config.lake)
+    cpu = cluster.run(spark, lake, config, run_id="cpu")
+    gpu_config = dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, backend="gpu")
+    )
+    gpu = cluster.run(spark, lake, gpu_config, run_id="gpu")
+    assert gpu.backend == "gpu"
+    cpu_centres = sorted(
+        tuple(np.round(r["centroid"], 2))
+        for r in lake.read("cluster_centroids").where("run_id = 'cpu'").collect()
+    )
+    gpu_centres = sorted(
+        tuple(np.round(r["centroid"], 2))
+        for r in lake.read("cluster_centroids").where("run_id = 'gpu'").collect()
+    )
+    np.testing.assert_allclose(np.array(cpu_centres), np.array(gpu_centres), atol=0.02)
+    assert sorted(cpu.sizes) == sorted(gpu.sizes)
