@@ -1,0 +1,90 @@
+"""Distributed cluster-quality metrics against scikit-learn on small data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from sklearn import metrics as sk
+
+from jobs import quality
+
+
+def frame(spark: SparkSession, points: np.ndarray, labels: np.ndarray) -> DataFrame:
+    rows = [([float(x) for x in p], int(c)) for p, c in zip(points, labels, strict=True)]
+    return spark.createDataFrame(rows, "embedding array<double>, cluster_id int").repartition(3)
+
+
+@pytest.fixture(scope="module")
+def data(spark: SparkSession) -> tuple[DataFrame, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 300)
+    points = rng.normal(size=(4, 8))[labels] + rng.normal(scale=0.7, size=(300, 8))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return frame(spark, points, labels), points, labels
+
+
+def test_sse_and_calinski_harabasz(data: tuple[DataFrame, np.ndarray, np.ndarray]) -> None:
+    df, points, labels = data
+    agg = quality.cluster_aggregates(df)
+    expected_sse = sum(
+        ((points[labels == c] - points[labels == c].mean(axis=0)) ** 2).sum()
+        for c in np.unique(labels)
+    )
+    assert quality.sse(agg) == pytest.approx(expected_sse, rel=1e-9)
+    assert quality.calinski_harabasz(agg) == pytest.approx(
+        sk.calinski_harabasz_score(points, labels), rel=1e-9
+    )
+    assert agg.counts.sum() == len(points)
+
+
+def test_davies_bouldin(data: tuple[DataFrame, np.ndarray, np.ndarray]) -> None:
+    df, points, labels = data
+    agg = quality.cluster_aggregates(df)
+    assert quality.davies_bouldin(df, agg) == pytest.approx(
+        sk.davies_bouldin_score(points, labels), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("distance", "metric"), [("squaredEuclidean", "sqeuclidean"), ("cosine", "cosine")]
+)
+def test_silhouettes_are_exact(
+    data: tuple[DataFrame, np.ndarray, np.ndarray], distance: str, metric: str
+) -> None:
+    df, points, labels = data
+    assert quality.silhouette(df, distance=distance) == pytest.approx(
+        sk.silhouette_score(points, labels, metric=metric), abs=1e-6
+    )
+
+
+def test_size_balance_hand_computed(spark: SparkSession) -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    df = frame(spark, np.ones((10, 2)), labels)
+    balance = quality.size_balance(quality.cluster_aggregates(df))
+    shares = np.array([0.6, 0.3, 0.1])
+    assert balance["size_min_share"] == pytest.approx(0.1)
+    assert balance["size_max_share"] == pytest.approx(0.6)
+    assert balance["size_entropy"] == pytest.approx(-(shares * np.log(shares)).sum() / np.log(3))
+
+
+def test_ari_nmi_purity_from_a_contingency_table(spark: SparkSession) -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 5, 400)
+    noisy = np.where(rng.random(400) < 0.3, rng.integers(0, 6, 400), truth)
+    df = spark.createDataFrame(
+        [(f"t{t}", int(c)) for t, c in zip(truth, noisy, strict=True)], "truth string, c int"
+    )
+    table = quality.contingency(df, "truth", "c")
+    assert table.shape == (5, 6) and table.sum() == 400
+    assert quality.adjusted_rand_index(table) == pytest.approx(
+        sk.adjusted_rand_score(truth, noisy), abs=1e-12
+    )
+    assert quality.normalized_mutual_info(table) == pytest.approx(
+        sk.normalized_mutual_info_score(truth, noisy), abs=1e-12
+    )
+    majority = sum(np.bincount(truth[noisy == c]).max() for c in np.unique(noisy))
+    assert quality.purity(table) == pytest.approx(majority / 400)
+    identical = quality.contingency(df, "truth", "truth")
+    assert quality.adjusted_rand_index(identical) == pytest.approx(1.0)
+    assert quality.normalized_mutual_info(identical) == pytest.approx(1.0)
