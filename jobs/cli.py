@@ -20,7 +20,7 @@ from jobs.config import AppConfig, ConfigError, load_config, log_config
 
 log = logging.getLogger("jobs")
 
-STAGES = ("generate", "ingest", "sessionize", "train_encoder", "embed", "cluster")
+STAGES = ("generate", "ingest", "sessionize", "train_encoder", "embed", "cluster", "evaluate")
 #: Stages that read or write tables need Spark; ``generate`` is plain Python.
 SPARK_STAGES = frozenset(STAGES) - {"generate"}
 
@@ -105,6 +105,10 @@ def _summary(stage: str, result: Any) -> str:
         return (
             f"{result.rows:,} rows in k={result.k} clusters on {result.backend} ({source}); "
             f"sizes {list(result.sizes)}"
+        )
+    if stage == "evaluate":
+        return (
+            f"cluster run {result.run_id} (k={result.k}, {result.rows:,} rows): {result.headline()}"
         )
     return repr(result)
 

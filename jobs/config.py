@@ -318,6 +318,24 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``evaluate`` job: metrics, baselines and profiles of one cluster run (SPEC sec. 8)."""
+
+    #: Which cluster run to evaluate; null = the latest run in ``cluster_assignments``.
+    cluster_run_id: str | None = None
+    #: CSV ``user_id,persona`` for external metrics; null = ``generate.ground_truth_path`` when
+    #: that file exists, otherwise no external metrics.
+    ground_truth_path: str | None = None
+    #: Rows in the exact-silhouette cross-check sample.
+    silhouette_sample: int = 2000
+    #: Extra K-Means seeds for the stability metrics.
+    stability_seeds: int = 3
+    #: Vocabulary cap of the TF-IDF baselines.
+    tfidf_vocab_size: int = 512
+    seed: int = 7
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration of one run."""
 
@@ -330,6 +348,7 @@ class AppConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppCo
         ),
         lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
         cluster=dataclasses.replace(base.cluster, model_root=str(tmp_path / "models")),
+        evaluate=dataclasses.replace(base.evaluate, stability_seeds=2, silhouette_sample=400),
     )
 
 
@@ -49,8 +50,15 @@ def test_pipeline_accounts_for_every_generated_record(
     config = small_config(tmp_path, (fmt,))
     stages = applicable(select_stages(None, None), config)
     outcomes, table_lines = run_pipeline(config, "run-e2e", stages)
-    assert [o.stage for o in outcomes] == ["generate", "ingest", "sessionize", "embed", "cluster"]
-    generated, ingested, sessionized, embedded, clustered = (o.result for o in outcomes)
+    assert [o.stage for o in outcomes] == [
+        "generate",
+        "ingest",
+        "sessionize",
+        "embed",
+        "cluster",
+        "evaluate",
+    ]
+    generated, ingested, sessionized, embedded, clustered, evaluated = (o.result for o in outcomes)
 
     # Independent counts from the generator meet the ingest's own accounting.
     assert ingested.input_rows == generated.n_lines_written
@@ -64,6 +72,36 @@ def test_pipeline_accounts_for_every_generated_record(
     assert embedded.rows == config.generate.n_users  # every human user; bots excluded
     assert clustered.rows == embedded.rows and sum(clustered.sizes) == embedded.rows
     assert clustered.model_version == embedded.model_version
+
+    # evaluate: every SPEC metric name for the embedding, the three baselines beside it
+    spec_names = {
+        "sse",
+        "silhouette_sqeuclidean",
+        "silhouette_cosine",
+        "silhouette_exact_sample",
+        "davies_bouldin",
+        "calinski_harabasz",
+        "size_min_share",
+        "size_max_share",
+        "size_entropy",
+        "ari_vs_truth",
+        "nmi_vs_truth",
+        "purity_vs_truth",
+    }
+    stability = {"stability_ari_mean", "stability_ari_sd", "stability_nmi_mean"}
+    assert set(evaluated.metrics["embedding"]) >= spec_names | stability
+    for method in ("tfidf_baseline", "tfidf_tokens_baseline", "random_baseline"):
+        assert set(evaluated.metrics[method]) >= spec_names
+    assert abs(evaluated.metrics["random_baseline"]["ari_vs_truth"]) < 0.05
+    assert evaluated.metrics["embedding"]["ari_vs_truth"] > 0.5
+    history = DeltaTable(str(Path(config.lake.root or "") / "cluster_metrics")).to_pandas()
+    assert set(history["method"]) == {
+        "embedding",
+        "tfidf_baseline",
+        "tfidf_tokens_baseline",
+        "random_baseline",
+    }
+    assert not history.duplicated(["run_id", "method", "metric", "k", "backend"]).any()
     for table in (
         "events",
         "events_quarantine",
@@ -75,7 +113,8 @@ def test_pipeline_accounts_for_every_generated_record(
         "cluster_metrics",
     ):
         path = Path(config.lake.root or "") / table
-        assert DeltaTable(str(path)).version() == 0
+        # one commit per writing stage: cluster_metrics is written by cluster and evaluate
+        assert DeltaTable(str(path)).version() == (1 if table == "cluster_metrics" else 0)
         assert any(table in line for line in table_lines)
     sessions = DeltaTable(str(Path(config.lake.root or "") / "sessions")).to_pyarrow_table()
     assert sessions.num_rows == sessionized.sessions
@@ -91,11 +130,17 @@ def test_stage_selection() -> None:
         "sessionize",
         "embed",
         "cluster",
+        "evaluate",
     ]
     sequence = dataclasses.replace(
         AppConfig(), encoder=dataclasses.replace(AppConfig().encoder, kind="sequence")
     )
-    assert applicable(everything, sequence)[-3:] == ["train_encoder", "embed", "cluster"]
+    assert applicable(everything, sequence)[-4:] == [
+        "train_encoder",
+        "embed",
+        "cluster",
+        "evaluate",
+    ]
     assert select_stages(None, "ingest") == ["generate", "ingest"]
     with pytest.raises(SystemExit):
         select_stages("sessionize", "generate")
@@ -113,6 +158,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
         "query: search_query}}]",
         f"lake.root={tmp_path / 'lake'}",
         f"cluster.model_root={tmp_path / 'models'}",
+        "evaluate.stability_seeds=1",
         "spark.master=local[2]",
         "spark.shuffle_partitions=2",
     ]

@@ -1,0 +1,317 @@
+"""``evaluate`` stage: how good are the segments, and better than what? (SPEC section 8)
+
+For one cluster run it records in ``cluster_metrics`` (method ``embedding``):
+
+* internal metrics, all O(n·k·d) (:mod:`jobs.quality`): ``sse``, ``silhouette_sqeuclidean``,
+  ``silhouette_cosine``, ``davies_bouldin``, ``calinski_harabasz``, ``size_*``; plus
+  ``silhouette_exact_sample``, scikit-learn's exact Euclidean silhouette on a bounded sample;
+* stability: mean / sd ARI and mean NMI between the run's assignments and K-Means refits with
+  other seeds (contingency tables via ``groupBy``);
+* external metrics when ground truth exists: ``ari_vs_truth``, ``nmi_vs_truth``,
+  ``purity_vs_truth``;
+
+and the same internal and external metrics for three baselines on the same rows and k:
+``tfidf_baseline`` (bag of categories, TF-IDF, K-Means), ``tfidf_tokens_baseline`` (bag of event
+type x category x brand x price band tokens) and ``random_baseline`` (uniform random labels,
+measured in the embedding space).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import quality
+from jobs.config import AppConfig, ClusterConfig
+from jobs.lake import Lake
+from jobs.metrics import Metric, record_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    run_id: str
+    k: int
+    rows: int
+    metrics: dict[str, dict[str, float]]  # method -> metric -> value
+
+    def headline(self) -> str:
+        parts = []
+        for method in ("embedding", "tfidf_tokens_baseline", "tfidf_baseline", "random_baseline"):
+            values = self.metrics.get(method, {})
+            if "ari_vs_truth" in values:
+                parts.append(f"{method} ARI {values['ari_vs_truth']:.3f}")
+        emb = self.metrics.get("embedding", {})
+        parts.append(f"silhouette {emb.get('silhouette_cosine', float('nan')):.3f} (cosine)")
+        return "; ".join(parts)
+
+
+# ==================================================================== pure transforms
+
+
+def category_tokens(events: Column) -> Column:
+    """Bag of categories: one token per event (``none`` for events without one)."""
+    return F.transform(events, lambda e: F.coalesce(e["category"], F.lit("none")))
+
+
+def behaviour_tokens(events: Column, edges: tuple[float, ...]) -> Column:
+    """Bag of event type x category x brand x price band tokens."""
+    from jobs.embed import _price_band
+
+    return F.transform(
+        events,
+        lambda e: F.concat_ws(
+            "|",
+            e["event_type"],
+            F.coalesce(e["category"], F.lit("none")),
+            F.coalesce(e["brand"], F.lit("none")),
+            F.coalesce(_price_band(e["price"], edges), F.lit("none")),
+        ),
+    )
+
+
+def tfidf_clusters(
+    df: DataFrame, *, tokens: str, k: int, seed: int, vocab_size: int, max_iter: int
+) -> DataFrame:
+    """TF-IDF vectors (L2-normalised) of a token column, clustered by MLlib K-Means.
+
+    Returns ``id``, ``embedding`` (the dense TF-IDF vector as an array, so the same metric code
+    applies) and ``cluster_id``.
+    """
+    from pyspark.ml import Pipeline
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.feature import IDF, CountVectorizer, Normalizer
+    from pyspark.ml.functions import vector_to_array
+
+    pipeline = Pipeline(
+        stages=[
+            CountVectorizer(inputCol=tokens, outputCol="__tf", vocabSize=vocab_size),
+            IDF(inputCol="__tf", outputCol="__tfidf"),
+            Normalizer(inputCol="__tfidf", outputCol="__features", p=2.0),
+            KMeans(
+                k=k,
+                seed=seed,
+                maxIter=max_iter,
+                featuresCol="__features",
+                predictionCol="cluster_id",
+            ),
+        ]
+    )
+    fitted = pipeline.fit(df).transform(df)
+    return fitted.select(
+        "id",
+        vector_to_array(F.col("__features"), dtype="float32").alias("embedding"),
+        F.col("cluster_id").cast("int"),
+    )
+
+
+def random_clusters(df: DataFrame, *, k: int, seed: int) -> DataFrame:
+    """Uniform random labels: the floor every method must clear."""
+    return df.withColumn("cluster_id", F.floor(F.rand(seed) * k).cast("int"))
+
+
+# ==================================================================== metric sets
+
+
+def internal_metrics(df: DataFrame, *, sample: int, seed: int) -> dict[str, float]:
+    """Every internal metric of ``embedding`` / ``cluster_id`` rows."""
+    from sklearn.metrics import silhouette_score
+
+    agg = quality.cluster_aggregates(df)
+    values = {
+        "sse": quality.sse(agg),
+        "calinski_harabasz": quality.calinski_harabasz(agg),
+        "davies_bouldin": quality.davies_bouldin(df, agg),
+        "silhouette_sqeuclidean": quality.silhouette(df, distance="squaredEuclidean"),
+        "silhouette_cosine": quality.silhouette(df, distance="cosine"),
+        **quality.size_balance(agg),
+    }
+    rows = df.orderBy(F.rand(seed)).limit(sample).select("embedding", "cluster_id").collect()
+    labels = np.array([r["cluster_id"] for r in rows])
+    if len(set(labels)) > 1 and len(rows) > len(set(labels)):
+        points = np.array([r["embedding"] for r in rows], dtype=np.float64)
+        values["silhouette_exact_sample"] = float(silhouette_score(points, labels))
+    return values
+
+
+def external_metrics(df: DataFrame, truth: DataFrame) -> dict[str, float]:
+    """ARI, NMI and purity of ``cluster_id`` against ``persona`` (joined on user_id)."""
+    table = quality.contingency(df.join(truth, "user_id"), "persona", "cluster_id")
+    return {
+        "ari_vs_truth": quality.adjusted_rand_index(table),
+        "nmi_vs_truth": quality.normalized_mutual_info(table),
+        "purity_vs_truth": quality.purity(table),
+    }
+
+
+def stability_metrics(
+    rows: DataFrame, *, k: int, cluster: ClusterConfig, seeds: list[int]
+) -> dict[str, float]:
+    """Agreement between the run's assignments (``rows.cluster_id``) and K-Means refits of the
+    same embeddings with other seeds."""
+    from jobs.cluster import _estimator, with_features
+
+    features = rows.select("id", "embedding").transform(with_features).cache()
+    aris, nmis = [], []
+    for seed in seeds:
+        model = _estimator("cpu", k, replace(cluster, seed=seed)).fit(features)
+        refit = model.transform(features).select("id", F.col("cluster_id").alias("__refit"))
+        table = quality.contingency(rows.join(refit, "id"), "cluster_id", "__refit")
+        aris.append(quality.adjusted_rand_index(table))
+        nmis.append(quality.normalized_mutual_info(table))
+    features.unpersist()
+    return {
+        "stability_ari_mean": float(np.mean(aris)),
+        "stability_ari_sd": float(np.std(aris, ddof=1)) if len(aris) > 1 else 0.0,
+        "stability_nmi_mean": float(np.mean(nmis)),
+    }
+
+
+# ==================================================================== the job
+
+
+def _ground_truth(spark: SparkSession, config: AppConfig) -> DataFrame | None:
+    path = config.evaluate.ground_truth_path or config.generate.ground_truth_path
+    if not path or ("://" not in path and not Path(path).is_file()):
+        log.info("no ground truth at %s: external metrics skipped", path)
+        return None
+    return spark.read.option("header", "true").csv(path).select("user_id", "persona")
+
+
+def latest_cluster_run(assignments: DataFrame) -> str:
+    """The newest run id (run ids sort by their UTC timestamp prefix)."""
+    row = assignments.agg(F.max("run_id")).first()
+    if row is None or row[0] is None:
+        raise ValueError("cluster_assignments is empty: run the cluster stage first")
+    return str(row[0])
+
+
+def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> EvaluateResult:
+    """Evaluate one cluster run and its baselines; write ``cluster_metrics``."""
+    cfg = config.evaluate
+    all_assignments = lake.read("cluster_assignments")
+    cluster_run = cfg.cluster_run_id or latest_cluster_run(all_assignments)
+    assigned = all_assignments.where(F.col("run_id") == cluster_run).select(
+        "unit", "id", "user_id", "cluster_id"
+    )
+    first = assigned.first()
+    if first is None:
+        raise ValueError(f"cluster run {cluster_run!r} has no assignments")
+    unit = first["unit"]
+    centroids = lake.read("cluster_centroids").where(F.col("run_id") == cluster_run)
+    k = centroids.count()
+    version_row = (
+        lake.read("cluster_metrics")
+        .where(F.col("run_id") == cluster_run)
+        .select("model_version", "backend")
+        .first()
+        if lake.exists("cluster_metrics")
+        else None
+    )
+    embeddings = lake.read("embeddings").where(F.col("unit") == unit)
+    if version_row is not None:
+        model_version, backend = version_row["model_version"], version_row["backend"]
+        embeddings = embeddings.where(F.col("model_version") == model_version)
+    else:
+        from jobs.cluster import latest_model_version
+
+        model_version, backend = latest_model_version(embeddings, unit), "cpu"
+        embeddings = embeddings.where(F.col("model_version") == model_version)
+
+    rows = assigned.join(embeddings.select("id", "embedding"), "id").persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    n = rows.count()
+    log.info(
+        "evaluating cluster run %s: %d %ss, k=%d, model %s", cluster_run, n, unit, k, model_version
+    )
+    from jobs.embed import select_units
+
+    source = lake.read("user_sequences" if unit == "user" else "sessions")
+    sequences = source.transform(select_units, unit=unit, include_bots=True).join(
+        rows.select("id"), "id"
+    )
+    truth = _ground_truth(spark, config)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        emb = internal_metrics(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
+        if cfg.stability_seeds > 0:
+            seeds = [config.cluster.seed + 1000 * (i + 1) for i in range(cfg.stability_seeds)]
+            emb.update(stability_metrics(rows, k=k, cluster=config.cluster, seeds=seeds))
+        if truth is not None:
+            emb.update(external_metrics(rows, truth))
+        results["embedding"] = emb
+
+        bags = sequences.select(
+            "id",
+            "user_id",
+            category_tokens(F.col("events")).alias("__categories"),
+            behaviour_tokens(F.col("events"), config.encoder.price_band_edges).alias("__tokens"),
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        for method, column in (
+            ("tfidf_baseline", "__categories"),
+            ("tfidf_tokens_baseline", "__tokens"),
+        ):
+            clustered = tfidf_clusters(
+                bags,
+                tokens=column,
+                k=k,
+                seed=config.cluster.seed,
+                vocab_size=cfg.tfidf_vocab_size,
+                max_iter=config.cluster.max_iter,
+            ).join(bags.select("id", "user_id"), "id")
+            values = internal_metrics(clustered, sample=cfg.silhouette_sample, seed=cfg.seed)
+            if truth is not None:
+                values.update(external_metrics(clustered, truth))
+            results[method] = values
+        bags.unpersist()
+
+        random = random_clusters(rows.drop("cluster_id"), k=k, seed=cfg.seed)
+        values = internal_metrics(random, sample=cfg.silhouette_sample, seed=cfg.seed)
+        if truth is not None:
+            values.update(external_metrics(random, truth))
+        results["random_baseline"] = values
+    finally:
+        rows.unpersist()
+
+    record_metrics(
+        spark,
+        lake,
+        cluster_run,
+        [
+            Metric(
+                method,
+                name,
+                value,
+                k,
+                unit,
+                model_version,
+                backend if method == "embedding" else "cpu",
+                min(n, cfg.silhouette_sample) if name == "silhouette_exact_sample" else n,
+            )
+            for method, values in results.items()
+            for name, value in values.items()
+        ],
+    )
+    for method, values in results.items():
+        log.info("%s: %s", method, ", ".join(f"{m}={v:.4f}" for m, v in sorted(values.items())))
+    return EvaluateResult(run_id=cluster_run, k=k, rows=n, metrics=results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``spark-submit jobs/evaluate.py --conf conf/local.yaml``."""
+    from jobs.cli import run_stage
+
+    return run_stage("evaluate", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
