@@ -70,7 +70,7 @@ def _default_tables() -> Mapping[str, TableSpec]:
         "cluster_assignments": TableSpec(partition_by=("run_id",)),
         "cluster_centroids": TableSpec(partition_by=("run_id",)),
         "cluster_metrics": TableSpec(partition_by=("run_id",)),
-        "cluster_profiles": TableSpec(),
+        "cluster_profiles": TableSpec(partition_by=("run_id",)),
     }
 
 

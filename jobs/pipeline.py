@@ -25,7 +25,7 @@ STAGE_TABLES = {
     "sessionize": ("sessions", "user_sequences"),
     "embed": ("embeddings",),
     "cluster": ("cluster_assignments", "cluster_centroids", "cluster_metrics"),
-    "evaluate": ("cluster_metrics",),
+    "evaluate": ("cluster_metrics", "cluster_profiles"),
 }
 
 

@@ -102,6 +102,8 @@ def test_pipeline_accounts_for_every_generated_record(
         "random_baseline",
     }
     assert not history.duplicated(["run_id", "method", "metric", "k", "backend"]).any()
+    profiles = DeltaTable(str(Path(config.lake.root or "") / "cluster_profiles")).to_pandas()
+    assert profiles["size"].sum() == embedded.rows and len(profiles) == clustered.k
     for table in (
         "events",
         "events_quarantine",

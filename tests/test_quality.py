@@ -88,3 +88,45 @@ def test_ari_nmi_purity_from_a_contingency_table(spark: SparkSession) -> None:
     identical = quality.contingency(df, "truth", "truth")
     assert quality.adjusted_rand_index(identical) == pytest.approx(1.0)
     assert quality.normalized_mutual_info(identical) == pytest.approx(1.0)
+
+
+def test_cluster_profiles_hand_computed(spark: SparkSession) -> None:
+    from datetime import datetime
+
+    from jobs.evaluate import cluster_profiles
+
+    ts = datetime(2024, 3, 1)
+    event = (
+        "struct<ts:timestamp, event_type:string, item_id:string, category:string, "
+        "brand:string, price:double>"
+    )
+    assignments = spark.createDataFrame(
+        [("u1", "u1", 0, 0.1), ("u2", "u2", 0, 0.2), ("u3", "u3", 1, 0.3)],
+        "id string, user_id string, cluster_id int, distance double",
+    )
+    a_x = (ts, "view", "i1", "A", "x", 1.0)
+    sequences = spark.createDataFrame(
+        [("u1", [a_x, a_x]), ("u2", [(ts, "view", "i2", "B", None, 1.0)]), ("u3", [a_x])],
+        f"id string, events array<{event}>",
+    )
+    sessions = spark.createDataFrame(
+        [("u1", 10.0, 2, 1, 1), ("u2", 30.0, 1, 0, 0), ("u3", 0.0, 1, 0, 0)],
+        "user_id string, duration_s double, n_events long, n_purchases long, n_add_to_cart long",
+    )
+    rows = {
+        r["cluster_id"]: r for r in cluster_profiles(assignments, sequences, sessions).collect()
+    }
+    first = rows[0]
+    assert (first["size"], first["share"]) == (2, pytest.approx(2 / 3))
+    assert (first["conversion_rate"], first["cart_rate"]) == (0.5, 0.5)
+    assert first["mean_events_per_session"] == 1.5 and first["mean_session_duration_s"] == 20.0
+    top = [(t["value"], t["share"], t["lift"]) for t in first["top_categories"]]
+    assert top == [
+        ("A", pytest.approx(2 / 3), pytest.approx((2 / 3) / (3 / 4))),
+        ("B", pytest.approx(1 / 3), pytest.approx((1 / 3) / (1 / 4))),
+    ]
+    assert [t["value"] for t in first["top_brands"]] == ["x"]  # missing brands are skipped
+    assert first["representative_ids"] == ["u1", "u2"]
+    second = rows[1]
+    assert second["top_categories"][0]["lift"] == pytest.approx(1 / (3 / 4))
+    assert second["representative_ids"] == ["u3"]
