@@ -108,7 +108,8 @@ def _summary(stage: str, result: Any) -> str:
         )
     if stage == "evaluate":
         return (
-            f"cluster run {result.run_id} (k={result.k}, {result.rows:,} rows): {result.headline()}"
+            f"cluster run {result.run_id} (k={result.k}, {result.rows:,} rows): "
+            f"{result.headline()}; report {result.report_path}"
         )
     return repr(result)
 

@@ -332,6 +332,8 @@ class EvaluateConfig:
     stability_seeds: int = 3
     #: Vocabulary cap of the TF-IDF baselines.
     tfidf_vocab_size: int = 512
+    #: The report (report.md + PNG plots) goes to ``<report_dir>/<cluster run id>/``.
+    report_dir: str = "data/reports"
     seed: int = 7
 
 

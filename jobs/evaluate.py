@@ -42,6 +42,7 @@ class EvaluateResult:
     k: int
     rows: int
     metrics: dict[str, dict[str, float]]  # method -> metric -> value
+    report_path: str | None = None
 
     def headline(self) -> str:
         parts = []
@@ -387,6 +388,12 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
             results[method] = values
         bags.unpersist()
 
+        sample = (
+            rows.orderBy(F.rand(cfg.seed))
+            .limit(cfg.silhouette_sample)
+            .select("embedding", "cluster_id")
+            .collect()
+        )
         random = random_clusters(rows.drop("cluster_id"), k=k, seed=cfg.seed)
         values = internal_metrics(random, sample=cfg.silhouette_sample, seed=cfg.seed)
         if truth is not None:
@@ -425,7 +432,36 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     )
     for method, values in results.items():
         log.info("%s: %s", method, ", ".join(f"{m}={v:.4f}" for m, v in sorted(values.items())))
-    return EvaluateResult(run_id=cluster_run, k=k, rows=n, metrics=results)
+    from jobs.report import sweep_frame, write_report
+
+    sweep = sweep_frame(
+        [
+            r.asDict()
+            for r in lake.read("cluster_metrics")
+            .where(
+                (F.col("run_id") == cluster_run)
+                & (F.col("method") == "embedding")
+                & F.col("metric").isin("sse", "silhouette_sqeuclidean")
+            )
+            .select("k", "metric", "value")
+            .collect()
+        ]
+    )
+    report = write_report(
+        Path(cfg.report_dir) / cluster_run,
+        run_id=cluster_run,
+        k=k,
+        rows=n,
+        unit=unit,
+        model_version=model_version,
+        metrics=results,
+        sweep=sweep,
+        profiles=lake.read("cluster_profiles").where(F.col("run_id") == cluster_run).toPandas(),
+        sample_points=np.array([r["embedding"] for r in sample], dtype=np.float64),
+        sample_labels=np.array([r["cluster_id"] for r in sample]),
+    )
+    log.info("report written to %s", report)
+    return EvaluateResult(run_id=cluster_run, k=k, rows=n, metrics=results, report_path=str(report))
 
 
 def main(argv: list[str] | None = None) -> int:

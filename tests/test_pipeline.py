@@ -39,7 +39,12 @@ def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppCo
         ),
         lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
         cluster=dataclasses.replace(base.cluster, model_root=str(tmp_path / "models")),
-        evaluate=dataclasses.replace(base.evaluate, stability_seeds=2, silhouette_sample=400),
+        evaluate=dataclasses.replace(
+            base.evaluate,
+            stability_seeds=2,
+            silhouette_sample=400,
+            report_dir=str(tmp_path / "reports"),
+        ),
     )
 
 
@@ -104,6 +109,10 @@ def test_pipeline_accounts_for_every_generated_record(
     assert not history.duplicated(["run_id", "method", "metric", "k", "backend"]).any()
     profiles = DeltaTable(str(Path(config.lake.root or "") / "cluster_profiles")).to_pandas()
     assert profiles["size"].sum() == embedded.rows and len(profiles) == clustered.k
+    report = Path(evaluated.report_path)
+    assert report.is_file() and "| ari_vs_truth | higher |" in report.read_text()
+    for plot in ("k_sweep.png", "cluster_sizes.png", "projection.png", "top_categories.png"):
+        assert (report.parent / plot).stat().st_size > 5_000
     for table in (
         "events",
         "events_quarantine",
@@ -161,6 +170,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
         f"lake.root={tmp_path / 'lake'}",
         f"cluster.model_root={tmp_path / 'models'}",
         "evaluate.stability_seeds=1",
+        f"evaluate.report_dir={tmp_path / 'reports'}",
         "spark.master=local[2]",
         "spark.shuffle_partitions=2",
     ]
