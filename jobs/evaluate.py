@@ -232,6 +232,120 @@ def cluster_profiles(
     )
 
 
+# ==================================================================== usefulness
+
+
+def split_last_session(sessions: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(history, held out): each user's last session is held out; users with one session
+    have no history and are left out of both."""
+    from pyspark.sql import Window
+
+    ranked = sessions.withColumn(
+        "__from_end",
+        F.row_number().over(
+            Window.partitionBy("user_id").orderBy(F.desc("session_start"), F.desc("session_id"))
+        ),
+    ).withColumn("__n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+    eligible = ranked.where(F.col("__n") >= 2)
+    return (
+        eligible.where(F.col("__from_end") > 1).drop("__from_end", "__n"),
+        eligible.where(F.col("__from_end") == 1).drop("__from_end", "__n"),
+    )
+
+
+def hit_rates(
+    history: DataFrame,
+    held_out: DataFrame,
+    clusters: DataFrame,
+    *,
+    top_n: int = 10,
+    buckets: int = 50,
+) -> DataFrame:
+    """Per user bucket: held-out (user, category) pairs, and how many of them are among the
+    top ``top_n`` categories of the user's cluster and of the whole population (both ranked
+    on history events only).  ``clusters``: user_id, cluster_id."""
+    from pyspark.sql import Window
+
+    def categories(df: DataFrame) -> DataFrame:
+        return (
+            df.select("user_id", F.explode("events").alias("e"))
+            .select("user_id", F.col("e.category").alias("category"))
+            .where(F.col("category").isNotNull())
+        )
+
+    past = categories(history).join(clusters, "user_id")
+    rank = F.row_number().over(Window.partitionBy("cluster_id").orderBy(F.desc("n"), "category"))
+    cluster_top = (
+        past.groupBy("cluster_id", "category")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .withColumn("__r", rank)
+        .where(F.col("__r") <= top_n)
+        .select("cluster_id", "category", F.lit(1).alias("__in_cluster_top"))
+    )
+    global_top = (
+        past.groupBy("category")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .orderBy(F.desc("n"), "category")
+        .limit(top_n)
+        .select("category", F.lit(1).alias("__in_global_top"))
+    )
+    pairs = categories(held_out).distinct().join(clusters, "user_id")
+    scored = (
+        pairs.join(F.broadcast(cluster_top), ["cluster_id", "category"], "left")
+        .join(F.broadcast(global_top), "category", "left")
+        .fillna(0, ["__in_cluster_top", "__in_global_top"])
+    )
+    return scored.groupBy(F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("bucket")).agg(
+        F.count(F.lit(1)).alias("pairs"),
+        F.sum("__in_cluster_top").alias("cluster_hits"),
+        F.sum("__in_global_top").alias("global_hits"),
+    )
+
+
+def usefulness_metrics(
+    per_bucket: list[tuple[int, int, int]], *, resamples: int = 1000, seed: int = 7
+) -> dict[str, float]:
+    """Hit rates, their lift, and a 95% bootstrap interval of the lift over user buckets.
+
+    ``per_bucket``: (pairs, cluster_hits, global_hits) per bucket of users.
+    """
+    table = np.array(per_bucket, dtype=np.float64)
+    if table.size == 0 or table[:, 0].sum() == 0:
+        return {}
+    pairs, cluster_hits, global_hits = table.sum(axis=0)
+    rate, base = cluster_hits / pairs, global_hits / pairs
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(table), size=(resamples, len(table)))
+    sums = table[picks].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lifts = sums[:, 1] / sums[:, 2]
+    lifts = lifts[np.isfinite(lifts)]
+    return {
+        "hit_rate_at_10": float(rate),
+        "hit_rate_at_10_global": float(base),
+        "hit_rate_lift": float(rate / base) if base > 0 else float("nan"),
+        "hit_rate_lift_ci_low": float(np.percentile(lifts, 2.5)) if lifts.size else float("nan"),
+        "hit_rate_lift_ci_high": float(np.percentile(lifts, 97.5)) if lifts.size else float("nan"),
+    }
+
+
+def assign_to_centroids(rows: DataFrame, centroids: DataFrame) -> DataFrame:
+    """Nearest centroid per row (O(n·k·d)): ``rows`` id + embedding, ``centroids`` cluster_id +
+    centroid."""
+    from pyspark.sql import Window
+
+    squared = F.aggregate(
+        F.zip_with("embedding", "centroid", lambda a, b: (a - b) * (a - b)),
+        F.lit(0.0).cast("double"),
+        lambda acc, x: acc + x,
+    )
+    scored = rows.crossJoin(F.broadcast(centroids.select("cluster_id", "centroid"))).withColumn(
+        "__d", squared
+    )
+    best = F.row_number().over(Window.partitionBy("id").orderBy("__d", "cluster_id"))
+    return scored.withColumn("__r", best).where(F.col("__r") == 1).select("id", "cluster_id")
+
+
 # ==================================================================== metric sets
 
 
@@ -300,6 +414,42 @@ def _ground_truth(spark: SparkSession, config: AppConfig) -> DataFrame | None:
     return spark.read.option("header", "true").csv(path).select("user_id", "persona")
 
 
+def _usefulness(
+    lake: Lake, config: AppConfig, model_version: str, centroids: DataFrame
+) -> dict[str, float]:
+    """Hold out each user's last session; assign the user from the earlier sessions only
+    (re-embedded with the run's model, nearest existing centroid); score hit-rate@10."""
+    from jobs.embed import render_sequences
+    from jobs.sessionize import build_user_sequences
+    from udfs.encoder import model_version as version_of
+    from udfs.encoder import resolve_model_path
+    from udfs.spark_udf import embedding_udf
+
+    model_dir = resolve_model_path(
+        config.encoder, default_sequence_dir=config.train_encoder.output_dir
+    )
+    if version_of(config.encoder, model_dir) != model_version:
+        log.info(
+            "usefulness skipped: the configured encoder is not model_version %s", model_version
+        )
+        return {}
+    history, held_out = split_last_session(lake.read("sessions").where(~F.col("is_bot")))
+    rendered = (
+        build_user_sequences(history, config=config.sessionize)
+        .select(F.col("user_id").alias("id"), "user_id", "events")
+        .transform(render_sequences, config=config.encoder)
+    )
+    embedded = rendered.select(
+        "id", embedding_udf(config.encoder, str(model_dir))(F.col("rendered")).alias("embedding")
+    )
+    clusters = assign_to_centroids(embedded, centroids).withColumnRenamed("id", "user_id")
+    buckets = hit_rates(history, held_out, clusters).collect()
+    return usefulness_metrics(
+        [(r["pairs"], r["cluster_hits"], r["global_hits"]) for r in buckets],
+        seed=config.evaluate.seed,
+    )
+
+
 def latest_cluster_run(assignments: DataFrame) -> str:
     """The newest run id (run ids sort by their UTC timestamp prefix)."""
     row = assignments.agg(F.max("run_id")).first()
@@ -362,6 +512,8 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
             emb.update(stability_metrics(rows, k=k, cluster=config.cluster, seeds=seeds))
         if truth is not None:
             emb.update(external_metrics(rows, truth))
+        if unit == "user":
+            emb.update(_usefulness(lake, config, model_version, centroids))
         results["embedding"] = emb
 
         bags = sequences.select(

@@ -130,3 +130,48 @@ def test_cluster_profiles_hand_computed(spark: SparkSession) -> None:
     second = rows[1]
     assert second["top_categories"][0]["lift"] == pytest.approx(1 / (3 / 4))
     assert second["representative_ids"] == ["u3"]
+
+
+def test_hit_rates_and_usefulness_hand_computed(spark: SparkSession) -> None:
+    from datetime import datetime
+
+    from jobs.evaluate import hit_rates, split_last_session, usefulness_metrics
+
+    event = (
+        "struct<ts:timestamp, event_type:string, item_id:string, category:string, "
+        "brand:string, price:double>"
+    )
+
+    def ev(category: str) -> tuple:
+        return (datetime(2024, 3, 1), "view", "i", category, None, 1.0)
+
+    # History: cluster 0 (u1, u2) likes A then B; everyone together likes C most.
+    sessions = spark.createDataFrame(
+        [
+            ("s1", "u1", datetime(2024, 3, 1, 1), [ev("A"), ev("A"), ev("B")]),
+            ("s2", "u1", datetime(2024, 3, 2, 1), [ev("A"), ev("Z")]),  # held out: A hit, Z miss
+            ("s3", "u2", datetime(2024, 3, 1, 1), [ev("B")]),
+            ("s4", "u2", datetime(2024, 3, 2, 1), [ev("B")]),  # held out: B hit
+            ("s5", "u3", datetime(2024, 3, 1, 1), [ev("C")] * 5),
+            ("s6", "u3", datetime(2024, 3, 2, 1), [ev("A")]),  # held out: cluster 1 top is C
+            ("s7", "u4", datetime(2024, 3, 1, 1), [ev("A")]),  # one session: not scored
+        ],
+        f"session_id string, user_id string, session_start timestamp, events array<{event}>",
+    )
+    history, held_out = split_last_session(sessions)
+    assert sorted(r["session_id"] for r in held_out.collect()) == ["s2", "s4", "s6"]
+    clusters = spark.createDataFrame(
+        [("u1", 0), ("u2", 0), ("u3", 1)], "user_id string, cluster_id int"
+    )
+    buckets = hit_rates(history, held_out, clusters, top_n=1, buckets=1).collect()
+    # top-1: cluster 0 -> A (3 of its 4 past events), cluster 1 -> C; global -> C (5 of 9).
+    # held-out pairs: (u1,A) (u1,Z) (u2,B) (u3,A): cluster hits = u1/A only; global hits = none
+    assert [(r["pairs"], r["cluster_hits"], r["global_hits"]) for r in buckets] == [(4, 1, 0)]
+
+    metrics = usefulness_metrics([(10, 6, 3), (10, 5, 4), (10, 7, 3)], resamples=2000, seed=1)
+    assert metrics["hit_rate_at_10"] == pytest.approx(18 / 30)
+    assert metrics["hit_rate_at_10_global"] == pytest.approx(10 / 30)
+    assert metrics["hit_rate_lift"] == pytest.approx(1.8)
+    assert metrics["hit_rate_lift_ci_low"] <= 1.8 <= metrics["hit_rate_lift_ci_high"]
+    assert metrics["hit_rate_lift_ci_low"] >= 5 / 4 and metrics["hit_rate_lift_ci_high"] <= 7 / 3
+    assert usefulness_metrics([]) == {}
