@@ -330,9 +330,9 @@ def _parse_timestamp(raw: Column, text: Column, dtype: T.DataType, source: Sourc
     def from_epoch(number: Column) -> Column:
         if unit == "s":
             return F.timestamp_seconds(number.try_cast("double"))
-        if unit == "ms":
-            return F.timestamp_millis(number.try_cast("bigint"))
-        return F.timestamp_micros(number.try_cast("bigint"))
+        # Through double, so exponent notation (1.7092872E12) parses too.
+        whole = number.try_cast("double").cast("bigint")
+        return F.timestamp_millis(whole) if unit == "ms" else F.timestamp_micros(whole)
 
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         parsed = raw.cast("timestamp")
@@ -341,14 +341,18 @@ def _parse_timestamp(raw: Column, text: Column, dtype: T.DataType, source: Sourc
     elif source.timestamp_format:
         parsed = F.try_to_timestamp(text, F.lit(source.timestamp_format))
     else:
-        parsed = F.when(text.rlike(r"^-?\d+(\.\d+)?$"), from_epoch(text)).otherwise(
-            F.try_to_timestamp(text)
-        )
-    if source.timezone.upper() not in ("UTC", "Z", "ETC/UTC") and not isinstance(
-        dtype, (T.TimestampType, T.NumericType)
-    ):
-        parsed = F.to_utc_timestamp(parsed, source.timezone)
+        parsed = F.when(text.rlike(_EPOCH), from_epoch(text)).otherwise(F.try_to_timestamp(text))
+    local_zone = source.timezone.upper() not in ("UTC", "Z", "ETC/UTC")
+    if local_zone and not isinstance(dtype, (T.TimestampType, T.NumericType)):
+        # The zone applies only to wall-clock text: epochs and text with an offset are absolute.
+        absolute = text.rlike(_EPOCH) | text.rlike(r"([Zz]|[+-]\d{2}:?\d{2})$")
+        if source.timestamp_format:
+            absolute = F.lit(False)
+        parsed = F.when(absolute, parsed).otherwise(F.to_utc_timestamp(parsed, source.timezone))
     return parsed
+
+
+_EPOCH = r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$"
 
 
 def apply_lookups(
@@ -367,7 +371,12 @@ def apply_lookups(
                 F.col(f"`{src}`").cast("string").alias(prefix + tgt)
                 for tgt, src in spec.columns.items()
             ],
-        ).dropDuplicates([prefix + tgt for tgt, _ in keys])  # one match per key keeps rows 1:1
+        )
+        # One match per key keeps the join 1:1; the smallest value wins, so reruns agree.
+        key_cols = [prefix + tgt for tgt, _ in keys]
+        side = side.groupBy(*key_cols).agg(
+            *[F.min(prefix + tgt).alias(prefix + tgt) for tgt in spec.columns]
+        )
         condition = reduce(
             lambda a, b: a & b, [result[tgt] == side[prefix + tgt] for tgt, _ in keys]
         )

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "spark", "delta-rs")
 _STAGING_DIR = "_staging"
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-#: String statistics longer than this are left out: a truncated maximum would be wrong.
-_MAX_STAT_STRING = 32
+#: Longer string statistics are truncated (and the maximum widened) to keep the log small.
+_MAX_STAT_STRING = 256
 
 
 class LakeError(RuntimeError):
@@ -458,12 +459,7 @@ def _write_delta_rs(
                 uri, schema, actions, mode="error", partition_by=list(loc.partition_by) or None
             )
         else:
-            filters = None
-            if partitions is not None:
-                filters = [
-                    (col, "in", [v for v in values if v is not None])
-                    for col, values in partitions.items()
-                ]
+            filters = None if partitions is None else _partition_filters(loc, partitions)
             DeltaTable(uri).create_write_transaction(
                 list[Any](actions),
                 mode,
@@ -514,13 +510,47 @@ def _partition_values_from_path(
     return values
 
 
+def _partition_filters(
+    loc: TableLocation, partitions: Mapping[str, Sequence[str | None]]
+) -> list[tuple[str, str, Any]]:
+    """delta-rs partition filters selecting exactly ``partitions`` (AND across columns).
+
+    delta-rs matches the null partition only with ``= ''``; a null mixed with other values of
+    the same column cannot be expressed as one conjunctive filter, so it is refused.
+    """
+    filters: list[tuple[str, str, Any]] = []
+    for col, values in partitions.items():
+        present = [v for v in values if v is not None]
+        if len(present) == len(values):
+            filters.append((col, "in", present))
+        elif not present:
+            filters.append((col, "=", ""))
+        else:
+            raise LakeError(
+                f"{loc.table}: overwrite the null partition of {col} in a separate call from "
+                f"its other values {present}"
+            )
+    return filters
+
+
+def _comparable(text: str | None) -> str | None:
+    """Partition text in one canonical form (Spark writes ``2024-03-01 10:00:00`` where
+    Delta writes ``2024-03-01 10:00:00.000000``)."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        return text
+
+
 def _check_inside(
     loc: TableLocation,
     values: Mapping[str, str | None],
     partitions: Mapping[str, Sequence[str | None]],
 ) -> None:
     for col, allowed in partitions.items():
-        if values.get(col) not in allowed:
+        if _comparable(values.get(col)) not in {_comparable(v) for v in allowed}:
             raise LakeError(
                 f"{loc.table}: overwrite_partitions for {col} in {list(allowed)} got rows with "
                 f"{col}={values.get(col)!r}; refusing to write outside the replaced partitions"
@@ -541,34 +571,41 @@ def _partition_text(value: Any) -> str | None:
 
 
 def _file_stats(metadata: pq.FileMetaData) -> str:
-    """Delta per-file statistics (numRecords, nullCount, min/max) from a Parquet footer."""
+    """Delta per-file statistics (numRecords, nullCount, min/max) from a Parquet footer.
+
+    Only top-level primitive columns get statistics; Parquet numbers its columns by leaf, so
+    each is found by its leaf path rather than by its position among top-level fields.
+    """
     null_count: dict[str, int] = {}
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
-    schema = metadata.schema.to_arrow_schema()
-    for index, field in enumerate(schema):
-        if pa.types.is_nested(field.type):
+    for leaf in range(metadata.num_columns):
+        name = metadata.schema.column(leaf).path
+        if "." in name:  # a field inside a struct, list or map
             continue
         nulls = 0
         lo: Any = None
         hi: Any = None
         complete = True
-        for rg in range(metadata.num_row_groups):
-            stats = metadata.row_group(rg).column(index).statistics
-            if stats is None or not stats.has_null_count:
-                complete = False
-                break
-            nulls += stats.null_count
-            if stats.has_min_max:
-                lo = stats.min if lo is None else min(lo, stats.min)
-                hi = stats.max if hi is None else max(hi, stats.max)
+        try:
+            for rg in range(metadata.num_row_groups):
+                stats = metadata.row_group(rg).column(leaf).statistics
+                if stats is None or not stats.has_null_count:
+                    complete = False
+                    break
+                nulls += stats.null_count
+                if stats.has_min_max:
+                    lo = stats.min if lo is None else min(lo, stats.min)
+                    hi = stats.max if hi is None else max(hi, stats.max)
+        except (pa.ArrowNotImplementedError, TypeError):
+            continue  # e.g. decimals: pyarrow cannot extract their statistics
         if not complete:
             continue
-        null_count[field.name] = nulls
+        null_count[name] = nulls
         lo_json, hi_json = _stat_json(lo, floor=True), _stat_json(hi, floor=False)
         if lo_json is not None and hi_json is not None:
-            mins[field.name] = lo_json
-            maxs[field.name] = hi_json
+            mins[name] = lo_json
+            maxs[name] = hi_json
     return json.dumps(
         {
             "numRecords": metadata.num_rows,
@@ -580,7 +617,8 @@ def _file_stats(metadata: pq.FileMetaData) -> str:
 
 
 def _stat_json(value: Any, *, floor: bool) -> Any:
-    if value is None or isinstance(value, bytes):
+    """A statistic as Delta's JSON wants it, widened (never narrowed) where precision is lost."""
+    if value is None or isinstance(value, (bytes, Decimal)):
         return None
     if isinstance(value, datetime):
         # Delta keeps timestamp statistics at millisecond precision: round outward so that the
@@ -595,7 +633,13 @@ def _stat_json(value: Any, *, floor: bool) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, str):
-        return value if len(value) <= _MAX_STAT_STRING else None
+        if len(value) <= _MAX_STAT_STRING:
+            return value
+        # A prefix is a valid lower bound; the prefix followed by the highest code point is a
+        # valid upper bound.  Leaving the column out instead would make delta-rs skip the file
+        # on any filter over that column.
+        prefix = value[:_MAX_STAT_STRING]
+        return prefix if floor else prefix + "\U0010ffff"
     if isinstance(value, float) and value != value:  # NaN has no order
         return None
     return value

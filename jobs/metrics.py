@@ -12,6 +12,7 @@ from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.lake import Lake
@@ -31,7 +32,7 @@ METRICS_SCHEMA = T.StructType(
     ]
 )
 METHODS = ("embedding", "tfidf_baseline", "tfidf_tokens_baseline", "random_baseline")
-_KEY = ("method", "metric", "k", "backend")
+_KEY = ("method", "metric", "k", "unit", "model_version", "backend")
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,12 @@ def record_metrics(spark: SparkSession, lake: Lake, run_id: str, metrics: Sequen
     new_rows = [(run_id, *astuple(m)[:2], float(m.value), *astuple(m)[3:], now) for m in metrics]
     # Reorder to the table's columns: run_id, method, metric, value, k, unit, model_version,
     # backend, sample_size, created_at.
-    new_keys = {(r[1], r[2], r[4], r[7]) for r in new_rows}
+    new_keys = {(r[1], r[2], r[4], r[5], r[6], r[7]) for r in new_rows}
     kept: list[tuple] = []
     if lake.exists("cluster_metrics"):
         # A run's metrics are a handful of rows: read them to the driver and rewrite the run's
         # partition with the replaced values.
-        for row in lake.read("cluster_metrics").where(f"run_id = '{run_id}'").collect():
+        for row in lake.read("cluster_metrics").where(F.col("run_id") == run_id).collect():
             if tuple(row[c] for c in _KEY) not in new_keys:
                 kept.append(tuple(row))
     frame = spark.createDataFrame(kept + new_rows, METRICS_SCHEMA).coalesce(1)

@@ -303,3 +303,33 @@ def test_diginetica_views_and_purchases_ingest_with_the_category_lookup(
     # Times are the session day plus the millisecond offset.
     first = events.where("source_session_id = '1' and item_id = '81766'").select("event_ts").first()
     assert first is not None and str(first[0]) == "2016-05-09 00:08:46.309000"
+
+
+def test_local_time_zone_applies_only_to_wall_clock_text(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lines = [
+        record(
+            event_id="naive", product_id="p-naive", event_time="2024-03-01T10:00:00"
+        ),  # Berlin wall clock
+        record(event_id="zulu", product_id="p-zulu", event_time="2024-03-01T10:00:00Z"),
+        record(event_id="offset", product_id="p-offset", event_time="2024-03-01T10:00:00+02:00"),
+        record(event_id="epoch", product_id="p-epoch", event_time=1709287200000),
+        record(event_id="exponent", product_id="p-exponent", event_time="1.7092872E12"),
+    ]
+    raw = tmp_path / "tz.jsonl"
+    raw.write_text("\n".join(lines) + "\n")
+    config = config_for(tmp_path, [str(raw)])
+    source = dataclasses.replace(config.ingest.source, timezone="Europe/Berlin")
+    config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, source=source))
+    lake = Lake(spark, config.lake)
+    counts = ingest.run(spark, lake, config, run_id="tz")
+    assert counts.quarantined == 0
+    got = {r["event_id"]: str(r["event_ts"]) for r in lake.read("events").collect()}
+    assert got == {
+        "naive": "2024-03-01 09:00:00",
+        "zulu": "2024-03-01 10:00:00",
+        "offset": "2024-03-01 08:00:00",
+        "epoch": "2024-03-01 10:00:00",
+        "exponent": "2024-03-01 10:00:00",
+    }
