@@ -95,6 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if table_lines:
         print("Delta tables (engine output, readable with deltalake.DeltaTable(path)):")
         print("\n".join(table_lines))
+    evaluated = next((o.result for o in outcomes if o.stage == "evaluate"), None)
+    if evaluated is not None:
+        emb = evaluated.metrics.get("embedding", {})
+        print(f"\nheadline (k={evaluated.k}): {evaluated.headline()}")
+        if "hit_rate_lift" in emb:
+            print(
+                f"usefulness: hit-rate@10 {emb['hit_rate_at_10']:.3f} with cluster-popular vs "
+                f"{emb['hit_rate_at_10_global']:.3f} global, lift {emb['hit_rate_lift']:.2f} "
+                f"(95% CI {emb['hit_rate_lift_ci_low']:.2f}-{emb['hit_rate_lift_ci_high']:.2f})"
+            )
+        print(f"report: {evaluated.report_path}")
     return 0
 
 

@@ -94,7 +94,14 @@ def test_pipeline_accounts_for_every_generated_record(
         "purity_vs_truth",
     }
     stability = {"stability_ari_mean", "stability_ari_sd", "stability_nmi_mean"}
-    assert set(evaluated.metrics["embedding"]) >= spec_names | stability
+    usefulness = {
+        "hit_rate_at_10",
+        "hit_rate_at_10_global",
+        "hit_rate_lift",
+        "hit_rate_lift_ci_low",
+        "hit_rate_lift_ci_high",
+    }
+    assert set(evaluated.metrics["embedding"]) >= spec_names | stability | usefulness
     for method in ("tfidf_baseline", "tfidf_tokens_baseline", "random_baseline"):
         assert set(evaluated.metrics[method]) >= spec_names
     assert abs(evaluated.metrics["random_baseline"]["ari_vs_truth"]) < 0.05
@@ -185,6 +192,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "reconciliation OK: input" in out
+    assert "headline (k=6): embedding ARI" in out and "report: " in out
     for table in (
         "events",
         "events_quarantine",
