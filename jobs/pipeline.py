@@ -72,12 +72,13 @@ def run_pipeline(
         from jobs.lake import Lake
 
         lake = Lake(spark, config.lake)
-        for stage in stages:
-            for table in STAGE_TABLES.get(stage, ()):
-                info = lake.describe(table)
-                table_lines.append(
-                    f"  {table:<18} {info.rows:>12,} rows  v{info.version:<4} {info.location}"
-                )
+        # Several stages write cluster_metrics: list each table once, in stage order.
+        tables = dict.fromkeys(t for stage in stages for t in STAGE_TABLES.get(stage, ()))
+        for table in tables:
+            info = lake.describe(table)
+            table_lines.append(
+                f"  {table:<18} {info.rows:>12,} rows  v{info.version:<4} {info.location}"
+            )
     return outcomes, table_lines
 
 
