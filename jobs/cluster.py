@@ -129,7 +129,7 @@ def pick_k(sweep: list[tuple[int, float, float]], criterion: str) -> int:
 # ==================================================================== fitting
 
 
-def _estimator(backend: str, k: int, config: ClusterConfig) -> Any:
+def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
     if backend == "gpu":
         from spark_rapids_ml.clustering import KMeans as GpuKMeans
 
@@ -222,7 +222,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             log.info("K-Means backend %s (%s); k candidates %s", backend, reason, candidates)
             models: dict[int, Any] = {}
             for k in candidates:
-                model = _estimator(backend, k, cfg).fit(rows)
+                model = kmeans_estimator(backend, k, cfg).fit(rows)
                 assigned = model.transform(rows)
                 centroids = _centroids(spark, model, assigned)
                 sse = (

@@ -42,7 +42,7 @@ def select_units(df: DataFrame, *, unit: str, include_bots: bool) -> DataFrame:
     return df.select(F.lit(unit).alias("unit"), F.col(id_column).alias("id"), "user_id", "events")
 
 
-def _price_band(price: Column, edges: tuple[float, ...]) -> Column:
+def price_band(price: Column, edges: tuple[float, ...]) -> Column:
     band = F.when(price.isNull(), F.lit(None))
     for edge, name in zip(edges, _BANDS, strict=False):
         band = band.when(price < edge, F.lit(name))
@@ -56,7 +56,7 @@ def _event_text(e: Column, config: EncoderConfig) -> Column:
         F.lit("other"),
     )
     category = F.regexp_replace(e["category"], r"[._]", " ")
-    parts = [word, category, e["brand"], _price_band(e["price"], config.price_band_edges)]
+    parts = [word, category, e["brand"], price_band(e["price"], config.price_band_edges)]
     if config.include_item_ids:
         parts.append(e["item_id"])
     return F.concat_ws(" ", *parts)

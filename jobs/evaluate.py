@@ -65,7 +65,7 @@ def category_tokens(events: Column) -> Column:
 
 def behaviour_tokens(events: Column, edges: tuple[float, ...]) -> Column:
     """Bag of event type x category x brand x price band tokens."""
-    from jobs.embed import _price_band
+    from jobs.embed import price_band
 
     return F.transform(
         events,
@@ -74,7 +74,7 @@ def behaviour_tokens(events: Column, edges: tuple[float, ...]) -> Column:
             e["event_type"],
             F.coalesce(e["category"], F.lit("none")),
             F.coalesce(e["brand"], F.lit("none")),
-            F.coalesce(_price_band(e["price"], edges), F.lit("none")),
+            F.coalesce(price_band(e["price"], edges), F.lit("none")),
         ),
     )
 
@@ -385,12 +385,12 @@ def stability_metrics(
 ) -> dict[str, float]:
     """Agreement between the run's assignments (``rows.cluster_id``) and K-Means refits of the
     same embeddings with other seeds."""
-    from jobs.cluster import _estimator, with_features
+    from jobs.cluster import kmeans_estimator, with_features
 
     features = rows.select("id", "embedding").transform(with_features).cache()
     aris, nmis = [], []
     for seed in seeds:
-        model = _estimator("cpu", k, replace(cluster, seed=seed)).fit(features)
+        model = kmeans_estimator("cpu", k, replace(cluster, seed=seed)).fit(features)
         refit = model.transform(features).select("id", F.col("cluster_id").alias("__refit"))
         table = quality.contingency(rows.join(refit, "id"), "cluster_id", "__refit")
         aris.append(quality.adjusted_rand_index(table))

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -461,17 +461,16 @@ def _write_delta_rs(
         else:
             filters = None if partitions is None else _partition_filters(loc, partitions)
             DeltaTable(uri).create_write_transaction(
-                list[Any](actions),
+                # delta-rs types this list as AddAction | RemoveAction; ours holds adds only.
+                cast(list[Any], actions),
                 mode,
                 schema,
                 partition_by=list(loc.partition_by) or None,
                 partition_filters=filters,
             )
     finally:
-        fs.delete_dir_contents(staging, missing_dir_ok=True)
-        fs.delete_dir(staging) if fs.get_file_info(
-            staging
-        ).type == pafs.FileType.Directory else None
+        if fs.get_file_info(staging).type == pafs.FileType.Directory:
+            fs.delete_dir(staging)
 
     version = int(DeltaTable(uri).version())
     return WriteResult(

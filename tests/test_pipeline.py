@@ -17,6 +17,18 @@ from jobs.pipeline import applicable, run_pipeline, select_stages
 
 from .conftest import REPO
 
+#: Tables the default pipeline writes (every one must exist and be listed in the summary).
+PIPELINE_TABLES = (
+    "events",
+    "events_quarantine",
+    "sessions",
+    "user_sequences",
+    "embeddings",
+    "cluster_assignments",
+    "cluster_centroids",
+    "cluster_metrics",
+)
+
 
 def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppConfig:
     base = AppConfig()
@@ -120,16 +132,7 @@ def test_pipeline_accounts_for_every_generated_record(
     assert report.is_file() and "| ari_vs_truth | higher |" in report.read_text()
     for plot in ("k_sweep.png", "cluster_sizes.png", "projection.png", "top_categories.png"):
         assert (report.parent / plot).stat().st_size > 5_000
-    for table in (
-        "events",
-        "events_quarantine",
-        "sessions",
-        "user_sequences",
-        "embeddings",
-        "cluster_assignments",
-        "cluster_centroids",
-        "cluster_metrics",
-    ):
+    for table in PIPELINE_TABLES:
         path = Path(config.lake.root or "") / table
         # one commit per writing stage: cluster_metrics is written by cluster and evaluate
         assert DeltaTable(str(path)).version() == (1 if table == "cluster_metrics" else 0)
@@ -193,14 +196,7 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
     out = result.stdout
     assert "reconciliation OK: input" in out
     assert "headline (k=6): embedding ARI" in out and "report: " in out
-    for table in (
-        "events",
-        "events_quarantine",
-        "sessions",
-        "user_sequences",
-        "embeddings",
-        "cluster_assignments",
-    ):
+    for table in PIPELINE_TABLES:
         assert str(tmp_path / "lake" / table) in out
     assert "resolved config" in result.stderr  # the resolved config is logged at start
 
