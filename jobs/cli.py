@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import jobs
 from jobs.config import AppConfig, ConfigError, load_config, log_config
 
 log = logging.getLogger("jobs")
@@ -152,6 +153,8 @@ def parse_common(
         extend(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    # Which copy of the code runs: an installed wheel, a --py-files archive or a checkout.
+    log.info("jobs package: %s", jobs.__path__[0])
     try:
         config = load_config(args.conf, args.overrides)
     except ConfigError as exc:
