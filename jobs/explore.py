@@ -165,6 +165,20 @@ def existing_tables(lake: LakeConfig, tables: Iterable[str] | None = None) -> di
     return found
 
 
+def require_table(lake: LakeConfig, table: str) -> str:
+    """The storage path of ``table``; ``FileNotFoundError`` saying where it was looked for when
+    it has no Delta log there (not written yet) or no path at all (a metastore name only)."""
+    path = table_path(lake, table)
+    if path is None:
+        raise FileNotFoundError(
+            f"{table} has no storage path (lake.root or lake.tables.{table}.path); a table known "
+            "only by a metastore / Unity Catalog name is read with Spark SQL"
+        )
+    if table not in existing_tables(lake, [table]):
+        raise FileNotFoundError(f"no Delta table {table} at {path}: run the pipeline first")
+    return path
+
+
 # ==================================================================== opening the tables
 
 

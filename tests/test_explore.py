@@ -95,6 +95,18 @@ def test_table_path_without_root_or_path_is_none() -> None:
     assert explore.existing_tables(lake) == {}
 
 
+def test_require_table_says_where_it_looked(tmp_path: Path) -> None:
+    lake = LakeConfig(root=str(tmp_path / "lake"))
+    with pytest.raises(FileNotFoundError, match=r"no Delta table cluster_metrics at .*lake"):
+        explore.require_table(lake, "cluster_metrics")
+    path = str(tmp_path / "lake" / "cluster_metrics")
+    write_deltalake(path, pa.table({"run_id": ["r"]}))
+    assert explore.require_table(lake, "cluster_metrics") == path
+    named = LakeConfig(root=None, tables={"cluster_metrics": TableSpec(name="main.x.metrics")})
+    with pytest.raises(FileNotFoundError, match="Unity Catalog name"):
+        explore.require_table(named, "cluster_metrics")
+
+
 def test_notebook_spark_config_keeps_the_profile() -> None:
     profile = SparkConfig(master="local[2]", driver_memory="1g", extra={"spark.x": "1"})
     config = explore.notebook_spark_config(profile)
