@@ -1,10 +1,10 @@
 """The notebooks in notebooks/ run against real pipeline output, so they cannot rot.
 
-A small pipeline (generate -> evaluate, k swept over two candidates) and a second cluster +
-evaluate run write a lake in a tmp folder; both notebooks are then executed with nbclient in a
-kernel of this interpreter, pointed at that lake through their environment parameters.  After
-the notebook's own cells, a probe cell prints what the notebook computed, which is checked
-against the tables read independently here.
+A small pipeline (generate -> evaluate, k swept over two candidates) and a newer cluster-only
+sweep that was never evaluated write a lake in a tmp folder; both notebooks are then executed
+with nbclient in a kernel of this interpreter, pointed at that lake through their environment
+parameters.  After the notebook's own cells, a probe cell prints what the notebook computed,
+which is checked against the tables read independently here.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from .test_pipeline import small_config
 NOTEBOOKS = REPO / "notebooks"
 ANALYST = NOTEBOOKS / "segments_analyst.ipynb"
 MODEL_RUNS = NOTEBOOKS / "model_runs.ipynb"
-#: Pipeline run ids sort by time; the second run is the latest.
-RUN_SWEEP = "20240101T000000Z-sweep1"
-RUN_K5 = "20240101T000100Z-fixed5"
+#: The evaluated run, and a newer run that only clustered (a sweep without evaluation).
+RUN_EVALUATED = "20240101T000000Z-evaluated"
+RUN_CLUSTERED = "20240101T000100Z-clustered"
 PROBE_MARK = "NOTEBOOK-PROBE:"
 
 ANALYST_PROBE = f"""
@@ -63,7 +63,8 @@ import json
 print({PROBE_MARK!r} + json.dumps({{
     "run": RUN,
     "runs": list(overview.index),
-    "kept_k": {{r: int(k) for r, k in overview["k"].items()}},
+    "kept_k": {{r: None if pd.isna(k) else int(k) for r, k in overview["k"].items()}},
+    "evaluated": {{r: bool(e) for r, e in overview["evaluated"].items()}},
     "methods": [c for c in comparison.columns if c != "better"],
     "comparison_ari": {{m: float(comparison.loc["ari_vs_truth", m])
                         for m in comparison.columns if m != "better"}},
@@ -158,23 +159,21 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def demo_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two cluster runs on 400 generated users: a k sweep {4, 6} through the whole pipeline,
-    then k=5 on the same embeddings (cluster + evaluate only)."""
+    """Two cluster runs on 400 generated users: a k sweep {4, 6} through the whole pipeline
+    (evaluated, profiled), then a newer sweep {3, 5} on the same embeddings that was only
+    clustered, as when an engineer tries candidates before evaluating.  (A second evaluation
+    would add ~30 s on 2 cores; tests/test_explore.py covers multi-run comparisons.)"""
     root = tmp_path_factory.mktemp("notebook-lake")
     base = small_config(root)
-    sweep = dataclasses.replace(
+    config = dataclasses.replace(
         base,
         cluster=dataclasses.replace(base.cluster, k=(4, 6)),
         # Stability refits are not shown by the notebooks: skipped to save time.
         evaluate=dataclasses.replace(base.evaluate, stability_seeds=0, silhouette_sample=200),
     )
-    run_pipeline(sweep, RUN_SWEEP, applicable(select_stages(None, None), sweep))
-    fixed = dataclasses.replace(
-        sweep,
-        cluster=dataclasses.replace(sweep.cluster, k=5),
-        evaluate=dataclasses.replace(sweep.evaluate, cluster_run_id=RUN_K5),
-    )
-    run_pipeline(fixed, RUN_K5, ["cluster", "evaluate"])
+    run_pipeline(config, RUN_EVALUATED, applicable(select_stages(None, None), config))
+    newer = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=(3, 5)))
+    run_pipeline(newer, RUN_CLUSTERED, ["cluster"])
     # A config overlay for the notebooks' own Spark session: small, beside pytest's JVM.
     (root / "notebook.yaml").write_text(
         "spark:\n  master: local[2]\n  shuffle_partitions: 2\n  driver_memory: 1g\n"
@@ -198,6 +197,12 @@ def read(root: Path, table: str) -> pd.DataFrame:
 # ==================================================================== tests
 
 
+def kept_ks(root: Path) -> dict[str, int]:
+    """Clusters per run, from cluster_centroids."""
+    centroids = read(root, "cluster_centroids")
+    return {str(r): int(n) for r, n in centroids.groupby("run_id").size().items()}
+
+
 @pytest.mark.slow
 def test_analyst_notebook_runs_and_its_numbers_match_the_tables(
     demo_lake: Path, tmp_path: Path
@@ -205,29 +210,31 @@ def test_analyst_notebook_runs_and_its_numbers_match_the_tables(
     nb, probe = execute(ANALYST, notebook_env(demo_lake), tmp_path, ANALYST_PROBE)
     assert not error_outputs(nb)
 
-    assignments = read(demo_lake, "cluster_assignments")
-    latest = assignments[assignments["run_id"] == RUN_K5]
-    expected_sizes = {str(c): int(n) for c, n in latest["cluster_id"].value_counts().items()}
-    assert probe["run"] == RUN_K5  # the most recent profiled run by default
+    # By default the most recent run that has profiles, not the newer unevaluated one.
+    assert probe["run"] == RUN_EVALUATED
     assert probe["engine"] == "delta-rs"
     assert "cluster_profiles" in probe["views"] and "user_sequences" in probe["views"]
+    assignments = read(demo_lake, "cluster_assignments")
+    run = assignments[assignments["run_id"] == RUN_EVALUATED]
+    expected_sizes = {str(c): int(n) for c, n in run["cluster_id"].value_counts().items()}
+    k = kept_ks(demo_lake)[RUN_EVALUATED]
+    assert len(expected_sizes) == k and k in (4, 6)
     # Segment sizes agree between Spark SQL, DuckDB, the profiles and the table itself.
     assert probe["sizes_spark"] == probe["sizes_duckdb"] == expected_sizes
     assert probe["profile_sizes"] == expected_sizes
-    assert sum(probe["sizes_duckdb"].values()) == len(latest) == 400
-    assert len(expected_sizes) == 5
+    assert sum(probe["sizes_duckdb"].values()) == len(run) == 400
     assert probe["share_sum"] == pytest.approx(1.0)
-    # Top categories: five per segment in both engines, shares consistent with the sequences.
+    # Top categories: the same rows in both engines, shares consistent with the sequences.
     profiles = read(demo_lake, "cluster_profiles")
-    profiles = profiles[profiles["run_id"] == RUN_K5]
+    assert set(profiles["run_id"]) == {RUN_EVALUATED}
     expected_top = int(sum(len(t) for t in profiles["top_categories"]))
     assert probe["top_category_rows"] == probe["top_category_rows_spark"] == expected_top > 0
     assert probe["profile_share_max_diff"] < 1e-9
-    assert probe["heatmap_shape"][0] == 5 and probe["heatmap_shape"][1] >= 3
+    assert probe["heatmap_shape"][0] == k and probe["heatmap_shape"][1] >= 3
     # The members of the default segment (the largest) are exactly its assignments.
     largest = max(expected_sizes, key=lambda c: (expected_sizes[c], -int(c)))
     assert probe["segment"] == int(largest)
-    expected_members = latest.loc[latest["cluster_id"] == int(largest), "user_id"]
+    expected_members = run.loc[run["cluster_id"] == int(largest), "user_id"]
     assert probe["members"] == sorted(expected_members.astype(str))
     # Sizes bar chart, funnel rates and the category heat map were drawn.
     assert len(images(nb)) >= 3
@@ -239,31 +246,29 @@ def test_model_runs_notebook_compares_runs_and_k_sweeps(demo_lake: Path, tmp_pat
     assert not error_outputs(nb)
 
     history = read(demo_lake, "cluster_metrics")
-    centroids = read(demo_lake, "cluster_centroids")
-    kept = {r: int(n) for r, n in centroids.groupby("run_id").size().items()}
-    assert probe["runs"] == [RUN_SWEEP, RUN_K5]  # oldest first
-    assert probe["kept_k"] == kept and kept[RUN_K5] == 5 and kept[RUN_SWEEP] in (4, 6)
-    assert probe["run"] == RUN_K5
+    kept = kept_ks(demo_lake)
+    assert probe["runs"] == [RUN_EVALUATED, RUN_CLUSTERED]  # oldest first
+    assert probe["evaluated"] == {RUN_EVALUATED: True, RUN_CLUSTERED: False}
+    # The evaluated run's k is known; the unevaluated sweep's is not (it wrote k=3 or 5).
+    assert probe["kept_k"] == {RUN_EVALUATED: kept[RUN_EVALUATED], RUN_CLUSTERED: None}
+    assert kept[RUN_CLUSTERED] in (3, 5)
+    assert probe["run"] == RUN_EVALUATED  # the latest evaluated run
     assert probe["methods"] == [
         "embedding",
         "tfidf_tokens_baseline",
         "tfidf_baseline",
         "random_baseline",
     ]
-    ari = history[(history["metric"] == "ari_vs_truth") & (history["run_id"] == RUN_K5)]
+    ari = history[(history["metric"] == "ari_vs_truth") & (history["run_id"] == RUN_EVALUATED)]
+    assert len(ari) == 4
     assert probe["comparison_ari"] == {
         row.method: pytest.approx(row.value) for row in ari.itertuples()
     }
     assert probe["metric"] == "ari_vs_truth"
-    embedding_ari = history[
-        (history["metric"] == "ari_vs_truth") & (history["method"] == "embedding")
-    ]
-    assert probe["over_runs"] == {
-        row.run_id: pytest.approx(row.value) for row in embedding_ari.itertuples()
-    }
-    assert set(probe["over_runs"]) == {RUN_SWEEP, RUN_K5}
-    # Only the sweep run has a k sweep; its curves cover both candidates.
-    assert probe["sweep"] == {RUN_SWEEP: [4, 6]}
+    embedding_ari = ari[ari["method"] == "embedding"]["value"].item()
+    assert probe["over_runs"] == {RUN_EVALUATED: pytest.approx(embedding_ari)}
+    # Both runs swept k; the curves cover every candidate.
+    assert probe["sweep"] == {RUN_EVALUATED: [4, 6], RUN_CLUSTERED: [3, 5]}
     # Methods bar chart, metric over runs and the k sweep curves.
     assert len(images(nb)) >= 3
 
