@@ -83,6 +83,14 @@ def _summary(stage: str, result: Any) -> str:
         )
     if stage == "ingest":
         return str(result.line())
+    if stage == "sessionize" and result.mode == "incremental":
+        if not result.partitions_rewritten:
+            return "incremental: no new ingest runs, nothing to do"
+        return (
+            f"incremental from {result.window_start}: {result.events_in:,} events -> "
+            f"{result.sessions:,} sessions in {result.partitions_rewritten} session_date "
+            f"partitions, {result.users:,} user sequences rebuilt"
+        )
     if stage == "sessionize":
         return (
             f"{result.events_in:,} events -> {result.sessions:,} sessions, "
@@ -95,9 +103,11 @@ def _summary(stage: str, result: Any) -> str:
             f"{result.steps} steps on {result.sequences:,} sequences; model at {result.output_dir}"
         )
     if stage == "embed":
+        reused = result.rows - result.embedded
         return (
             f"{result.rows:,} {result.unit} embeddings from {result.model_name} "
             f"(model_version {result.model_version})"
+            + (f"; {reused:,} unchanged sequences kept their vectors" if reused else "")
         )
     if stage == "cluster":
         source = (
@@ -157,6 +167,11 @@ def parse_common(
     log.info("jobs package: %s", jobs.__path__[0])
     try:
         config = load_config(args.conf, args.overrides)
+        if config.privacy.pseudonymize_user_id:
+            # Refuse to start, before any Spark work, when the pseudonymisation key is unusable.
+            from jobs.privacy import resolve_key
+
+            resolve_key(config.privacy)
     except ConfigError as exc:
         parser.exit(2, f"{prog}: config error: {exc}\n")
     log_config(config)

@@ -71,6 +71,10 @@ def _default_tables() -> Mapping[str, TableSpec]:
         "cluster_centroids": TableSpec(partition_by=("run_id",)),
         "cluster_metrics": TableSpec(partition_by=("run_id",)),
         "cluster_profiles": TableSpec(partition_by=("run_id",)),
+        # Bookkeeping of incremental runs: which raw files ingest has read, which ingest runs
+        # sessionize has covered.
+        "ingest_log": TableSpec(),
+        "sessionize_log": TableSpec(),
     }
 
 
@@ -198,11 +202,17 @@ class SourceConfig:
     #: Events outside this range are quarantined as implausible.
     min_event_ts: str = "2000-01-01T00:00:00Z"
     max_event_ts: str = "2100-01-01T00:00:00Z"
+    #: JSON lines and CSV rows longer than this are quarantined as oversize: no clickstream event
+    #: is that large, and one such value would ride along in every session and sequence.
+    max_record_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
+    #: full: rebuild ``events`` from every configured file; incremental: read only the files not
+    #: yet in ``ingest_log`` (new, or changed in size or modification time) and append.
+    mode: str = "full"
 
 
 @dataclass(frozen=True)
@@ -230,6 +240,11 @@ class SessionizeConfig:
     #: Keep the last ``max_events`` events in each sequence (counts keep the full length).
     max_events: int = 200
     bot: BotConfig = field(default_factory=BotConfig)
+    #: full: rebuild both tables; incremental: rewrite only the ``session_date`` partitions that
+    #: events from ingest runs not yet sessionized can touch, plus ``lookback_hours`` before them.
+    mode: str = "full"
+    #: How far before the earliest new event sessions are recomputed (late data), as GA4's 72 h.
+    lookback_hours: int = 72
 
 
 @dataclass(frozen=True)
@@ -265,6 +280,9 @@ class EmbedConfig:
     include_bots: bool = False
     #: Rows per Arrow batch handed to the UDF.
     arrow_batch_rows: int = 2048
+    #: full: embed every sequence; incremental: embed only sequences whose rendered content
+    #: changed (by ``content_hash``) since this model version last embedded them.
+    mode: str = "full"
 
 
 @dataclass(frozen=True)
@@ -338,6 +356,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Pseudonymisation of ``user_id`` (SPEC section 9): HMAC-SHA256 under a secret key.  The
+    configuration says only where the key is; the key itself never appears in a file or log."""
+
+    pseudonymize_user_id: bool = False
+    #: Environment variable holding the key (at least 32 bytes).
+    key_env: str = "SEGMENTS_HMAC_KEY"
+    #: Databricks secret scope and key, read with ``dbutils.secrets.get`` when running there.
+    secret_scope: str | None = None
+    secret_key: str | None = None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration of one run."""
 
@@ -351,6 +382,7 @@ class AppConfig:
     train_encoder: TrainEncoderConfig = field(default_factory=TrainEncoderConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from jobs import quality
 from jobs.config import AppConfig, ClusterConfig
 from jobs.lake import Lake
 from jobs.metrics import Metric, record_metrics
+from jobs.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +412,12 @@ def _ground_truth(spark: SparkSession, config: AppConfig) -> DataFrame | None:
     if not path or ("://" not in path and not Path(path).is_file()):
         log.info("no ground truth at %s: external metrics skipped", path)
         return None
-    return spark.read.option("header", "true").csv(path).select("user_id", "persona")
+    truth = spark.read.option("header", "true").csv(path).select("user_id", "persona")
+    pseudonymizer = Pseudonymizer.from_config(config.privacy, spark)
+    if pseudonymizer is not None:
+        # The clustered ids are HMACs of the trimmed raw ids (ingest.normalise): match them.
+        truth = pseudonymizer.pseudonymize(truth, {"user_id": F.trim("user_id")})
+    return truth
 
 
 def _usefulness(
