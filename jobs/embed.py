@@ -95,12 +95,23 @@ def render_sequences(df: DataFrame, *, config: EncoderConfig) -> DataFrame:
     return df.withColumn("rendered", F.array_join(F.transform(events, one), joiner))
 
 
+EMBED_MODES = ("full", "incremental")
+
+
+def changed_rows(rendered: DataFrame, *, previous: DataFrame) -> DataFrame:
+    """Rendered rows whose ``content_hash`` differs from (or is missing in) ``previous``
+    embeddings of the same model version: the only ones an incremental run must encode."""
+    return rendered.join(previous.select("id", "content_hash"), ["id", "content_hash"], "left_anti")
+
+
 @dataclass(frozen=True)
 class EmbedCounts:
     rows: int
     unit: str
     model_version: str
     model_name: str
+    #: Rows run through the encoder (all of them unless ``embed.mode=incremental``).
+    embedded: int = 0
 
 
 def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> EmbedCounts:
@@ -116,26 +127,51 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     )
     log.info("embedding %ss with %s encoder %s (version %s)", cfg.unit, enc.kind, name, version)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+    if cfg.mode not in EMBED_MODES:
+        raise ValueError(f"embed.mode must be one of {EMBED_MODES}, got {cfg.mode!r}")
     source = lake.read("user_sequences" if cfg.unit == "user" else "sessions")
-    embedded = (
+    rendered = (
         source.transform(select_units, unit=cfg.unit, include_bots=cfg.include_bots)
         .transform(render_sequences, config=enc)
-        .select(
-            "unit",
-            "id",
-            "user_id",
-            embedding_udf(enc, str(model_dir))(F.col("rendered")).alias("embedding"),
-            F.lit(name).alias("model_name"),
-            F.lit(version).alias("model_version"),
-            F.lit(run_id).alias("run_id"),
-            F.current_timestamp().alias("embedded_at"),
-        )
+        .withColumn("content_hash", F.substring(F.sha2("rendered", 256), 1, 32))
     )
+    previous = None
+    if cfg.mode == "incremental" and lake.exists("embeddings"):
+        previous = lake.read("embeddings").where(
+            (F.col("unit") == cfg.unit) & (F.col("model_version") == version)
+        )
+    to_embed = rendered
+    if previous is not None:
+        to_embed = rendered.transform(changed_rows, previous=previous)
+    embedded = to_embed.select(
+        "unit",
+        "id",
+        "user_id",
+        embedding_udf(enc, str(model_dir))(F.col("rendered")).alias("embedding"),
+        "content_hash",
+        F.lit(name).alias("model_name"),
+        F.lit(version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("embedded_at"),
+    )
+    carried = 0
+    if previous is not None:
+        unchanged = previous.join(
+            rendered.select("id", "content_hash"), ["id", "content_hash"], "left_semi"
+        )
+        carried = unchanged.count()
+        log.info("incremental embed: %d sequences unchanged since their last embedding", carried)
+        embedded = unchanged.select(*embedded.columns).unionByName(embedded)
+    # One commit replaces the partition, so readers see the old or the new vectors, never a mix.
     result = lake.overwrite_partitions(
         "embeddings", embedded, {"unit": [cfg.unit], "model_version": [version]}
     )
     return EmbedCounts(
-        rows=result.rows_written, unit=cfg.unit, model_version=version, model_name=name
+        rows=result.rows_written,
+        unit=cfg.unit,
+        model_version=version,
+        model_name=name,
+        embedded=result.rows_written - carried,
     )
 
 

@@ -21,6 +21,8 @@ def test_base_yaml_spells_out_exactly_the_code_defaults() -> None:
         "local.yaml",
         "cluster.yaml",
         "databricks.yaml",
+        "cluster-gpu.yaml",
+        "incremental.yaml",
         "sources/rees46.yaml",
         "sources/diginetica.yaml",
     ],
@@ -28,6 +30,13 @@ def test_base_yaml_spells_out_exactly_the_code_defaults() -> None:
 def test_every_shipped_profile_loads(profile: str) -> None:
     config = load_config([CONF / "base.yaml", CONF / profile])
     assert isinstance(config, AppConfig)
+
+
+def test_incremental_profile_switches_the_three_incremental_stages() -> None:
+    config = load_config([CONF / "local.yaml", CONF / "incremental.yaml"])
+    modes = (config.ingest.mode, config.sessionize.mode, config.embed.mode)
+    assert modes == ("incremental", "incremental", "incremental")
+    assert AppConfig().ingest.mode == "full"  # full refresh stays the default
 
 
 def test_databricks_profile_uses_unity_catalog_names() -> None:

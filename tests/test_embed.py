@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -172,3 +173,41 @@ def test_train_encoder_runs_through_torch_distributor(
     assert result.last_loss < result.first_loss
     assert (tmp_path / "distributed" / "model.safetensors").is_file()
     assert (tmp_path / "distributed" / "event_vocab.json").is_file()
+
+
+def test_incremental_embed_encodes_only_changed_sequences(
+    spark: SparkSession, small_lake: AppConfig, tmp_path: Path
+) -> None:
+    root = tmp_path / "lake"
+    for table in ("sessions", "user_sequences"):
+        shutil.copytree(Path(small_lake.lake.root or "") / table, root / table)
+    config = dataclasses.replace(small_lake, lake=LakeConfig(engine="delta-rs", root=str(root)))
+    lake = Lake(spark, config.lake)
+    embed.run(spark, lake, config, run_id="full")
+    first = {r["id"]: r["embedding"] for r in lake.read("embeddings").collect()}
+
+    sequences = lake.read("user_sequences").where(~F.col("is_bot"))
+    target = sorted(r["user_id"] for r in sequences.select("user_id").collect())[0]
+    one_less = F.slice("events", 1, F.size("events") - 1)
+    changed = lake.read("user_sequences").withColumn(
+        "events", F.when(F.col("user_id") == target, one_less).otherwise(F.col("events"))
+    )
+    lake.overwrite("user_sequences", changed)
+
+    incremental = dataclasses.replace(
+        config, embed=dataclasses.replace(config.embed, mode="incremental")
+    )
+    counts = embed.run(spark, lake, incremental, run_id="inc")
+    assert (counts.rows, counts.embedded) == (sequences.count(), 1)
+    rows = {r["id"]: r for r in lake.read("embeddings").collect()}
+    assert {i for i, r in rows.items() if r["run_id"] == "inc"} == {target}
+    assert len(rows) == counts.rows  # one row per id: replaced, not added
+    assert not np.allclose(rows[target]["embedding"], first[target], atol=1e-4)
+
+    # The mix of carried and re-encoded vectors equals a full re-embed of the new sequences.
+    embed.run(spark, lake, config, run_id="full-again")
+    fresh = {r["id"]: r for r in lake.read("embeddings").collect()}
+    assert set(fresh) == set(rows)
+    for key, row in rows.items():
+        np.testing.assert_allclose(row["embedding"], fresh[key]["embedding"], atol=1e-5)
+        assert row["content_hash"] == fresh[key]["content_hash"]
