@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +47,29 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real-data sample not found at {path}")
     return path
+
+
+def build_wheel(out: Path) -> Path:
+    """Build this project's wheel into ``out`` without network access (hatchling comes with the
+    ``test`` extra) and return its path."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (wheel,) = out.glob("clickstream_segments-*-py3-none-any.whl")
+    return wheel

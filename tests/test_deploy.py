@@ -14,8 +14,6 @@ import fnmatch
 import itertools
 import re
 import shlex
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import yaml
 from jobs.cli import STAGES, build_parser
 from jobs.config import AppConfig, load_config
 
-from .conftest import REPO
+from .conftest import REPO, build_wheel
 
 try:
     import tomllib
@@ -314,26 +312,7 @@ def test_each_task_resolves_to_a_valid_configuration(
 def test_the_built_wheel_has_the_package_and_entry_points_the_tasks_name(
     job: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    (wheel,) = tmp_path.glob("*.whl")
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

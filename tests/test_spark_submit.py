@@ -30,7 +30,7 @@ import pyspark
 import pytest
 from deltalake import DeltaTable
 
-from .conftest import REPO
+from .conftest import REPO, build_wheel
 
 PYSPARK_HOME = Path(pyspark.__file__).resolve().parent
 SPARK_SUBMIT = PYSPARK_HOME / "bin" / "spark-submit"
@@ -95,26 +95,7 @@ def _java_env() -> dict[str, str]:
 def shipped_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's wheel, built without network access, under a name PySpark ships."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "-q",
-            "-w",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    (wheel,) = out.glob("clickstream_segments-*-py3-none-any.whl")
+    wheel = build_wheel(out)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {"jobs/__init__.py", "jobs/ingest.py", "udfs/spark_udf.py"} <= names
