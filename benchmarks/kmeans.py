@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
     from sklearn.cluster import KMeans as SkKMeans
 
-    from jobs.config import SparkConfig
-    from jobs.spark_session import get_spark
+    from jobs.core.config import SparkConfig
+    from jobs.core.session import get_spark
 
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(size=(args.k, args.dim)).astype(np.float32)

@@ -1,7 +1,7 @@
 """Helpers for exploring the pipeline's output tables in notebooks and ad-hoc scripts.
 
 Nothing here computes segments or metrics.  It finds the tables a configuration points at,
-opens them (Spark temp views through :class:`jobs.lake.Lake`, so either Delta engine works, or
+opens them (Spark temp views through :class:`jobs.core.lake.Lake`, so either Delta engine works, or
 DuckDB views over delta-rs datasets, with no Spark at all) and reshapes the two small analyst
 tables, ``cluster_metrics`` (the run history) and ``cluster_profiles``, for tables and plots.
 
@@ -25,21 +25,22 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from jobs.config import AppConfig, LakeConfig, SparkConfig, TableSpec, load_config
-from jobs.report import METHOD_ORDER, TABLE_METRICS
+from jobs.core.config import AppConfig, LakeConfig, SparkConfig, TableSpec, load_config
+from jobs.core.tables import TABLES as REGISTRY
+from jobs.evaluation.report import METHOD_ORDER, TABLE_METRICS
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     import duckdb
 
-    from jobs.lake import Lake
+    from jobs.core.lake import Lake
 
 ENV_CONF = "SEGMENTS_CONF"
 ENV_LAKE_ROOT = "SEGMENTS_LAKE_ROOT"
 ENV_RUN_ID = "SEGMENTS_RUN_ID"
 #: The demo's profile, relative to the project folder.
 DEFAULT_CONF = "conf/local.yaml"
-#: Every table of the registry, in pipeline order.
-TABLES: tuple[str, ...] = tuple(LakeConfig().tables)
+#: Every table of the registry (jobs/core/tables.py), in pipeline order.
+TABLES: tuple[str, ...] = tuple(REGISTRY)
 #: What the ``cluster`` stage records for every candidate k of a sweep.
 SWEEP_METRICS = ("sse", "silhouette_sqeuclidean")
 #: Whether a higher or a lower value of a metric is better (the report's table plus the rest).
@@ -152,7 +153,7 @@ def existing_tables(lake: LakeConfig, tables: Iterable[str] | None = None) -> di
     import pyarrow.fs as pafs
 
     found: dict[str, str] = {}
-    for table in tables or lake.tables:
+    for table in tables or TABLES:
         path = table_path(lake, table)
         if path is None:
             continue
@@ -196,11 +197,12 @@ def notebook_spark_config(spark: SparkConfig) -> SparkConfig:
 def spark_views(lake: Lake, tables: Iterable[str] | None = None) -> list[str]:
     """Register each existing table as a Spark temp view named after it; returns the names.
 
-    Reads go through :meth:`jobs.lake.Lake.read`, so this works with both Delta engines and with
-    metastore / Unity Catalog names; each view is the table's snapshot at registration time.
+    Reads go through :meth:`jobs.core.lake.Lake.read`, so this works with both Delta engines
+    and with metastore / Unity Catalog names; each view is the table's snapshot at
+    registration time.
     """
     registered: list[str] = []
-    for table in tables or lake.config.tables:
+    for table in tables or TABLES:
         if lake.exists(table):
             lake.read(table).createOrReplaceTempView(table)
             registered.append(table)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs.config import LakeConfig, SparkConfig
-from jobs.lake import Lake
-from jobs.spark_session import get_spark
+from jobs.core.config import LakeConfig, SparkConfig
+from jobs.core.lake import Lake
+from jobs.core.session import get_spark
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

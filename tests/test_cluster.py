@@ -12,9 +12,10 @@ from pyspark.sql import SparkSession
 from sklearn.metrics import adjusted_rand_score
 
 from jobs import cluster
-from jobs.cluster import pick_k
-from jobs.config import AppConfig, ClusterConfig, LakeConfig
-from jobs.lake import Lake
+from jobs.clustering.kmeans import pick_k
+from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
+from jobs.core.lake import Lake
+from jobs.core.tables import EMBEDDINGS, contract_of
 
 K_TRUE = 5
 N = 500
@@ -43,6 +44,7 @@ def blob_lake(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, np.ndarra
             f"u{i:04d}",
             f"u{i:04d}",
             [float(x) for x in p],
+            f"h{i:04d}",
             "blobs",
             "v-blobs",
             "r0",
@@ -50,12 +52,9 @@ def blob_lake(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, np.ndarra
         )
         for i, p in enumerate(points)
     ]
-    frame = spark.createDataFrame(
-        rows,
-        "unit string, id string, user_id string, embedding array<float>, model_name string, "
-        "model_version string, run_id string, embedded_at timestamp",
-    )
-    Lake(spark, config.lake).overwrite("embeddings", frame)
+    frame = spark.createDataFrame(rows, contract_of(EMBEDDINGS).schema)
+    partition = {"unit": ["user"], "model_version": ["v-blobs"]}
+    Lake(spark, config.lake).overwrite_partitions(EMBEDDINGS, frame, partition)
     return config, points, labels
 
 
@@ -160,17 +159,14 @@ def test_pick_k_rules() -> None:
     assert pick_k([(4, 1.0, 0.1)], "elbow") == 4
 
 
-def test_invalid_settings(spark: SparkSession, blob_lake: tuple) -> None:
-    config, _, _ = blob_lake
-    lake = Lake(spark, config.lake)
+def test_invalid_settings_are_refused_when_the_config_loads() -> None:
     for bad, message in [
-        ({"k": 1}, "k must be >= 2"),
-        ({"seed": 2**32}, "32 bits"),
-        ({"criterion": "gap"}, "criterion"),
+        ("cluster.k=1", "cluster.k must be at least 2"),
+        (f"cluster.seed={2**32}", "32 bits"),
+        ("cluster.criterion=gap", "key 'cluster.criterion' must be one of silhouette, elbow"),
     ]:
-        broken = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **bad))
-        with pytest.raises(ValueError, match=message):
-            cluster.run(spark, lake, broken, run_id="x")
+        with pytest.raises(ConfigError, match=message):
+            load_config([], [bad])
 
 
 @pytest.mark.gpu

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import AppConfig, ConfigError, InputSpec, load_config
+from jobs.core.config import AppConfig, ConfigError, InputSpec, load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -102,3 +102,53 @@ def test_config_is_frozen() -> None:
     config = AppConfig()
     with pytest.raises(AttributeError):
         config.sessionize.max_events = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("cluster.backend=gpuu", "cluster.backend", "auto, gpu, cpu"),
+        ("lake.engine=deltars", "lake.engine", "auto, spark, delta-rs"),
+        ("embed.unit=users", "embed.unit", "user, session"),
+        ("ingest.mode=incrementl", "ingest.mode", "full, incremental"),
+        ("encoder.precision=int4", "encoder.precision", "auto, fp32, bf16, fp16"),
+        ("generate.formats=[jsonl, xml]", "generate.formats[1]", "jsonl, csv, parquet"),
+    ],
+)
+def test_enum_settings_are_checked_at_load_time(override: str, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    message = str(err.value)
+    assert f"--set {override}: key '{key}' must be one of {allowed}" in message
+
+
+def test_enum_in_a_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  source:\n    event_type_map: {click: clicked}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'ingest.source.event_type_map.click'"):
+        load_config([bad])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["cluster.k=1"], "cluster.k must be at least 2"),
+        (["cluster.k=[4, 1]"], "cluster.k must be at least 2"),
+        (["cluster.seed=-1"], "cluster.seed must fit in 32 bits"),
+        (["encoder.price_band_edges=[60, 20]"], "encoder.price_band_edges must increase"),
+        (["lake.tables={evnts: {path: /tmp/x}}"], r"lake.tables: unknown table\(s\) \['evnts'\]"),
+        (
+            ["train_encoder.mode=contrastive", "encoder.kind=sequence"],
+            "contrastive fine-tunes the text encoder",
+        ),
+    ],
+)
+def test_impossible_combinations_are_refused(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config([], overrides)
+
+
+def test_partitioning_is_not_configuration() -> None:
+    # Partition columns belong to the table contract (docs/tables.md), not to a profile.
+    with pytest.raises(ConfigError, match=r"unknown key 'lake.tables.events.partition_by'"):
+        load_config([], ["lake.tables={events: {partition_by: [user_id]}}"])

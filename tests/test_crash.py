@@ -1,4 +1,4 @@
-"""Crash safety (SPEC section 9): a stage killed with SIGKILL during a write leaves each table
+"""Crash safety (README: crash safety): a stage killed with SIGKILL during a write leaves each table
 at a committed version, and the next run completes with the same tables as an uninterrupted
 run.  The stage runs in a real child process (Python driver + JVM), killed from outside."""
 
@@ -20,9 +20,9 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, sessionize
-from jobs.config import AppConfig, LakeConfig
-from jobs.generate import generate
-from jobs.lake import Lake
+from jobs.core.config import AppConfig, LakeConfig
+from jobs.core.lake import Lake
+from jobs.synthetic import generate
 
 from .conftest import REPO
 

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import STAGES, build_parser
-from jobs.config import AppConfig, load_config
+from jobs.core.config import AppConfig, load_config
+from jobs.runner import build_parser
+from jobs.stages import NAMES as STAGES
 
 from .conftest import REPO, build_wheel
 

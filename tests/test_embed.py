@@ -13,10 +13,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import embed, ingest, sessionize, train_encoder
-from jobs.config import AppConfig, EncoderConfig, LakeConfig
-from jobs.embed import render_sequences
-from jobs.generate import generate
-from jobs.lake import Lake
+from jobs.core.config import AppConfig, EncoderConfig, LakeConfig
+from jobs.core.lake import Lake
+from jobs.sequences.rendering import render_sequences, select_units
+from jobs.synthetic import generate
 from udfs.encoder import load_encoder
 from udfs.spark_udf import embedding_udf
 
@@ -98,7 +98,7 @@ def test_udf_vectors_equal_the_core_for_the_same_rows(
     lake = Lake(spark, small_lake.lake)
     rendered = (
         lake.read("user_sequences")
-        .transform(embed.select_units, unit="user", include_bots=False)
+        .transform(select_units, unit="user", include_bots=False)
         .transform(render_sequences, config=small_lake.encoder)
         .repartition(3)  # several tasks, so several batches and worker encoders
     )

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.config import EncoderConfig, TrainEncoderConfig
-from jobs.train_encoder import train_contrastive, train_mlm
+from jobs.core.config import EncoderConfig, TrainEncoderConfig
 from udfs.encoder import (
     Encoder,
     load_encoder,
     model_version,
     packaged_minilm_path,
 )
+from udfs.training import train_contrastive, train_mlm
 
 TEXTS = [
     "view electronics smartphone samsung mid",

@@ -13,9 +13,9 @@ from deltalake import write_deltalake
 from pyspark.sql import Row, SparkSession
 
 from jobs import explore
-from jobs.config import LakeConfig, SparkConfig, TableSpec
-from jobs.lake import Lake
-from jobs.metrics import METRICS_SCHEMA
+from jobs.core.config import LakeConfig, SparkConfig, TableSpec
+from jobs.core.lake import Lake
+from jobs.core.tables import CLUSTER_METRICS, contract_of
 
 from .conftest import REPO
 
@@ -62,7 +62,7 @@ def test_load_explore_config_makes_local_paths_absolute(tmp_path: Path) -> None:
         "lake:\n"
         "  root: lake\n"
         "  tables:\n"
-        "    events: {path: elsewhere/events, partition_by: [event_date]}\n"
+        "    events: {path: elsewhere/events}\n"
         "    sessions: {path: 's3://bucket/sessions'}\n"
         "    cluster_metrics: {name: main.clickstream.cluster_metrics}\n"
         "spark:\n  master: local[1]\n"
@@ -74,7 +74,6 @@ def test_load_explore_config_makes_local_paths_absolute(tmp_path: Path) -> None:
     assert lake.root == str(tmp_path / "lake")
     assert (config.spark.master, config.spark.driver_memory) == ("local[1]", "1g")  # both files
     assert explore.table_path(lake, "events") == str(tmp_path / "elsewhere" / "events")
-    assert lake.tables["events"].partition_by == ("event_date",)
     assert explore.table_path(lake, "sessions") == "s3://bucket/sessions"  # remote: untouched
     assert explore.table_path(lake, "cluster_metrics") == str(tmp_path / "lake" / "cluster_metrics")
 
@@ -171,7 +170,8 @@ def test_duckdb_views_over_delta_rs(tmp_path: Path) -> None:
 
 def test_spark_views_register_existing_tables(spark: SparkSession, lake: Lake) -> None:
     rows = [("r1", "embedding", "sse", 1.5, 4, "user", "v1", "cpu", 10, datetime(2024, 1, 1))]
-    lake.overwrite("cluster_metrics", spark.createDataFrame(rows, METRICS_SCHEMA))
+    metrics = spark.createDataFrame(rows, contract_of(CLUSTER_METRICS).schema)
+    lake.overwrite_partitions(CLUSTER_METRICS, metrics, {"run_id": ["r1"]})
 
     assert explore.spark_views(lake) == ["cluster_metrics"]  # only the table that exists
     value = spark.sql("SELECT value FROM cluster_metrics WHERE metric = 'sse'").first()

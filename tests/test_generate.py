@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import GenerateConfig, NoiseConfig
-from jobs.generate import PERSONAS, generate, generate_events
+from jobs.core.config import GenerateConfig, NoiseConfig
+from jobs.synthetic import PERSONAS, generate, generate_events
 
 
 def small(tmp_path: Path, **changes: object) -> GenerateConfig:
@@ -179,3 +179,38 @@ def test_invalid_settings_are_rejected(tmp_path: Path) -> None:
         generate_events(small(tmp_path, n_personas=99))
     with pytest.raises(ValueError, match="unknown format"):
         generate(small(tmp_path, formats=("xml",)))
+
+
+def test_stage_run_generates_the_configured_data_and_reports_it(tmp_path: Path) -> None:
+    from jobs import generate as stage
+    from jobs.core.config import AppConfig
+
+    config = dataclasses.replace(AppConfig(), generate=small(tmp_path))
+    result = stage.run(config, run_id="t")
+    direct = generate(small(tmp_path / "direct"))
+    assert [Path(f).read_bytes() for f in result.files] == [
+        Path(f).read_bytes() for f in direct.files
+    ]
+    assert result.summary() == (
+        f"generated {result.n_lines_written:,} raw records "
+        f"({result.n_events_clean:,} clean events) in {len(result.files)} files"
+    )
+
+
+def test_personas_data_file_is_typed_and_checked() -> None:
+    from jobs.synthetic.personas import CATEGORIES, load_world, parse_world
+
+    world = load_world()
+    assert world.personas == PERSONAS and world.diurnal.shape == (24,)
+    assert all(c in CATEGORIES for p in PERSONAS for c in p.categories)
+    assert all(isinstance(p.events_per_session, float) for p in PERSONAS)
+    persona = {
+        "name": "x",
+        "categories": ["no.such.category"],
+        "queries": ["q"],
+        **dict.fromkeys(("p_cart", "p_purchase", "p_remove", "p_search", "sessions_per_day"), 0.5),
+        **dict.fromkeys(("events_per_session", "gap_median_s", "price_preference"), 1.0),
+    }
+    data = {"categories": {}, "personas": [persona], "diurnal": [1] * 24}
+    with pytest.raises(ValueError, match="unknown categories"):
+        parse_world(data)

@@ -20,9 +20,11 @@ import pytest
 from pyspark.sql import Row, SparkSession
 
 from jobs import ingest
-from jobs.config import AppConfig, LakeConfig
-from jobs.ingest import IngestCounts, IngestError
-from jobs.lake import Lake
+from jobs.core.config import AppConfig, LakeConfig
+from jobs.core.lake import Lake
+from jobs.ingest import IngestError
+from jobs.sources.accounting import IngestCounts
+from jobs.sources.mapping import OVERSIZE_PREVIEW_CHARS
 
 from .conftest import REPO
 
@@ -268,7 +270,7 @@ def test_what_the_quarantine_keeps_of_hostile_records(jsonl_run: Outcome) -> Non
     size = len(jsonl_run.files["huge_line.jsonl"].read_bytes().splitlines()[1])
     assert huge.startswith('{"event_id": "huge_line-big"')
     assert huge.endswith(f" … [truncated: {size} bytes]")
-    assert len(huge) < ingest.OVERSIZE_PREVIEW_CHARS + 50
+    assert len(huge) < OVERSIZE_PREVIEW_CHARS + 50
     # Two records on one line are one malformed record, not one kept and one lost.
     assert any(
         '"truncated-4"' in raw and '"truncated-5"' in raw

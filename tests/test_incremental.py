@@ -1,5 +1,5 @@
 """Incremental ingest + sessionize: daily files with late events end in the same tables as one
-full run (SPEC section 4, issue 7)."""
+full run (README: daily incremental runs)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pyspark.sql import Row, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, sessionize
-from jobs.config import AppConfig, LakeConfig, NoiseConfig
-from jobs.generate import generate
-from jobs.ingest import EVENTS_SCHEMA
-from jobs.lake import Lake
+from jobs.core.config import AppConfig, LakeConfig, NoiseConfig
+from jobs.core.lake import Lake
+from jobs.core.tables import EVENTS, contract_of
+from jobs.sequences.incremental import incremental_window
+from jobs.synthetic import generate
 
 
 def event_rows(rows: list[tuple[str, str, str]], *, run_id: str) -> list[tuple]:
@@ -133,11 +134,12 @@ def test_a_session_that_crosses_the_window_start_is_recomputed_from_its_start(
     ]
     late = [("e4", "u1", "2024-03-02 00:35:00"), ("e5", "u2", "2024-03-02 09:20:00")]
     lake = Lake(spark, config.lake)
-    lake.overwrite("events", spark.createDataFrame(event_rows(first, run_id="r1"), EVENTS_SCHEMA))
+    schema = contract_of(EVENTS).schema
+    lake.overwrite("events", spark.createDataFrame(event_rows(first, run_id="r1"), schema))
     sessionize.run(spark, lake, config, run_id="s1")
-    lake.append("events", spark.createDataFrame(event_rows(late, run_id="r2"), EVENTS_SCHEMA))
+    lake.append("events", spark.createDataFrame(event_rows(late, run_id="r2"), schema))
 
-    window = sessionize.incremental_window(
+    window = incremental_window(
         lake.read("sessions"), first_new_event=_ts("2024-03-02 00:35:00"), config=cfg
     )
     assert window.start_date == date(2024, 3, 2)

@@ -15,9 +15,14 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, sessionize
-from jobs.config import AppConfig, InputSpec, LakeConfig, load_config
+from jobs.core.config import AppConfig, ConfigError, LakeConfig, load_config
+from jobs.core.lake import Lake
+from jobs.core.tables import EVENTS, contract_of
 from jobs.ingest import IngestError
-from jobs.lake import Lake
+from jobs.sequences.sessionization import assign_sessions, vendor_session_agreement
+from jobs.sources.accounting import IngestCounts
+from jobs.sources.mapping import normalise
+from jobs.sources.readers import read_raw
 
 from .conftest import REPO, shared_data
 
@@ -120,7 +125,7 @@ def test_every_line_is_kept_deduplicated_or_quarantined_with_its_reason(
         "query string",
     ).withColumn("event_ts", F.to_timestamp("event_ts"))
     assertDataFrameEqual(got, expected)
-    assert [f.name for f in events.schema] == [f.name for f in ingest.EVENTS_SCHEMA]
+    assert tuple(f.name for f in events.schema) == contract_of(EVENTS).column_names
     assert {r["event_date"].isoformat() for r in events.collect()} == {"2024-03-01"}
 
 
@@ -196,9 +201,36 @@ def test_unusable_inputs_fail_with_a_message_naming_the_problem(
     config = config_for(tmp_path, [str(tmp_path / "x.jsonl")])
     spec = dataclasses.replace(config.ingest.source.inputs[0], columns={"user_id": "user"})
     with pytest.raises(IngestError, match=r"maps no column for \['event_ts', 'event_type'\]"):
-        ingest.normalise(ingest.read_raw(spark, spec), spec=spec, source=config.ingest.source)
-    with pytest.raises(IngestError, match="unsupported input format"):
-        ingest.read_raw(spark, InputSpec(paths=(str(tmp_path / "x.jsonl"),), format="xml"))
+        normalise(read_raw(spark, spec), spec=spec, source=config.ingest.source)
+    # An unsupported format is refused when the configuration is loaded, naming the key.
+    conf = tmp_path / "xml.yaml"
+    conf.write_text(
+        "ingest:\n  source:\n    inputs:\n      - paths: [x.xml]\n        format: xml\n"
+    )
+    with pytest.raises(ConfigError, match=r"'ingest\.source\.inputs\[0\]\.format' must be one of"):
+        load_config([conf])
+
+
+def test_counts_summary_is_the_reconciliation_line_and_check_enforces_it() -> None:
+    counts = IngestCounts(
+        input_rows=1_234,
+        kept=1_000,
+        duplicates_removed=34,
+        quarantined=200,
+        quarantine_reasons={"missing user_id": 150, "negative price": 50},
+    )
+    assert counts.summary() == (
+        "reconciliation OK: input 1,234 = kept 1,000 + duplicates 34 + quarantined 200"
+    )
+    counts.check()
+    lost = dataclasses.replace(counts, kept=999)
+    assert not lost.reconciles
+    assert lost.summary().startswith("reconciliation MISMATCH: input 1,234 = kept 999 +")
+    with pytest.raises(IngestError, match="row accounting failed: reconciliation MISMATCH"):
+        lost.check()
+    # Reasons that do not add up to the quarantined rows fail the check too.
+    with pytest.raises(IngestError, match="row accounting failed"):
+        dataclasses.replace(counts, quarantine_reasons={"missing user_id": 150}).check()
 
 
 def test_rerunning_ingest_and_sessionize_leaves_identical_tables(
@@ -253,8 +285,8 @@ def test_rees46_sample_ingests_by_config_and_matches_vendor_sessions(
     assert events.where("category is null").count() == 0  # category_id fills missing codes
     assert events.where("source_session_id is null").count() == 0
 
-    assigned = events.transform(sessionize.assign_sessions, config=config.sessionize)
-    agreement = sessionize.vendor_session_agreement(assigned).first()
+    assigned = events.transform(assign_sessions, config=config.sessionize)
+    agreement = vendor_session_agreement(assigned).first()
     assert agreement is not None
     print(
         f"\nREES46 sample: {agreement['reproduced_exactly']:,} of "

@@ -1,4 +1,5 @@
-"""Delta table module: both engines behind one interface (SPEC section 5)."""
+"""Delta table module: both engines behind one interface, every write checked against the
+table's contract."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.config import LakeConfig, TableSpec
-from jobs.lake import Lake, LakeError, delta_spark_available
+from jobs.core.config import LakeConfig
+from jobs.core.lake import Lake, LakeError
+from jobs.core.lake.delta_spark import delta_spark_available
+from jobs.core.tables import Column, TableContract
 
 SCHEMA = "id long, name string, price double, ts timestamp, day date"
 
@@ -27,15 +30,40 @@ def _rows() -> list[tuple]:
     ]
 
 
-def _lake(spark: SparkSession, tmp_path: Path, engine: str = "delta-rs") -> Lake:
-    return Lake(
-        spark,
-        LakeConfig(
-            engine=engine,
-            root=str(tmp_path / "lake"),
-            tables={"t": TableSpec(partition_by=("day",)), "flat": TableSpec()},
-        ),
+ALL_MODES = ("overwrite", "append", "overwrite_partitions")
+
+
+def _contract(
+    spark: SparkSession, name: str, ddl: str, partition_by: tuple[str, ...] = ()
+) -> TableContract:
+    """A test table's contract: the columns of ``ddl``, every write mode allowed."""
+    schema = spark.createDataFrame([], ddl).schema
+    return TableContract(
+        name,
+        owner="ingest",
+        description="test table",
+        columns=tuple(Column(f.name, f.dataType) for f in schema.fields),
+        key=(schema.fields[0].name,),
+        partition_by=partition_by,
+        write_modes=ALL_MODES,
     )
+
+
+def _lake(
+    spark: SparkSession,
+    tmp_path: Path,
+    engine: str = "delta-rs",
+    *,
+    flat: str = "id long",
+    schema: str = SCHEMA,
+) -> Lake:
+    """A lake knowing table ``t`` (``schema``, partitioned by day) and ``flat`` (``flat``)."""
+    contracts = {
+        "t": _contract(spark, "t", schema, ("day",)),
+        "flat": _contract(spark, "flat", flat),
+    }
+    config = LakeConfig(engine=engine, root=str(tmp_path / "lake"))  # type: ignore[arg-type]
+    return Lake(spark, config, contracts=contracts)
 
 
 def _frame(spark: SparkSession, rows: list[tuple] | None = None) -> DataFrame:
@@ -106,7 +134,7 @@ def test_partition_overwrite_refuses_rows_outside_the_partitions(
 
 
 def test_append_adds_rows_in_one_commit(spark: SparkSession, tmp_path: Path) -> None:
-    lake = _lake(spark, tmp_path)
+    lake = _lake(spark, tmp_path, flat="id long, name string, price double, ts timestamp")
     flat = _frame(spark).drop("day")
     lake.append("flat", flat)
     lake.append("flat", flat)
@@ -114,16 +142,46 @@ def test_append_adds_rows_in_one_commit(spark: SparkSession, tmp_path: Path) -> 
     assert lake.version("flat") == 1
 
 
-def test_schema_enforcement_rejects_a_changed_schema(spark: SparkSession, tmp_path: Path) -> None:
+def test_writes_off_the_contract_fail_before_the_commit(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     lake = _lake(spark, tmp_path)
     lake.overwrite("t", _frame(spark))
     changed = _frame(spark).withColumnRenamed("name", "label")
-    with pytest.raises(LakeError, match=r"missing \['name'\], unexpected \['label'\]"):
+    with pytest.raises(
+        LakeError, match=r"^t: .*contract.*missing column 'name'; unexpected column 'label'$"
+    ):
         lake.append("t", changed)
     retyped = _frame(spark).selectExpr("id", "name", "cast(price as string) price", "ts", "day")
-    with pytest.raises(LakeError, match=r"type changed \['price'\]"):
+    with pytest.raises(LakeError, match=r"column 'price' is string, the contract says double"):
         lake.overwrite("t", retyped)
+    reordered = _frame(spark).select("name", "id", "price", "ts", "day")
+    with pytest.raises(LakeError, match=r"the contract's order is \['id', 'name'"):
+        lake.overwrite("t", reordered)
     assert lake.version("t") == 0
+    assert not list((Path(lake.location("t").path or "") / "_staging").glob("*/*"))
+
+
+def test_write_modes_come_from_the_contract(spark: SparkSession, lake: Lake) -> None:
+    # The product's registry: cluster_metrics is only ever replaced run by run.
+    metrics = spark.createDataFrame([], lake.contract("cluster_metrics").schema)
+    with pytest.raises(LakeError, match=r"cluster_metrics: overwrite is not a write mode"):
+        lake.overwrite("cluster_metrics", metrics)
+    events = spark.createDataFrame([], lake.contract("events").schema).drop("ingest_run_id")
+    with pytest.raises(LakeError, match=r"^events: .*missing column 'ingest_run_id'"):
+        lake.append("events", events)
+
+
+def test_engine_refuses_a_table_on_disk_that_differs_from_the_contract(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A contract changed between versions: Delta refuses the silent schema change."""
+    _lake(spark, tmp_path).overwrite("t", _frame(spark))
+    renamed = SCHEMA.replace("name string", "label string")
+    newer = _lake(spark, tmp_path, schema=renamed)
+    with pytest.raises(LakeError, match=r"missing \['name'\], unexpected \['label'\]"):
+        newer.append("t", _frame(spark).withColumnRenamed("name", "label"))
+    assert newer.version("t") == 0
 
 
 def test_empty_dataframe_creates_a_readable_empty_table(
@@ -155,7 +213,7 @@ def test_no_staging_left_behind_and_unknown_tables_rejected(
     }
     on_disk = {str(p.relative_to(path)) for p in path.rglob("*.parquet")}
     assert on_disk == committed
-    with pytest.raises(LakeError, match="unknown table 'nope'"):
+    with pytest.raises(LakeError, match="unknown table 'nope'; the tables are t, flat"):
         lake.read("nope")
 
 
@@ -186,12 +244,10 @@ def test_spark_engine_round_trip_and_cross_engine_read(spark: SparkSession, tmp_
 def test_filtered_reads_find_long_strings_and_columns_after_nested_ones(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    lake = _lake(spark, tmp_path)
+    ddl = "id long, nested struct<x:long, y:long>, long_id string, c double"
+    lake = _lake(spark, tmp_path, flat=ddl)
     long_ids = [f"{i:04d}-" + "x" * 300 for i in range(3)]
-    frame = spark.createDataFrame(
-        [(i, (i, i * 100), long_ids[i], float(i)) for i in range(3)],
-        "id long, nested struct<x:long, y:long>, long_id string, c double",
-    )
+    frame = spark.createDataFrame([(i, (i, i * 100), long_ids[i], float(i)) for i in range(3)], ddl)
     lake.overwrite("flat", frame)
     table = DeltaTable(lake.location("flat").path or "")
     # delta-rs prunes files by these statistics: wrong or missing ones lose rows.
@@ -204,13 +260,12 @@ def test_filtered_reads_find_long_strings_and_columns_after_nested_ones(
 def test_partition_overwrite_of_null_and_timestamp_partitions(
     spark: SparkSession, tmp_path: Path
 ) -> None:
+    contracts = {
+        "p": _contract(spark, "p", "id long, p string", ("p",)),
+        "t": _contract(spark, "t", "id long, at timestamp", ("at",)),
+    }
     lake = Lake(
-        spark,
-        LakeConfig(
-            engine="delta-rs",
-            root=str(tmp_path / "lake"),
-            tables={"p": TableSpec(partition_by=("p",)), "t": TableSpec(partition_by=("at",))},
-        ),
+        spark, LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")), contracts=contracts
     )
     lake.overwrite("p", spark.createDataFrame([(1, None), (2, "k")], "id long, p string"))
     lake.overwrite_partitions(
@@ -230,7 +285,7 @@ def test_partition_overwrite_of_null_and_timestamp_partitions(
 
 
 def test_decimal_columns_write(spark: SparkSession, tmp_path: Path) -> None:
-    lake = _lake(spark, tmp_path)
+    lake = _lake(spark, tmp_path, flat="id long, amount decimal(10, 2)")
     frame = spark.sql("SELECT 1L AS id, CAST(12.34 AS DECIMAL(10, 2)) AS amount")
     assert lake.overwrite("flat", frame).rows_written == 1
     assert lake.read("flat").first()["amount"] is not None  # type: ignore[index]

@@ -22,7 +22,9 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from jobs.pipeline import applicable, run_pipeline, select_stages
+from jobs.pipeline import applicable, run_pipeline
+from jobs.stages import select as select_stages
+from jobs.stages import stage
 
 from .conftest import REPO
 from .test_pipeline import small_config
@@ -173,7 +175,7 @@ def demo_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     run_pipeline(config, RUN_EVALUATED, applicable(select_stages(None, None), config))
     newer = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=(3, 5)))
-    run_pipeline(newer, RUN_CLUSTERED, ["cluster"])
+    run_pipeline(newer, RUN_CLUSTERED, [stage("cluster")])
     # A config overlay for the notebooks' own Spark session: small, beside pytest's JVM.
     (root / "notebook.yaml").write_text(
         "spark:\n  master: local[2]\n  shuffle_partitions: 2\n  driver_memory: 1g\n"

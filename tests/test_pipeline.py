@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from jobs.config import AppConfig, LakeConfig, load_config
-from jobs.pipeline import applicable, run_pipeline, select_stages
+from jobs.core.config import AppConfig, LakeConfig, load_config
+from jobs.pipeline import applicable, run_pipeline
+from jobs.stages import Stage
+from jobs.stages import select as select_stages
 
 from .conftest import REPO
 
@@ -90,7 +94,8 @@ def test_pipeline_accounts_for_every_generated_record(
     assert clustered.rows == embedded.rows and sum(clustered.sizes) == embedded.rows
     assert clustered.model_version == embedded.model_version
 
-    # evaluate: every SPEC metric name for the embedding, the three baselines beside it
+    # evaluate: every fixed metric name (README: Evaluation) for the embedding, the three
+    # baselines beside it
     spec_names = {
         "sse",
         "silhouette_sqeuclidean",
@@ -142,10 +147,14 @@ def test_pipeline_accounts_for_every_generated_record(
     assert sum(sessions.column("n_events").to_pylist()) == generated.n_events_clean
 
 
+def _names(selected: list[Stage]) -> list[str]:
+    return [s.name for s in selected]
+
+
 def test_stage_selection() -> None:
-    assert select_stages("ingest", "sessionize") == ["ingest", "sessionize"]
+    assert _names(select_stages("ingest", "sessionize")) == ["ingest", "sessionize"]
     everything = select_stages(None, None)
-    assert applicable(everything, AppConfig()) == [
+    assert _names(applicable(everything, AppConfig())) == [
         "generate",
         "ingest",
         "sessionize",
@@ -156,14 +165,14 @@ def test_stage_selection() -> None:
     sequence = dataclasses.replace(
         AppConfig(), encoder=dataclasses.replace(AppConfig().encoder, kind="sequence")
     )
-    assert applicable(everything, sequence)[-4:] == [
+    assert _names(applicable(everything, sequence))[-4:] == [
         "train_encoder",
         "embed",
         "cluster",
         "evaluate",
     ]
-    assert select_stages(None, "ingest") == ["generate", "ingest"]
-    with pytest.raises(SystemExit):
+    assert _names(select_stages(None, "ingest")) == ["generate", "ingest"]
+    with pytest.raises(ValueError, match="--from sessionize comes after --to generate"):
         select_stages("sessionize", "generate")
 
 
@@ -198,7 +207,14 @@ def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> N
     assert "headline (k=6): embedding ARI" in out and "report: " in out
     for table in PIPELINE_TABLES:
         assert str(tmp_path / "lake" / table) in out
-    assert "resolved config" in result.stderr  # the resolved config is logged at start
+    # The config's sources and fingerprint are logged at start (the whole config at DEBUG).
+    started = r"INFO jobs.config: config [0-9a-f]{12} from conf/local.yaml, --set"
+    assert re.search(started, result.stderr)
+    # A log a person can read: no line repeated more than twice, no progress bars.
+    messages = Counter(re.sub(r"^\S+ \S+ ", "", line) for line in result.stderr.splitlines())
+    assert [m for m, n in messages.items() if n > 2] == []
+    assert "Loading weights" not in result.stderr and "it/s]" not in result.stderr
+    assert "WindowExec" not in result.stderr + out
 
 
 def test_cli_rejects_a_bad_override_with_the_key_named() -> None:

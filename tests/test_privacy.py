@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs import cluster, embed, evaluate, ingest, sessionize
-from jobs.config import (
+from jobs.core.config import (
     AppConfig,
     ClusterConfig,
     EncoderConfig,
@@ -35,9 +35,10 @@ from jobs.config import (
     NoiseConfig,
     PrivacyConfig,
 )
-from jobs.generate import generate
-from jobs.lake import Lake
-from jobs.privacy import PrivacyError, Pseudonymizer, resolve_key
+from jobs.core.lake import Lake
+from jobs.core.privacy import PrivacyError, Pseudonymizer, resolve_key
+from jobs.core.tables import TABLES
+from jobs.synthetic import generate
 
 from .conftest import REPO
 
@@ -301,7 +302,7 @@ def test_no_raw_user_id_reaches_any_table_report_or_log(spark: SparkSession, run
 
     lake = Lake(spark, runs.private.lake)
     scanned = []
-    for table in runs.private.lake.tables:
+    for table in TABLES:  # every table of the registry
         if not lake.exists(table):
             continue
         rows = _as_json(lake.read(table))  # every column, nested ones included, as text

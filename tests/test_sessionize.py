@@ -1,24 +1,30 @@
-"""Sessionization rules on inline rows (SPEC section 4)."""
+"""Sessionization rules on inline rows (jobs.sequences: sessions, bot flags, user sequences)."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.config import BotConfig, SessionizeConfig
-from jobs.ingest import EVENTS_SCHEMA, deduplicate, to_events
-from jobs.sessionize import (
+from jobs.core.config import BotConfig, SessionizeConfig
+from jobs.core.tables import EVENTS, contract_of
+from jobs.sequences.bots import apply_bot_flags, user_bot_flags
+from jobs.sequences.sessionization import (
     assign_sessions,
-    build_user_sequences,
     rule_version,
     sessionize,
+    summarise_sessions,
+    summarise_unflagged,
 )
+from jobs.sequences.user_sequences import build_user_sequences
+from jobs.sessionize import SessionizeCounts
+from jobs.sources.dedup import deduplicate
+from jobs.sources.outputs import to_events
 
 T0 = datetime(2024, 3, 1, 10, 0, 0)
 DEFAULT = SessionizeConfig()
@@ -46,7 +52,7 @@ def events(spark: SparkSession, rows: list[tuple]) -> DataFrame:
                 "test-run",
             )
         )
-    return spark.createDataFrame(full, EVENTS_SCHEMA)
+    return spark.createDataFrame(full, contract_of(EVENTS).schema)
 
 
 def spans(sessions: DataFrame) -> DataFrame:
@@ -246,3 +252,35 @@ def test_invalid_rules_are_rejected(spark: SparkSession, bad: dict) -> None:
         events(spark, [("u", at(0), "view")]).transform(
             assign_sessions, config=dataclasses.replace(DEFAULT, **bad)
         )
+
+
+def test_counts_summary_reads_as_one_line_per_mode() -> None:
+    full = SessionizeCounts(events_in=12_345, sessions=1_234, users=100, bot_users=2)
+    assert (
+        full.summary()
+        == "12,345 events -> 1,234 sessions, 100 user sequences (2 bot users flagged)"
+    )
+    idle = SessionizeCounts(0, 0, 0, 0, mode="incremental")
+    assert idle.summary() == "incremental: no new ingest runs, nothing to do"
+    daily = SessionizeCounts(
+        2_000, 300, 40, 1, mode="incremental", window_start=date(2024, 3, 2), partitions_rewritten=3
+    )
+    assert daily.summary() == (
+        "incremental from 2024-03-02: 2,000 events -> 300 sessions in 3 session_date "
+        "partitions, 40 user sequences rebuilt"
+    )
+
+
+def test_user_bot_flags_agree_with_the_row_flags(spark: SparkSession) -> None:
+    bot = [("bot", at(seconds=s), "view") for s in range(0, 100)]
+    bot += [("bot", at(300), "view")]
+    human = [("human", at(m), "view") for m in range(0, 25)]
+    assigned = events(spark, bot + human).transform(assign_sessions, config=DEFAULT)
+    flagged = assigned.transform(summarise_sessions, config=DEFAULT)
+    unflagged = assigned.transform(summarise_unflagged, config=DEFAULT)
+    assert "is_bot" not in unflagged.columns
+    flags = user_bot_flags(unflagged, config=DEFAULT)
+    assert {r["user_id"]: r["is_bot"] for r in flags.collect()} == {"bot": True, "human": False}
+    reapplied = apply_bot_flags(unflagged, flags=flags)
+    assert reapplied.columns == flagged.columns
+    assertDataFrameEqual(reapplied, flagged)

@@ -325,7 +325,7 @@ def test_stage_script_folder_does_not_shadow_top_level_modules(stage: str, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["code"] == 2, proc.stderr[-3000:]  # the missing config file, reported cleanly
-    assert {"config", "metrics", "cluster", "evaluate"} <= set(report["names"])
+    assert {"cli", "cluster", "evaluate", "runner", "stages"} <= set(report["names"])
     assert report["shadowing"] == {}, "jobs/ is still on sys.path: " + ", ".join(
         report["shadowing"]
     )

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.config import EncoderConfig, config_fingerprint
+from jobs.core.config import ConfigError, EncoderConfig, config_fingerprint
+from jobs.core.logs import quiet_model_loading
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,48 @@ def resolve_model_path(config: EncoderConfig, default_sequence_dir: str | None =
     return path
 
 
+def check_encoder_config(
+    config: EncoderConfig, *, default_sequence_dir: str | None = None, local_driver: bool = True
+) -> None:
+    """Refuse encoder settings that would fail inside every UDF task, before any Spark work.
+
+    * ``encoder.model_path`` set but not a Hugging Face model directory;
+    * ``encoder.max_length`` above the model's ``max_position_embeddings`` (512 for MiniLM):
+      the position-embedding table has no row for the extra positions;
+    * ``encoder.device: cuda`` when this machine sees no CUDA device and Spark runs here
+      (``local_driver``; on a cluster the executors' GPUs are not visible from the driver, and
+      the UDF itself fails clearly on an executor without CUDA).
+
+    A sequence encoder that ``train_encoder`` has not written yet is not checked (training
+    sizes its positions from ``encoder.max_length``).  Raises :class:`ConfigError`.
+    """
+    if config.model_path and not (Path(config.model_path) / "config.json").is_file():
+        raise ConfigError(
+            f"encoder.model_path: no Hugging Face model directory at {config.model_path} "
+            "(config.json missing)"
+        )
+    try:
+        model_dir = resolve_model_path(config, default_sequence_dir=default_sequence_dir)
+    except (FileNotFoundError, ValueError):
+        model_dir = None
+    if model_dir is not None:
+        settings = json.loads((model_dir / "config.json").read_text())
+        limit = settings.get("max_position_embeddings")
+        if isinstance(limit, int) and config.max_length > limit:
+            raise ConfigError(
+                f"encoder.max_length={config.max_length} exceeds the model's "
+                f"max_position_embeddings={limit} ({model_dir}); use at most {limit}"
+            )
+    if config.device == "cuda" and local_driver:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "encoder.device=cuda but this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is false); use auto or cpu"
+            )
+
+
 def weights_digest(model_dir: Path) -> str:
     """SHA-256 over the weight and vocabulary files: the identity of a trained model."""
     digest = hashlib.sha256()
@@ -79,7 +122,8 @@ def weights_digest(model_dir: Path) -> str:
 
 
 def model_version(config: EncoderConfig, model_dir: Path) -> str:
-    """Hash of the weights plus everything that shapes the input (SPEC's ``model_version``)."""
+    """``model_version``: a hash of the weights plus everything that shapes the input
+    (docs/tables.md, ``embeddings``)."""
     rendering = {
         "kind": config.kind,
         "max_length": config.max_length,
@@ -175,6 +219,8 @@ def load_encoder(
 ) -> Encoder:
     """Load the configured encoder from a local directory, in eval mode, on ``device``."""
     import torch
+
+    quiet_model_loading()
     from transformers import AutoModel, AutoTokenizer, BertModel
 
     path = model_dir or resolve_model_path(config)

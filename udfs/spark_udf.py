@@ -1,9 +1,11 @@
 """The encoder as a Spark iterator pandas UDF: a thin wrapper over :mod:`udfs.encoder`.
 
-The model is loaded once per Python worker (Spark reuses workers across tasks), on the GPU Spark
-assigned to the task when there is one (``TaskContext.resources()["gpu"]``), otherwise on the
-CPU with ``torch.set_num_threads`` equal to the task's cores so concurrent tasks do not
-oversubscribe the machine.
+The model is loaded once per Python worker (Spark reuses workers across tasks).  Device
+(``encoder.device``): ``auto`` takes the GPU Spark assigned to the task
+(``TaskContext.resources()["gpu"]``) and the CPU otherwise; ``cuda`` takes the task's GPU, or,
+when Spark assigned none (local mode never does), a GPU the worker sees, and fails on a worker
+without one; ``cpu`` is the CPU.  On the CPU ``torch.set_num_threads`` equals the task's cores,
+so concurrent tasks do not oversubscribe the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pyspark.sql import Column
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
-from jobs.config import EncoderConfig
+from jobs.core.config import EncoderConfig
 from udfs.encoder import Encoder, load_encoder
 
 #: One loaded encoder per worker process, keyed by what defines it.
@@ -37,11 +39,33 @@ def task_device() -> tuple[str, int | None]:
     return "cpu", max(1, int(context.cpus()))
 
 
+def choose_device(requested: str, assigned: str, partition: int = 0) -> str:
+    """The device for an encoder of ``encoder.device`` = ``requested`` in a task that Spark
+    gave ``assigned`` (``cuda:<n>`` or ``cpu``).  An explicit ``cuda`` without an assigned GPU
+    takes one of the worker's visible GPUs (by ``partition`` id), or raises ``RuntimeError``."""
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto" or assigned.startswith("cuda"):
+        return assigned
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "encoder.device=cuda but this Spark worker has no usable CUDA device; "
+            "set encoder.device=auto or cpu, or run embed on GPU executors"
+        )
+    return f"cuda:{partition % torch.cuda.device_count()}"
+
+
 def worker_encoder(config: EncoderConfig, model_dir: str) -> Encoder:
     """The worker's encoder, loaded on first use."""
-    device, threads = task_device()
-    if config.device == "cpu":
-        device = "cpu"
+    from pyspark import TaskContext
+
+    assigned, threads = task_device()
+    context = TaskContext.get()
+    device = choose_device(config.device, assigned, context.partitionId() if context else 0)
+    if device.startswith("cuda"):
+        threads = None
     key = (config, model_dir, device)
     encoder = _WORKER_ENCODERS.get(key)
     if encoder is None:

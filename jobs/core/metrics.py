@@ -1,8 +1,8 @@
 """The ``cluster_metrics`` history table: one row per (run, method, metric, k, backend).
 
 Append-only across runs; within a run, recording a metric again replaces the earlier value, so a
-rerun of a stage leaves one row per metric instead of duplicates.  Metric names are fixed by SPEC
-section 8 so runs compare across versions.
+rerun of a stage leaves one row per metric instead of duplicates.  Metric names are fixed
+(README: Evaluation) so runs compare across versions.
 """
 
 from __future__ import annotations
@@ -13,24 +13,10 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from jobs.lake import Lake
+from jobs.core.lake import Lake
+from jobs.core.tables import CLUSTER_METRICS, contract_of
 
-METRICS_SCHEMA = T.StructType(
-    [
-        T.StructField("run_id", T.StringType()),
-        T.StructField("method", T.StringType()),
-        T.StructField("metric", T.StringType()),
-        T.StructField("value", T.DoubleType()),
-        T.StructField("k", T.IntegerType()),
-        T.StructField("unit", T.StringType()),
-        T.StructField("model_version", T.StringType()),
-        T.StructField("backend", T.StringType()),
-        T.StructField("sample_size", T.LongType()),
-        T.StructField("created_at", T.TimestampType()),
-    ]
-)
 METHODS = ("embedding", "tfidf_baseline", "tfidf_tokens_baseline", "random_baseline")
 _KEY = ("method", "metric", "k", "unit", "model_version", "backend")
 
@@ -60,12 +46,12 @@ def record_metrics(spark: SparkSession, lake: Lake, run_id: str, metrics: Sequen
     # backend, sample_size, created_at.
     new_keys = {(r[1], r[2], r[4], r[5], r[6], r[7]) for r in new_rows}
     kept: list[tuple] = []
-    if lake.exists("cluster_metrics"):
+    if lake.exists(CLUSTER_METRICS):
         # A run's metrics are a handful of rows: read them to the driver and rewrite the run's
         # partition with the replaced values.
-        for row in lake.read("cluster_metrics").where(F.col("run_id") == run_id).collect():
+        for row in lake.read(CLUSTER_METRICS).where(F.col("run_id") == run_id).collect():
             if tuple(row[c] for c in _KEY) not in new_keys:
                 kept.append(tuple(row))
-    frame = spark.createDataFrame(kept + new_rows, METRICS_SCHEMA).coalesce(1)
-    lake.overwrite_partitions("cluster_metrics", frame, {"run_id": [run_id]})
+    frame = spark.createDataFrame(kept + new_rows, contract_of(CLUSTER_METRICS).schema).coalesce(1)
+    lake.overwrite_partitions(CLUSTER_METRICS, frame, {"run_id": [run_id]})
     return len(kept) + len(new_rows)

@@ -14,12 +14,13 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.config import SparkConfig
+from jobs.core.config import SparkConfig
+from jobs.core.logs import log4j2_config_file, spark_log_level
 
 log = logging.getLogger(__name__)
 
 #: Settings every session we build gets, whatever the profile.  UTC session time zone makes
-#: ``timestamp`` columns mean UTC everywhere (SPEC section 3); Parquet INT96 is not Delta-readable,
+#: ``timestamp`` columns mean UTC everywhere (docs/tables.md); Parquet INT96 is not Delta-readable,
 #: so timestamps are written as microseconds.
 _REQUIRED_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -33,10 +34,10 @@ _REQUIRED_CONF = {
 #: Local-mode defaults that make small machines fast; a profile's ``spark.extra`` overrides them.
 _LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "true",
+    # Spark's console progress bar only for a person watching a terminal, not in job logs.
+    "spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false",
     "spark.sql.adaptive.enabled": "true",
     "spark.sql.adaptive.coalescePartitions.enabled": "true",
-    "spark.driver.extraJavaOptions": "-XX:+UseG1GC -Dlog4j2.level=WARN",
 }
 
 
@@ -70,6 +71,12 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         builder = builder.master(config.master)
         settings.update(_LOCAL_DEFAULTS)
         settings["spark.driver.memory"] = config.driver_memory
+        # Spark's JVM logs at the level --log-level implies (ERROR, or WARN for DEBUG) from
+        # its first line on, start-up warnings included.
+        log4j = log4j2_config_file(spark_log_level())
+        settings["spark.driver.extraJavaOptions"] = (
+            f"-XX:+UseG1GC -Dlog4j2.configurationFile=file:{log4j}"
+        )
         settings["spark.default.parallelism"] = str(shuffle_partitions)
     if not submitted or config.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
@@ -78,7 +85,7 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel(spark_log_level())
     log.info(
         "built Spark %s session master=%s shuffle_partitions=%s%s",
         spark.version,

@@ -1,19 +1,21 @@
-"""Cluster-quality metrics that stay O(n·k·d) on warehouse-scale data (SPEC section 8).
+"""Internal cluster-quality metrics that stay O(n·k·d) on warehouse-scale data.
 
 Nothing here is pairwise over the rows.  Each metric is one or two distributed passes that reduce
-the data to per-cluster aggregates (counts, vector sums, sums of squared norms, mean distances)
-or to a k x k' contingency table; only those small results reach the driver, where the closed
-forms are evaluated.  Silhouettes come from Spark's ``ClusteringEvaluator`` (exact for
-squared-Euclidean and cosine distance, computed from cluster aggregates as well).
+the data to per-cluster aggregates (counts, vector sums, sums of squared norms, mean distances);
+only those small results reach the driver, where the closed forms are evaluated.  Silhouettes
+come from Spark's ``ClusteringEvaluator`` (exact for squared-Euclidean and cosine distance,
+computed from cluster aggregates as well); ``silhouette_exact_sample`` cross-checks them with
+scikit-learn on a bounded sample.
 
-Inputs: a DataFrame with an ``array<float>`` column (``embedding``) and an integer cluster column.
-Metric names follow SPEC section 8 so runs compare across versions.
+Inputs: a DataFrame with an ``array<float>`` (or ``array<double>``) column ``embedding`` and an
+integer cluster column ``cluster_id``.  Metric names are listed in the README ("Evaluation").
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -31,13 +33,18 @@ class ClusterAggregates:
 
     @property
     def centroids(self) -> np.ndarray:
+        """(k, d) mean vector of each cluster."""
         return self.sums / self.counts[:, None]
 
 
 def cluster_aggregates(
     df: DataFrame, *, features: str = "embedding", cluster: str = "cluster_id"
 ) -> ClusterAggregates:
-    """One pass: count, vector sum and sum of squared norms per cluster."""
+    """One pass: count, vector sum and sum of squared norms per cluster.
+
+    ``df``: n rows with a length-d array column ``features`` and a cluster column.  Raises
+    ``ValueError`` when ``df`` is empty.
+    """
     dim_row = df.select(F.size(features).alias("d")).first()
     if dim_row is None:
         raise ValueError("cannot compute cluster metrics of an empty DataFrame")
@@ -59,13 +66,14 @@ def cluster_aggregates(
 
 
 def sse(agg: ClusterAggregates) -> float:
-    """Within-cluster sum of squared distances to the centroid (inertia)."""
+    """Within-cluster sum of squared Euclidean distances to the centroid (inertia), >= 0."""
     per_cluster = agg.squared_norms - (agg.sums**2).sum(axis=1) / agg.counts
     return float(np.clip(per_cluster, 0.0, None).sum())
 
 
 def calinski_harabasz(agg: ClusterAggregates) -> float:
-    """Between-cluster over within-cluster dispersion, each per degree of freedom."""
+    """Between-cluster over within-cluster dispersion, each per degree of freedom (Calinski and
+    Harabasz, 1974).  NaN for k < 2 or n <= k; inf when every point sits on its centroid."""
     n, k = agg.counts.sum(), len(agg.counts)
     if k < 2 or n <= k:
         return float("nan")
@@ -83,7 +91,10 @@ def davies_bouldin(
     cluster: str = "cluster_id",
 ) -> float:
     """Mean over clusters of the worst (scatter_i + scatter_j) / distance(c_i, c_j); scatter is
-    the mean Euclidean distance to the centroid (a second pass, joining the k centroids)."""
+    the mean Euclidean distance to the centroid (a second pass, joining the k centroids).
+
+    ``agg`` must be :func:`cluster_aggregates` of the same ``df``.  NaN for k < 2.
+    """
     k = len(agg.counts)
     if k < 2:
         return float("nan")
@@ -120,7 +131,8 @@ def davies_bouldin(
 def silhouette(
     df: DataFrame, *, distance: str, features: str = "embedding", cluster: str = "cluster_id"
 ) -> float:
-    """Spark's silhouette (``squaredEuclidean`` or ``cosine``), exact and O(n·k·d)."""
+    """Spark's mean silhouette in [-1, 1] for ``distance`` ``squaredEuclidean`` or ``cosine``,
+    exact and O(n·k·d)."""
     from pyspark.ml.evaluation import ClusteringEvaluator
     from pyspark.ml.functions import array_to_vector
 
@@ -134,7 +146,8 @@ def silhouette(
 
 
 def size_balance(agg: ClusterAggregates) -> dict[str, float]:
-    """Smallest and largest cluster share, and size entropy normalised to [0, 1]."""
+    """``size_min_share`` and ``size_max_share`` (in [0, 1]) and ``size_entropy``, the entropy
+    of the size shares normalised to [0, 1] by log k (1.0 for a single cluster)."""
     shares = agg.counts / agg.counts.sum()
     k = len(shares)
     entropy = float(-(shares * np.log(shares)).sum() / math.log(k)) if k > 1 else 1.0
@@ -145,51 +158,32 @@ def size_balance(agg: ClusterAggregates) -> dict[str, float]:
     }
 
 
-def contingency(df: DataFrame, left: str, right: str) -> np.ndarray:
-    """Counts of rows per (left label, right label): a k x k' matrix, via one groupBy."""
-    rows = df.groupBy(left, right).count().collect()
-    lefts = sorted({r[left] for r in rows}, key=str)
-    rights = sorted({r[right] for r in rows}, key=str)
-    li = {v: i for i, v in enumerate(lefts)}
-    ri = {v: i for i, v in enumerate(rights)}
-    table = np.zeros((len(lefts), len(rights)), dtype=np.float64)
-    for r in rows:
-        table[li[r[left]], ri[r[right]]] = r["count"]
-    return table
+def sample_rows(df: DataFrame, *, sample: int, seed: int) -> list[Any]:
+    """A seeded random sample of at most ``sample`` rows' ``embedding`` and ``cluster_id``,
+    collected to the driver (the same rows for the same data, partitioning and seed)."""
+    return df.orderBy(F.rand(seed)).limit(sample).select("embedding", "cluster_id").collect()
 
 
-def _comb2(x: np.ndarray) -> np.ndarray:
-    """Pairs among x items, elementwise."""
-    return x * (x - 1) / 2
+def internal_metrics(df: DataFrame, *, sample: int, seed: int) -> dict[str, float]:
+    """Every internal metric of ``embedding`` / ``cluster_id`` rows, by metric name.
 
+    ``silhouette_exact_sample`` (scikit-learn, Euclidean) is computed on :func:`sample_rows` and
+    left out when the sample has a single cluster or no more rows than clusters.
+    """
+    from sklearn.metrics import silhouette_score
 
-def adjusted_rand_index(table: np.ndarray) -> float:
-    """ARI from a contingency table (Hubert and Arabie's adjustment, as scikit-learn)."""
-    n = table.sum()
-    index = float(_comb2(table).sum())
-    rows = float(_comb2(table.sum(axis=1)).sum())
-    cols = float(_comb2(table.sum(axis=0)).sum())
-    expected = rows * cols / float(n * (n - 1) / 2)
-    maximum = (rows + cols) / 2
-    if maximum == expected:
-        return 1.0
-    return (index - expected) / (maximum - expected)
-
-
-def normalized_mutual_info(table: np.ndarray) -> float:
-    """NMI with the arithmetic mean of the entropies (scikit-learn's default)."""
-    n = table.sum()
-    pij = table / n
-    pi, pj = pij.sum(axis=1), pij.sum(axis=0)
-    nz = pij > 0
-    mutual = float((pij[nz] * np.log(pij[nz] / np.outer(pi, pj)[nz])).sum())
-    hi = float(-(pi[pi > 0] * np.log(pi[pi > 0])).sum())
-    hj = float(-(pj[pj > 0] * np.log(pj[pj > 0])).sum())
-    if hi == 0 and hj == 0:
-        return 1.0
-    return mutual / ((hi + hj) / 2) if (hi + hj) > 0 else 0.0
-
-
-def purity(table: np.ndarray) -> float:
-    """Share of rows in their cluster's majority class (rows = truth, columns = clusters)."""
-    return float(table.max(axis=0).sum() / table.sum())
+    agg = cluster_aggregates(df)
+    values = {
+        "sse": sse(agg),
+        "calinski_harabasz": calinski_harabasz(agg),
+        "davies_bouldin": davies_bouldin(df, agg),
+        "silhouette_sqeuclidean": silhouette(df, distance="squaredEuclidean"),
+        "silhouette_cosine": silhouette(df, distance="cosine"),
+        **size_balance(agg),
+    }
+    rows = sample_rows(df, sample=sample, seed=seed)
+    labels = np.array([r["cluster_id"] for r in rows])
+    if len(set(labels)) > 1 and len(rows) > len(set(labels)):
+        points = np.array([r["embedding"] for r in rows], dtype=np.float64)
+        values["silhouette_exact_sample"] = float(silhouette_score(points, labels))
+    return values

@@ -1,32 +1,32 @@
-"""Typed configuration: YAML files in ``conf/`` loaded into frozen dataclasses.
+"""The configuration sections: frozen dataclasses whose defaults are the canonical defaults.
 
-The dataclass defaults below are the canonical defaults; ``conf/base.yaml`` spells every one of
-them out with comments (a test keeps the two identical).  Profiles such as ``conf/local.yaml``
-overlay only what they change.  Loading order: defaults, then each ``--conf`` file in order,
-then each ``--set dotted.key=value``.  Unknown keys and wrong types are rejected with a message
-naming the key and the file (or ``--set``) that introduced it.
-
-Merge rule: nested sections (dataclasses) merge key by key; mappings and lists are values and are
-replaced whole, so a source mapping in a profile never inherits stray columns from another one.
+``conf/base.yaml`` spells every default out with comments (a test keeps the two identical);
+profiles such as ``conf/local.yaml`` overlay only what they change (see :mod:`.loader`).
+Enum-like settings are ``Literal`` types, so a wrong value is refused when the file is loaded,
+naming the key, the file and the allowed values.  The rules behind the settings are documented
+in ``docs/configuration.md`` and the README.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Literal
 
-import yaml
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+LakeEngine = Literal["auto", "spark", "delta-rs"]
+InputFormat = Literal["jsonl", "json", "ndjson", "csv", "parquet"]
+GenerateFormat = Literal["jsonl", "csv", "parquet"]
+EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase", "search", "other"]
+UnknownEventType = Literal["quarantine", "other"]
+EpochUnit = Literal["s", "ms", "us"]
+RunMode = Literal["full", "incremental"]
+EncoderKind = Literal["text", "sequence"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Unit = Literal["user", "session"]
+TrainMode = Literal["mlm", "contrastive"]
+Criterion = Literal["silhouette", "elbow"]
+ClusterBackend = Literal["auto", "gpu", "cpu"]
 
 
 class ConfigError(ValueError):
@@ -57,39 +57,22 @@ class TableSpec:
 
     path: str | None = None
     name: str | None = None
-    partition_by: tuple[str, ...] = ()
-
-
-def _default_tables() -> Mapping[str, TableSpec]:
-    return {
-        "events": TableSpec(partition_by=("event_date",)),
-        "events_quarantine": TableSpec(),
-        "sessions": TableSpec(partition_by=("session_date",)),
-        "user_sequences": TableSpec(),
-        "embeddings": TableSpec(partition_by=("unit", "model_version")),
-        "cluster_assignments": TableSpec(partition_by=("run_id",)),
-        "cluster_centroids": TableSpec(partition_by=("run_id",)),
-        "cluster_metrics": TableSpec(partition_by=("run_id",)),
-        "cluster_profiles": TableSpec(partition_by=("run_id",)),
-        # Bookkeeping of incremental runs: which raw files ingest has read, which ingest runs
-        # sessionize has covered.
-        "ingest_log": TableSpec(),
-        "sessionize_log": TableSpec(),
-    }
 
 
 @dataclass(frozen=True)
 class LakeConfig:
-    """Delta Lake storage: which engine writes the tables and where they live (SPEC section 5)."""
+    """Delta Lake storage: which engine writes the tables and where they live."""
 
     #: auto | spark | delta-rs.  ``auto`` uses Spark's Delta data source when the session has it.
-    engine: str = "auto"
+    engine: LakeEngine = "auto"
     #: Directory under which tables without an explicit path are stored (``<root>/<table>``).
     root: str | None = "data/lake"
     #: Optional ``catalog.schema`` prefix; tables without an explicit name get ``<prefix>.<table>``
     #: (spark engine only).
     catalog_schema: str | None = None
-    tables: Mapping[str, TableSpec] = field(default_factory=_default_tables)
+    #: Per-table overrides of the location (keys: the table names in docs/tables.md).  Columns,
+    #: key and partitioning are part of each table's contract, not configuration.
+    tables: Mapping[str, TableSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """Synthetic clickstream with planted personas (SPEC section 2, stage ``generate``)."""
+    """Synthetic clickstream with planted personas."""
 
     seed: int = 42
     n_users: int = 5000
@@ -119,7 +102,7 @@ class GenerateConfig:
     output_dir: str = "data/raw/synthetic"
     ground_truth_path: str = "data/ground_truth/personas.csv"
     #: Any of jsonl, csv, parquet; each format is written to ``<output_dir>/<format>/``.
-    formats: tuple[str, ...] = ("jsonl",)
+    formats: tuple[GenerateFormat, ...] = ("jsonl",)
     compress: bool = False
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
@@ -137,7 +120,7 @@ class InputSpec:
 
     paths: tuple[str, ...] = ()
     #: jsonl | csv | parquet (gzip-compressed text files are read transparently).
-    format: str = "jsonl"
+    format: InputFormat = "jsonl"
     #: Reader options, e.g. ``{sep: ";", header: "true"}`` for CSV.
     options: Mapping[str, str] = field(default_factory=dict)
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -148,7 +131,7 @@ class LookupSpec:
     """A side file joined onto raw rows, e.g. DIGINETICA's item -> category table."""
 
     path: str = ""
-    format: str = "csv"
+    format: InputFormat = "csv"
     options: Mapping[str, str] = field(default_factory=dict)
     #: Events column to join on -> field of the lookup file.
     join_on: Mapping[str, str] = field(default_factory=dict)
@@ -179,7 +162,7 @@ class SourceConfig:
         ),
     )
     #: Raw event-type value -> one of view, add_to_cart, remove_from_cart, purchase, search, other.
-    event_type_map: Mapping[str, str] = field(
+    event_type_map: Mapping[str, EventType] = field(
         default_factory=lambda: {
             "view": "view",
             "cart": "add_to_cart",
@@ -189,11 +172,11 @@ class SourceConfig:
         }
     )
     #: quarantine | other: what to do with an event type missing from ``event_type_map``.
-    unknown_event_type: str = "quarantine"
+    unknown_event_type: UnknownEventType = "quarantine"
     #: Spark datetime pattern for string timestamps; null means ISO-8601 / Spark's default cast.
     timestamp_format: str | None = None
     #: For numeric timestamps: s | ms | us since the epoch.
-    timestamp_unit: str = "ms"
+    timestamp_unit: EpochUnit = "ms"
     #: Time zone of timestamps that carry no offset.
     timezone: str = "UTC"
     #: Raw values that mean "missing" (compared after trimming).
@@ -212,7 +195,7 @@ class IngestConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     #: full: rebuild ``events`` from every configured file; incremental: read only the files not
     #: yet in ``ingest_log`` (new, or changed in size or modification time) and append.
-    mode: str = "full"
+    mode: RunMode = "full"
 
 
 @dataclass(frozen=True)
@@ -228,7 +211,7 @@ class BotConfig:
 
 @dataclass(frozen=True)
 class SessionizeConfig:
-    """Sessionization rules (SPEC section 4); defaults follow GA / Amplitude / Snowplow practice."""
+    """Sessionization rules; defaults follow GA / Amplitude / Snowplow practice."""
 
     #: A gap strictly longer than this starts a new session (a gap exactly equal does not).
     inactivity_gap_s: int = 1800
@@ -242,18 +225,18 @@ class SessionizeConfig:
     bot: BotConfig = field(default_factory=BotConfig)
     #: full: rebuild both tables; incremental: rewrite only the ``session_date`` partitions that
     #: events from ingest runs not yet sessionized can touch, plus ``lookback_hours`` before them.
-    mode: str = "full"
+    mode: RunMode = "full"
     #: How far before the earliest new event sessions are recomputed (late data), as GA4's 72 h.
     lookback_hours: int = 72
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Which transformer turns a rendered sequence into a vector, and how (SPEC section 6)."""
+    """Which transformer turns a rendered sequence into a vector, and how."""
 
     #: text (a pretrained sentence encoder over rendered text) | sequence (a small BERT over
     #: event tokens, trained by ``train_encoder``).
-    kind: str = "text"
+    kind: EncoderKind = "text"
     #: A Hugging Face model directory; null means the packaged all-MiniLM-L6-v2 for ``text`` and
     #: ``<lake.root>/../models/sequence-encoder`` for ``sequence``.
     model_path: str | None = None
@@ -262,9 +245,9 @@ class EncoderConfig:
     #: Sequences per forward pass.
     batch_size: int = 128
     #: auto | cpu | cuda.  auto takes the task's GPU when Spark assigned one.
-    device: str = "auto"
+    device: Device = "auto"
     #: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.
-    precision: str = "auto"
+    precision: Precision = "auto"
     #: Render item ids too (only useful when items recur across users).
     include_item_ids: bool = False
     #: Upper bounds of the price bands cheap / low / mid / high; above the last is premium.
@@ -276,13 +259,13 @@ class EmbedConfig:
     """The ``embed`` job: which table's sequences become vectors."""
 
     #: user (rows of user_sequences) | session (rows of sessions).
-    unit: str = "user"
+    unit: Unit = "user"
     include_bots: bool = False
     #: Rows per Arrow batch handed to the UDF.
     arrow_batch_rows: int = 2048
     #: full: embed every sequence; incremental: embed only sequences whose rendered content
     #: changed (by ``content_hash``) since this model version last embedded them.
-    mode: str = "full"
+    mode: RunMode = "full"
 
 
 @dataclass(frozen=True)
@@ -291,7 +274,7 @@ class TrainEncoderConfig:
     or contrastive fine-tuning of the ``text`` encoder (``contrastive``)."""
 
     #: mlm | contrastive
-    mode: str = "mlm"
+    mode: TrainMode = "mlm"
     output_dir: str = "data/models/sequence-encoder"
     #: Sequences sampled from ``sessions`` for training.
     max_sequences: int = 20000
@@ -314,19 +297,19 @@ class TrainEncoderConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The ``cluster`` job: K-Means on one model_version of ``embeddings`` (SPEC section 7)."""
+    """The ``cluster`` job: K-Means on one model_version of ``embeddings``."""
 
     #: One k, or candidates to sweep (each fitted and recorded; ``criterion`` picks one).
     k: int | tuple[int, ...] = 6
     #: silhouette (highest squared-Euclidean silhouette) | elbow (knee of the SSE curve).
-    criterion: str = "silhouette"
+    criterion: Criterion = "silhouette"
     max_iter: int = 50
     tol: float = 1e-4
     #: Must fit in 32 bits, as cuML requires.
     seed: int = 42
     #: auto | gpu (spark-rapids-ml) | cpu (Spark MLlib).  auto uses the GPU when cuML imports and
     #: executors have GPUs.
-    backend: str = "auto"
+    backend: ClusterBackend = "auto"
     #: Which embeddings to cluster; null = the most recently embedded version of ``embed.unit``.
     model_version: str | None = None
     #: Fitted models are saved (Spark ML format) under ``<model_root>/<run_id>``.
@@ -337,7 +320,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The ``evaluate`` job: metrics, baselines and profiles of one cluster run (SPEC sec. 8)."""
+    """The ``evaluate`` job: metrics, baselines and profiles of one cluster run."""
 
     #: Which cluster run to evaluate; null = the latest run in ``cluster_assignments``.
     cluster_run_id: str | None = None
@@ -357,7 +340,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Pseudonymisation of ``user_id`` (SPEC section 9): HMAC-SHA256 under a secret key.  The
+    """Pseudonymisation of ``user_id``: HMAC-SHA256 under a secret key.  The
     configuration says only where the key is; the key itself never appears in a file or log."""
 
     pseudonymize_user_id: bool = False
@@ -383,154 +366,3 @@ class AppConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def load_config(conf_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> AppConfig:
-    """Resolve defaults + each YAML file in order + ``dotted.key=value`` overrides."""
-    config = AppConfig()
-    for conf_file in conf_files:
-        path = Path(conf_file)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-        config = _merge(config, data, origin=str(path), prefix="")
-    for override in overrides:
-        key, sep, raw_value = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {override!r}: expected dotted.key=value")
-        try:
-            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from exc
-        nested: Any = value
-        for part in reversed(key.strip().split(".")):
-            nested = {part: nested}
-        config = _merge(config, nested, origin=f"--set {override}", prefix="")
-    return config
-
-
-def config_to_dict(config: Any) -> Any:
-    """Plain-data form of a config (tuples become lists), suitable for YAML/JSON and logging."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return {str(k): config_to_dict(v) for k, v in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [config_to_dict(v) for v in config]
-    return config
-
-
-def log_config(config: AppConfig) -> None:
-    """Log the resolved configuration once at job start, so every run records what it ran with."""
-    log.info("resolved config:\n%s", yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-
-def config_fingerprint(section: Any) -> str:
-    """A stable short hash of a config section (used in rule versions and model versions)."""
-    import hashlib
-
-    payload = json.dumps(config_to_dict(section), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def _merge(current: T, data: Mapping[str, Any], *, origin: str, prefix: str) -> T:
-    """Overlay ``data`` onto the dataclass instance ``current`` with type checks."""
-    assert dataclasses.is_dataclass(current)
-    hints = typing.get_type_hints(type(current))
-    known = {f.name for f in dataclasses.fields(current)}
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            close = ", ".join(sorted(known))
-            raise ConfigError(f"{origin}: unknown key '{dotted}' (known keys here: {close})")
-        hint = hints[key]
-        existing = getattr(current, key)
-        if dataclasses.is_dataclass(existing) and isinstance(value, Mapping):
-            changes[key] = _merge(existing, value, origin=origin, prefix=f"{dotted}.")
-        else:
-            changes[key] = _coerce(value, hint, origin=origin, key=dotted)
-    return dataclasses.replace(current, **changes)  # type: ignore[type-var]
-
-
-def _coerce(value: Any, hint: Any, *, origin: str, key: str) -> Any:
-    """Check ``value`` against the type ``hint`` and convert YAML shapes (lists, dicts) to it."""
-
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{origin}: key '{key}' expects {expected}, got {type(value).__name__} {value!r}"
-        )
-
-    origin_type = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin_type in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        errors: list[ConfigError] = []
-        for candidate in non_none:
-            try:
-                return _coerce(value, candidate, origin=origin, key=key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0] if len(errors) == 1 else fail(" or ".join(map(_type_name, non_none)))
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise fail(f"a mapping for {hint.__name__}")
-        return _merge(hint(), value, origin=origin, prefix=f"{key}.")
-    if origin_type is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        item_type = args[0]
-        return tuple(
-            _coerce(v, item_type, origin=origin, key=f"{key}[{i}]") for i, v in enumerate(value)
-        )
-    if origin_type in (Mapping, dict, typing.Mapping) or hint in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise fail("a mapping")
-        key_type, value_type = args if args else (str, Any)
-        return {
-            _coerce(k, key_type, origin=origin, key=f"{key}.<key>"): _coerce(
-                v, value_type, origin=origin, key=f"{key}.{k}"
-            )
-            for k, v in value.items()
-        }
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number")
-        return float(value)
-    if hint is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise fail("a string")
-        return str(value)
-    if hint is type(None):
-        if value is not None:
-            raise fail("null")
-        return None
-    raise ConfigError(f"{origin}: key '{key}' has unsupported type {hint!r}")  # pragma: no cover
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))

@@ -1,4 +1,4 @@
-"""Pseudonymisation of user ids: HMAC-SHA256 (hex) under a secret key (SPEC section 9).
+"""Pseudonymisation of user ids: HMAC-SHA256 (hex) under a secret key (README: Pseudonymisation).
 
 With ``privacy.pseudonymize_user_id: true`` ingest replaces every ``user_id`` by its HMAC before
 anything is written, so no later table (sessions, sequences, embeddings, clusters, profiles) ever
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import ConfigError, PrivacyConfig
+from jobs.core.config import ConfigError, PrivacyConfig
 
 #: RFC 2104 recommends a key at least as long as the hash output (32 bytes for SHA-256).
 MIN_KEY_BYTES = 32

@@ -60,6 +60,7 @@ def plot_k_sweep(sweep: pd.DataFrame, path: Path) -> None:
 
 
 def plot_sizes(profiles: pd.DataFrame, path: Path) -> None:
+    """Members per cluster, labelled with their share (``profiles``: cluster_id, size, share)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ordered = profiles.sort_values("cluster_id")
@@ -75,7 +76,8 @@ def plot_sizes(profiles: pd.DataFrame, path: Path) -> None:
 
 
 def plot_projection(points: np.ndarray, labels: np.ndarray, path: Path) -> None:
-    """First two principal components of a sample, coloured by cluster."""
+    """First two principal components of a sample (``points``: (m, d), ``labels``: (m,)),
+    coloured by cluster."""
     plt = _plt()
     centred = points - points.mean(axis=0)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
@@ -175,7 +177,13 @@ def write_report(
     sample_points: np.ndarray,
     sample_labels: np.ndarray,
 ) -> Path:
-    """Render the plots and ``report.md`` into ``out_dir``; returns the report's path."""
+    """Render the plots and ``report.md`` into ``out_dir`` (created if missing); returns the
+    report's path.
+
+    ``metrics``: method -> metric -> value; ``sweep``: :func:`sweep_frame`; ``profiles``: the
+    run's ``cluster_profiles`` rows; ``sample_points`` (m, d) and ``sample_labels`` (m,): the
+    sample projected in ``projection.png``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_k_sweep(sweep, out_dir / "k_sweep.png")
     plot_sizes(profiles, out_dir / "cluster_sizes.png")

@@ -1,0 +1,1 @@
+"""K-Means on Spark: estimators (MLlib / spark-rapids-ml), features, distances, k selection."""

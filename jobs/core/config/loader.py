@@ -1,0 +1,214 @@
+"""Loading YAML profiles and ``--set`` overrides into the typed sections of :mod:`.sections`.
+
+Loading order: the dataclass defaults, then each ``--conf`` file in order, then each
+``--set dotted.key=value``.  Unknown keys, wrong types and values outside a ``Literal`` enum are
+rejected with a message naming the key, the file (or ``--set``) that introduced it and what is
+allowed; :func:`check_combinations` then refuses impossible combinations of valid values.
+
+Merge rule: nested sections (dataclasses) merge key by key; mappings and lists are values and are
+replaced whole, so a source mapping in a profile never inherits stray columns from another one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from jobs.core.config.sections import AppConfig, ConfigError
+
+log = logging.getLogger("jobs.config")
+
+T = TypeVar("T")
+
+
+def load_config(conf_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> AppConfig:
+    """Resolve defaults + each YAML file in order + ``dotted.key=value`` overrides."""
+    config = AppConfig()
+    for conf_file in conf_files:
+        path = Path(conf_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        config = _merge(config, data, origin=str(path), prefix="")
+    for override in overrides:
+        key, sep, raw_value = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+        try:
+            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from exc
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        config = _merge(config, nested, origin=f"--set {override}", prefix="")
+    check_combinations(config)
+    return config
+
+
+def check_combinations(config: AppConfig) -> None:
+    """Refuse settings that are valid one by one but impossible together (or out of range)."""
+    from jobs.core.tables import TABLES  # lazy: the contracts need pyspark's type classes
+
+    unknown = sorted(set(config.lake.tables) - set(TABLES))
+    if unknown:
+        raise ConfigError(
+            f"lake.tables: unknown table(s) {unknown}; the tables are {', '.join(TABLES)} "
+            "(docs/tables.md)"
+        )
+    ks = config.cluster.k if isinstance(config.cluster.k, tuple) else (config.cluster.k,)
+    if not ks or any(k < 2 for k in ks):
+        raise ConfigError(f"cluster.k must be at least 2 (each candidate), got {config.cluster.k}")
+    if not 0 <= config.cluster.seed < 2**32:
+        raise ConfigError(f"cluster.seed must fit in 32 bits (cuML), got {config.cluster.seed}")
+    if config.encoder.max_length < 8:
+        raise ConfigError(f"encoder.max_length must be at least 8, got {config.encoder.max_length}")
+    if config.encoder.batch_size < 1:
+        raise ConfigError(f"encoder.batch_size must be positive, got {config.encoder.batch_size}")
+    edges = config.encoder.price_band_edges
+    if list(edges) != sorted(edges) or len(set(edges)) != len(edges):
+        raise ConfigError(f"encoder.price_band_edges must increase strictly, got {list(edges)}")
+    if config.train_encoder.mode == "contrastive" and config.encoder.kind != "text":
+        raise ConfigError(
+            "train_encoder.mode=contrastive fine-tunes the text encoder: set encoder.kind=text "
+            "(the sequence encoder is trained with mode=mlm)"
+        )
+
+
+def config_to_dict(config: Any) -> Any:
+    """Plain-data form of a config (tuples become lists), suitable for YAML/JSON and logging."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Mapping):
+        return {str(k): config_to_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [config_to_dict(v) for v in config]
+    return config
+
+
+def log_config(
+    config: AppConfig, conf_files: Sequence[str] = (), overrides: Sequence[str] = ()
+) -> None:
+    """Log where the configuration came from (INFO, one line with its fingerprint) and the whole
+    resolved configuration (DEBUG), so every run records what it ran with."""
+    sources = ", ".join([*conf_files, *(f"--set {o}" for o in overrides)]) or "defaults"
+    log.info("config %s from %s", config_fingerprint(config), sources)
+    log.debug("resolved config:\n%s", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def config_fingerprint(section: Any) -> str:
+    """A stable short hash of a config section (used in rule versions and model versions)."""
+    payload = json.dumps(config_to_dict(section), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _merge(current: T, data: Mapping[str, Any], *, origin: str, prefix: str) -> T:
+    """Overlay ``data`` onto the dataclass instance ``current`` with type checks."""
+    assert dataclasses.is_dataclass(current)
+    hints = typing.get_type_hints(type(current))
+    known = {f.name for f in dataclasses.fields(current)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = ", ".join(sorted(known))
+            raise ConfigError(f"{origin}: unknown key '{dotted}' (known keys here: {close})")
+        hint = hints[key]
+        existing = getattr(current, key)
+        if dataclasses.is_dataclass(existing) and isinstance(value, Mapping):
+            changes[key] = _merge(existing, value, origin=origin, prefix=f"{dotted}.")
+        else:
+            changes[key] = _coerce(value, hint, origin=origin, key=dotted)
+    return dataclasses.replace(current, **changes)  # type: ignore[type-var]
+
+
+def _coerce(value: Any, hint: Any, *, origin: str, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` and convert YAML shapes (lists, dicts) to it."""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{origin}: key '{key}' expects {expected}, got {type(value).__name__} {value!r}"
+        )
+
+    origin_type = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin_type is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        allowed = ", ".join(str(a) for a in args)
+        raise ConfigError(f"{origin}: key '{key}' must be one of {allowed}; got {value!r}")
+    if origin_type in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors: list[ConfigError] = []
+        for candidate in non_none:
+            try:
+                return _coerce(value, candidate, origin=origin, key=key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else fail(" or ".join(map(_type_name, non_none)))
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise fail(f"a mapping for {hint.__name__}")
+        return _merge(hint(), value, origin=origin, prefix=f"{key}.")
+    if origin_type is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        item_type = args[0]
+        return tuple(
+            _coerce(v, item_type, origin=origin, key=f"{key}[{i}]") for i, v in enumerate(value)
+        )
+    if origin_type in (Mapping, dict, typing.Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        key_type, value_type = args if args else (str, Any)
+        return {
+            _coerce(k, key_type, origin=origin, key=f"{key}.<key>"): _coerce(
+                v, value_type, origin=origin, key=f"{key}.{k}"
+            )
+            for k, v in value.items()
+        }
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise fail("a string")
+        return str(value)
+    if hint is type(None):
+        if value is not None:
+            raise fail("null")
+        return None
+    raise ConfigError(f"{origin}: key '{key}' has unsupported type {hint!r}")  # pragma: no cover
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,224 @@
+"""Delta Lake tables behind one small interface, with two engines.
+
+* ``spark`` (:mod:`.delta_spark`): Spark's own Delta data source (delta-spark), on Databricks
+  and on clusters started with the Delta jars; metastore / Unity Catalog names or paths.
+* ``delta-rs`` (:mod:`.delta_rs`): Spark writes the Parquet files, the ``deltalake`` package
+  commits them; for machines where the Delta JVM jars cannot be loaded.
+
+Every write is checked against the table's contract in :mod:`jobs.core.tables` (columns and
+types, partitioning, allowed write modes) before anything is written.  Both engines produce
+ordinary Delta tables that the other engine, DuckDB and polars can read.  Delta commits are
+atomic: a job killed before its commit leaves the previous version in place (at worst with
+unreferenced files in the table folder, which ``VACUUM`` removes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+
+from jobs.core.config import LakeConfig, TableSpec
+from jobs.core.lake import delta_rs, delta_spark
+from jobs.core.lake.base import LakeError, TableInfo, TableLocation, WriteResult
+from jobs.core.lake.delta_rs import partition_text
+from jobs.core.lake.paths import delta_log_exists, require_path
+from jobs.core.tables import TABLES, TableContract
+
+log = logging.getLogger("jobs.lake")
+
+_LOGGED_CHOICES: set[tuple[str, str]] = set()
+
+__all__ = ["Lake", "LakeError", "TableInfo", "TableLocation", "WriteResult", "resolve_engine"]
+
+
+class Lake:
+    """Read and write the product's Delta tables with the configured engine."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: LakeConfig,
+        *,
+        contracts: Mapping[str, TableContract] = TABLES,
+    ) -> None:
+        """``contracts``: the tables this lake knows (the product's registry; tests and other
+        products pass their own)."""
+        self.spark = spark
+        self.config = config
+        self.contracts = contracts
+        self.engine = resolve_engine(spark, config.engine)
+
+    # ---------------------------------------------------------------- registry
+
+    def location(self, table: str) -> TableLocation:
+        """Resolve ``table``: its contract (docs/tables.md) and its place in ``lake.tables``."""
+        spec = self.config.tables.get(table, TableSpec())
+        return _resolve(self.contract(table), spec, self.config)
+
+    def contract(self, table: str) -> TableContract:
+        """The contract of ``table``; :class:`LakeError` names the known tables."""
+        try:
+            return self.contracts[table]
+        except KeyError:
+            known = ", ".join(self.contracts)
+            raise LakeError(f"unknown table {table!r}; the tables are {known}") from None
+
+    # ---------------------------------------------------------------- reads
+
+    def exists(self, table: str) -> bool:
+        """Whether the table has at least one committed version."""
+        loc = self.location(table)
+        if self.engine == "spark":
+            if loc.name:
+                return bool(self.spark.catalog.tableExists(loc.name))
+            return delta_log_exists(require_path(loc))
+        return delta_log_exists(require_path(loc))
+
+    def read(self, table: str) -> DataFrame:
+        """The table's current snapshot as a DataFrame (lazy; nothing is collected)."""
+        loc = self.location(table)
+        if self.engine == "spark":
+            if loc.name:
+                return self.spark.read.table(loc.name)
+            return self.spark.read.format("delta").load(require_path(loc))
+        return delta_rs.read(self.spark, loc)
+
+    def version(self, table: str) -> int:
+        """The table's current version number."""
+        loc = self.location(table)
+        if self.engine == "spark" and loc.name:
+            history = self.spark.sql(f"DESCRIBE HISTORY {loc.name} LIMIT 1").collect()
+            return int(history[0]["version"])
+        from deltalake import DeltaTable
+
+        return int(DeltaTable(require_path(loc)).version())
+
+    def describe(self, table: str) -> TableInfo:
+        """Location, current version and row count of a table (counted from the Delta log's
+        per-file statistics where available, so no data is scanned)."""
+        loc = self.location(table)
+        if self.engine == "spark" and loc.name:
+            version = self.version(table)
+            return TableInfo(loc.describe(), version, int(self.read(table).count()))
+        from deltalake import DeltaTable
+
+        dt = DeltaTable(require_path(loc))
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        records = actions.column("num_records").to_pylist() if actions.num_rows else []
+        if any(r is None for r in records):
+            rows = int(self.read(table).count())
+        else:
+            rows = int(sum(records))
+        return TableInfo(require_path(loc), int(dt.version()), rows)
+
+    # ---------------------------------------------------------------- writes
+
+    def overwrite(self, table: str, df: DataFrame) -> WriteResult:
+        """Replace the whole table with ``df`` in one commit (creating it if needed)."""
+        return self._write(table, df, mode="overwrite", partitions=None)
+
+    def append(self, table: str, df: DataFrame) -> WriteResult:
+        """Add the rows of ``df`` to the table in one commit (creating it if needed)."""
+        return self._write(table, df, mode="append", partitions=None)
+
+    def overwrite_partitions(
+        self, table: str, df: DataFrame, partitions: Mapping[str, Sequence[Any]]
+    ) -> WriteResult:
+        """Atomically replace exactly the given partitions with ``df``; others stay untouched.
+
+        ``partitions`` maps a partition column to the values being replaced, e.g.
+        ``{"event_date": ["2024-03-01", "2024-03-02"]}``.  Every row of ``df`` must fall inside
+        those partitions; a row outside fails the write instead of silently widening it.
+        """
+        loc = self.location(table)
+        unknown = set(partitions) - set(loc.partition_by)
+        if not partitions or unknown:
+            raise LakeError(
+                f"{table}: overwrite_partitions needs values for partition columns "
+                f"{list(loc.partition_by)}; got {sorted(partitions)}"
+            )
+        normalised = {
+            col: [partition_text(v) for v in values] for col, values in partitions.items()
+        }
+        return self._write(table, df, mode="overwrite", partitions=normalised)
+
+    def _write(
+        self,
+        table: str,
+        df: DataFrame,
+        *,
+        mode: str,
+        partitions: Mapping[str, Sequence[str | None]] | None,
+    ) -> WriteResult:
+        loc = self.location(table)
+        contract = self.contract(table)
+        operation = "overwrite_partitions" if partitions is not None else mode
+        if operation not in contract.write_modes:
+            raise LakeError(
+                f"{table}: {operation} is not a write mode of this table "
+                f"(allowed: {', '.join(contract.write_modes)}; docs/tables.md)"
+            )
+        problems = contract.mismatches(df.schema)
+        if problems:
+            raise LakeError(
+                f"{table}: the write does not match the table contract (docs/tables.md): "
+                + "; ".join(problems)
+            )
+        started = time.monotonic()
+        if self.engine == "spark":
+            result = delta_spark.write(self.spark, loc, df, mode=mode, partitions=partitions)
+        else:
+            result = delta_rs.write(loc, df, mode=mode, partitions=partitions)
+        log.info(
+            "%s %s: %d rows in %d files -> version %d (%s, %.1fs)",
+            mode if partitions is None else "overwrite_partitions",
+            loc.describe(),
+            result.rows_written,
+            result.files_added,
+            result.version,
+            self.engine,
+            time.monotonic() - started,
+        )
+        return result
+
+
+def resolve_engine(spark: SparkSession, requested: str) -> str:
+    """Pick ``spark`` or ``delta-rs`` for ``requested`` (``auto`` decides and logs why)."""
+    if requested == "delta-rs":
+        return "delta-rs"
+    available, reason = delta_spark.delta_spark_available(spark)
+    if requested == "spark":
+        if not available:
+            raise LakeError(
+                f"lake.engine=spark but Spark's Delta data source is not usable: {reason}. "
+                "Start Spark with the Delta jars (e.g. --packages io.delta:delta-spark_2.13:4.0.1 "
+                "plus the Delta session extension and catalog) or set lake.engine=delta-rs."
+            )
+        return "spark"
+    engine = "spark" if available else "delta-rs"
+    # Once per process at INFO: every stage of a pipeline builds its own Lake.
+    level = logging.DEBUG if (engine, reason) in _LOGGED_CHOICES else logging.INFO
+    _LOGGED_CHOICES.add((engine, reason))
+    log.log(level, "lake.engine=auto chose %s (%s)", engine, reason)
+    return engine
+
+
+def _resolve(contract: TableContract, spec: TableSpec, config: LakeConfig) -> TableLocation:
+    table = contract.name
+    path = spec.path
+    if path is None and config.root:
+        path = f"{config.root.rstrip('/')}/{table}"
+    name = spec.name
+    if name is None and config.catalog_schema:
+        name = f"{config.catalog_schema}.{table}"
+    if path is not None and "://" not in path and not path.startswith("dbfs:"):
+        path = os.path.abspath(path)
+    return TableLocation(table=table, path=path, name=name, partition_by=contract.partition_by)
+
+

@@ -1,0 +1,258 @@
+"""The ``delta-rs`` engine: for machines where the Delta JVM jars cannot be loaded.
+
+Spark still computes and writes the Parquet data files in parallel on its executors (into a
+staging folder inside the table); the driver then moves them into place and commits them to the
+Delta log with the ``deltalake`` package (``create_write_transaction``).  Only file metadata
+passes through the driver, never rows.  Reads hand the current snapshot's file list to Spark's
+Parquet reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any, cast
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from jobs.core.lake.base import LakeError, TableLocation, WriteResult
+from jobs.core.lake.file_stats import file_stats
+from jobs.core.lake.paths import delta_log_exists, filesystem, require_path
+
+_STAGING_DIR = "_staging"
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def read(spark: SparkSession, loc: TableLocation) -> DataFrame:
+    from deltalake import DeltaTable
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    uri = require_path(loc)
+    if not delta_log_exists(uri):
+        raise LakeError(f"table {loc.table} does not exist yet at {uri}")
+    dt = DeltaTable(uri)
+    protocol = dt.protocol()
+    if protocol.min_reader_version > 1 and (protocol.reader_features or []):
+        raise LakeError(
+            f"{loc.table}: table uses Delta reader features {protocol.reader_features} that the "
+            "delta-rs read path does not hand to Spark; use lake.engine=spark"
+        )
+    arrow_schema = _arrow_schema_of(dt)
+    spark_schema = from_arrow_schema(arrow_schema)
+    files = dt.file_uris()
+    if not files:
+        return spark.createDataFrame([], spark_schema)
+    partition_cols = list(dt.metadata().partition_columns)
+    reader = spark.read.schema(spark_schema)
+    if partition_cols:
+        # Partition values live in hive-style folder names (Delta's default layout, written by
+        # both engines); basePath lets Spark derive them with the types of the table schema.
+        reader = reader.option("basePath", uri)
+    return reader.parquet(*files).select(*[f.name for f in spark_schema.fields])
+
+
+def _arrow_schema_of(dt: Any) -> pa.Schema:
+    schema = dt.schema().to_arrow()
+    return pa.schema(schema) if not isinstance(schema, pa.Schema) else schema
+
+
+def _delta_schema_for(df: DataFrame) -> Any:
+    """Delta schema of ``df``, all fields nullable (as delta-spark stores DataFrame schemas)."""
+    from deltalake import Schema
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return Schema.from_arrow(to_arrow_schema(_as_nullable(df.schema)))
+
+
+def _as_nullable(dtype: T.DataType) -> Any:
+    if isinstance(dtype, T.StructType):
+        return T.StructType(
+            [T.StructField(f.name, _as_nullable(f.dataType), True) for f in dtype.fields]
+        )
+    if isinstance(dtype, T.ArrayType):
+        return T.ArrayType(_as_nullable(dtype.elementType), True)
+    if isinstance(dtype, T.MapType):
+        return T.MapType(dtype.keyType, _as_nullable(dtype.valueType), True)
+    return dtype
+
+
+def write(
+    loc: TableLocation,
+    df: DataFrame,
+    *,
+    mode: str,
+    partitions: Mapping[str, Sequence[str | None]] | None,
+) -> WriteResult:
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    uri = require_path(loc)
+    schema = _delta_schema_for(df)
+    exists = delta_log_exists(uri)
+    if exists:
+        current = DeltaTable(uri)
+        _check_schema(loc, current.schema(), schema)
+        existing_parts = tuple(current.metadata().partition_columns)
+        if existing_parts != loc.partition_by:
+            raise LakeError(
+                f"{loc.table}: table at {uri} is partitioned by {list(existing_parts)}, "
+                f"config says {list(loc.partition_by)}"
+            )
+
+    fs, root = filesystem(uri)
+    staging = f"{root}/{_STAGING_DIR}/{uuid.uuid4().hex}"
+    writer = df.write.mode("overwrite")
+    if loc.partition_by:
+        writer = writer.partitionBy(*loc.partition_by)
+    staging_uri = staging if "://" not in uri else uri.split("://")[0] + "://" + staging
+    writer.parquet(staging_uri)
+
+    try:
+        actions: list[AddAction] = []
+        rows = 0
+        for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+                continue
+            relative = info.path[len(staging) + 1 :]
+            values = _partition_values_from_path(relative, loc.partition_by)
+            if partitions is not None:
+                _check_inside(loc, values, partitions)
+            metadata = pq.read_metadata(info.path, filesystem=fs)
+            if metadata.num_rows == 0:
+                # Spark writes an empty file for each empty task; the log does not need them.
+                continue
+            rows += metadata.num_rows
+            fs.create_dir(f"{root}/{os.path.dirname(relative)}".rstrip("/"), recursive=True)
+            fs.move(info.path, f"{root}/{relative}")
+            actions.append(
+                AddAction(
+                    path=relative,
+                    size=info.size or 0,
+                    partition_values=values,
+                    modification_time=int(time.time() * 1000),
+                    data_change=True,
+                    stats=file_stats(metadata),
+                )
+            )
+        if not exists:
+            create_table_with_add_actions(
+                uri, schema, actions, mode="error", partition_by=list(loc.partition_by) or None
+            )
+        else:
+            filters = None if partitions is None else _partition_filters(loc, partitions)
+            DeltaTable(uri).create_write_transaction(
+                # delta-rs types this list as AddAction | RemoveAction; ours holds adds only.
+                cast(list[Any], actions),
+                mode,
+                schema,
+                partition_by=list(loc.partition_by) or None,
+                partition_filters=filters,
+            )
+    finally:
+        if fs.get_file_info(staging).type == pafs.FileType.Directory:
+            fs.delete_dir(staging)
+
+    version = int(DeltaTable(uri).version())
+    return WriteResult(
+        table=loc.table, location=uri, version=version, rows_written=rows, files_added=len(actions)
+    )
+
+
+def _check_schema(loc: TableLocation, current: Any, incoming: Any) -> None:
+    """Schema enforcement: the write must match the table's columns and types exactly."""
+    have = {f.name: json.dumps(f.to_json()) for f in current.fields}
+    want = {f.name: json.dumps(f.to_json()) for f in incoming.fields}
+    if have == want and [f.name for f in current.fields] == [f.name for f in incoming.fields]:
+        return
+    missing = sorted(set(have) - set(want))
+    extra = sorted(set(want) - set(have))
+    changed = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    raise LakeError(
+        f"{loc.table}: schema of the write does not match the table at {loc.path} "
+        f"(missing {missing}, unexpected {extra}, type changed {changed}, or column order "
+        "differs). Delta refuses silent schema changes; migrate or remove the table first."
+    )
+
+
+def _partition_values_from_path(
+    relative: str, partition_by: Sequence[str]
+) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for segment in relative.split("/")[:-1]:
+        key, sep, raw = segment.partition("=")
+        if sep and key in partition_by:
+            text = unquote(raw)
+            values[key] = None if text == _HIVE_NULL else text
+    missing = [c for c in partition_by if c not in values]
+    if missing:
+        raise LakeError(f"staged file {relative} lacks partition folders for {missing}")
+    return values
+
+
+def _partition_filters(
+    loc: TableLocation, partitions: Mapping[str, Sequence[str | None]]
+) -> list[tuple[str, str, Any]]:
+    """delta-rs partition filters selecting exactly ``partitions`` (AND across columns).
+
+    delta-rs matches the null partition only with ``= ''``; a null mixed with other values of
+    the same column cannot be expressed as one conjunctive filter, so it is refused.
+    """
+    filters: list[tuple[str, str, Any]] = []
+    for col, values in partitions.items():
+        present = [v for v in values if v is not None]
+        if len(present) == len(values):
+            filters.append((col, "in", present))
+        elif not present:
+            filters.append((col, "=", ""))
+        else:
+            raise LakeError(
+                f"{loc.table}: overwrite the null partition of {col} in a separate call from "
+                f"its other values {present}"
+            )
+    return filters
+
+
+def _comparable(text: str | None) -> str | None:
+    """Partition text in one canonical form (Spark writes ``2024-03-01 10:00:00`` where
+    Delta writes ``2024-03-01 10:00:00.000000``)."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        return text
+
+
+def _check_inside(
+    loc: TableLocation,
+    values: Mapping[str, str | None],
+    partitions: Mapping[str, Sequence[str | None]],
+) -> None:
+    for col, allowed in partitions.items():
+        if _comparable(values.get(col)) not in {_comparable(v) for v in allowed}:
+            raise LakeError(
+                f"{loc.table}: overwrite_partitions for {col} in {list(allowed)} got rows with "
+                f"{col}={values.get(col)!r}; refusing to write outside the replaced partitions"
+            )
+
+
+def partition_text(value: Any) -> str | None:
+    """Delta's string form of a partition value (dates ISO, timestamps with a space)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

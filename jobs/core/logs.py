@@ -1,0 +1,79 @@
+"""Logging a person can read: the stages' own lines at INFO, Spark's chatter only at DEBUG.
+
+* Python: one greppable line per event on stderr (``time level logger: message``).
+* Spark's JVM: ERROR by default, WARN at ``--log-level DEBUG`` (:func:`spark_log_level`); the
+  level reaches the JVM before it starts through a log4j2 configuration file that
+  :mod:`jobs.core.session` passes to a locally built driver, so start-up warnings obey it too.
+* Hugging Face: weight-loading progress bars and advisory warnings are off in every process that
+  loads a model, Spark's Python workers included (:func:`quiet_model_loading`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_SPARK_LEVEL_ENV = "SEGMENTS_SPARK_LOG_LEVEL"
+
+
+def setup_logging(level: str) -> None:
+    """Configure Python logging for ``level`` and remember Spark's level for sessions built
+    later (``DEBUG`` -> Spark ``WARN``, otherwise Spark ``ERROR``)."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(
+        level=numeric,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ[_SPARK_LEVEL_ENV] = "WARN" if numeric <= logging.DEBUG else "ERROR"
+
+
+def spark_log_level() -> str:
+    """The JVM log level for Spark: what :func:`setup_logging` chose, ERROR when not called."""
+    return os.environ.get(_SPARK_LEVEL_ENV, "ERROR")
+
+
+def log4j2_config_file(level: str) -> Path:
+    """A log4j2 properties file sending Spark's logs at ``level`` and above to stderr.
+
+    Written once per level into the temp folder and passed to the driver JVM with
+    ``-Dlog4j2.configurationFile`` (Spark's own default file would let start-up warnings through
+    at WARN before ``setLogLevel`` can run).
+    """
+    path = Path(tempfile.gettempdir()) / f"clickstream-segments-log4j2-{level.lower()}.properties"
+    text = "\n".join(
+        [
+            "rootLogger.level = " + level.lower(),
+            "rootLogger.appenderRef.stderr.ref = console",
+            "appender.console.type = Console",
+            "appender.console.name = console",
+            "appender.console.target = SYSTEM_ERR",
+            "appender.console.layout.type = PatternLayout",
+            "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %p %c{1}: %m%n%ex",
+            "",
+        ]
+    )
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def quiet_model_loading() -> None:
+    """Silence Hugging Face's per-process progress bars and advisory warnings (call before
+    loading a model; cheap and idempotent)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,1 @@
+"""Domain transforms over event sequences: sessionization, sequence building and rendering."""

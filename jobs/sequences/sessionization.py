@@ -1,0 +1,180 @@
+"""Sessionization: ``events`` -> sessions, as pure Spark transforms.
+
+Rules (all configurable in ``sessionize``, see :class:`jobs.core.config.SessionizeConfig`):
+
+* a gap strictly longer than ``inactivity_gap_s`` starts a new session (an event exactly at the
+  threshold stays in the session, as in GA's "30 minutes of inactivity");
+* optionally, crossing local midnight in ``timezone`` starts a new session;
+* a session longer than ``max_session_duration_s`` is split into consecutive windows of that
+  length anchored at its first event;
+* bot users are flagged on all their rows (:mod:`jobs.sequences.bots`).
+
+``session_id`` is a hash of user, session start and the rule version, so it is stable across
+reruns and changes only when the rules do.  Everything runs on Spark built-ins (window functions
+over one ``user_id`` partitioning, so sessionizing shuffles the events once).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.core.config import SessionizeConfig, config_fingerprint
+from jobs.sequences.bots import flag_bots, without_bots
+from jobs.sequences.user_sequences import EVENT_FIELDS, last_n
+
+#: Bump when the meaning of a session changes in code; config changes are hashed in anyway.
+RULES_REVISION = "1"
+MICROS = 1_000_000
+
+
+def rule_version(config: SessionizeConfig) -> str:
+    """Identifier of the rules that cut sessions (``r<revision>-<fingerprint>``); part of every
+    ``session_id``."""
+    rules = {
+        "gap": config.inactivity_gap_s,
+        "midnight": config.split_at_midnight,
+        "tz": config.timezone if config.split_at_midnight else "UTC",
+        "max_duration": config.max_session_duration_s,
+    }
+    return f"r{RULES_REVISION}-{config_fingerprint(rules)}"
+
+
+def local_date(ts: Column, timezone: str) -> Column:
+    """The calendar date of the UTC timestamp ``ts`` in ``timezone`` (an IANA zone name)."""
+    return F.to_date(F.from_utc_timestamp(ts, timezone))
+
+
+def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """Add ``session_id`` and ``session_start`` to every event (one row per input event).
+
+    Needs ``user_id``, ``event_ts``, ``event_id``.  Events are ordered by ``(event_ts,
+    event_id)`` per user, so out-of-order input and ties come out the same on every run.
+    Raises ``ValueError`` when ``inactivity_gap_s`` or ``max_session_duration_s`` is not > 0.
+    """
+    if config.inactivity_gap_s <= 0 or config.max_session_duration_s <= 0:
+        raise ValueError("sessionize: inactivity_gap_s and max_session_duration_s must be > 0")
+    by_user = Window.partitionBy("user_id").orderBy("event_ts", "event_id")
+    so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    micros = F.unix_micros("event_ts")
+
+    prev_ts = F.lag("event_ts").over(by_user)
+    breaks = prev_ts.isNull() | (
+        micros - F.unix_micros(prev_ts) > F.lit(config.inactivity_gap_s * MICROS)
+    )
+    if config.split_at_midnight:
+        breaks = breaks | (
+            local_date(F.col("event_ts"), config.timezone) != local_date(prev_ts, config.timezone)
+        )
+    flagged = events.withColumn("__break", breaks).withColumn(
+        "__gap_start",
+        F.last(F.when(F.col("__break"), F.col("event_ts")), ignorenulls=True).over(so_far),
+    )
+    windowed = flagged.withColumn(
+        "__window",
+        F.floor(
+            (micros - F.unix_micros("__gap_start")) / F.lit(config.max_session_duration_s * MICROS)
+        ),
+    )
+    new_session = F.col("__break") | (F.col("__window") != F.lag("__window").over(by_user))
+    with_start = windowed.withColumn(
+        "session_start",
+        F.last(F.when(new_session, F.col("event_ts")), ignorenulls=True).over(so_far),
+    )
+    version = rule_version(config)
+    session_id = F.substring(
+        F.sha2(
+            F.concat_ws(
+                "|", F.col("user_id"), F.unix_micros("session_start").cast("string"), F.lit(version)
+            ),
+            256,
+        ),
+        1,
+        32,
+    )
+    return with_start.drop("__break", "__gap_start", "__window").withColumn(
+        "session_id", session_id
+    )
+
+
+def _counts() -> list[Column]:
+    return [
+        F.count(F.lit(1)).alias("n_events"),
+        F.count_if(F.col("event_type") == "view").alias("n_views"),
+        F.count_if(F.col("event_type") == "add_to_cart").alias("n_add_to_cart"),
+        F.count_if(F.col("event_type") == "purchase").alias("n_purchases"),
+        F.coalesce(
+            F.sum(F.when(F.col("event_type") == "purchase", F.col("price"))), F.lit(0.0)
+        ).alias("revenue"),
+    ]
+
+
+def summarise_sessions(assigned: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """One row per session in the ``sessions`` contract, with the bot flag applied.
+
+    ``assigned`` is :func:`assign_sessions`' output; ``duration_s`` is in seconds, ``events``
+    holds the last ``max_events`` events oldest first, ``session_date`` is the session start's
+    date in ``timezone``.
+    """
+    event = F.struct(F.col("event_ts").alias("ts"), *[F.col(c) for c in EVENT_FIELDS if c != "ts"])
+    sessions = assigned.groupBy("user_id", "session_id").agg(
+        F.min("event_ts").alias("session_start"),
+        F.max("event_ts").alias("session_end"),
+        *_counts(),
+        F.array_sort(F.collect_list(event)).alias("__events"),
+    )
+    sessions = sessions.select(
+        "session_id",
+        "user_id",
+        "session_start",
+        "session_end",
+        (
+            (F.unix_micros("session_end") - F.unix_micros("session_start")) / F.lit(float(MICROS))
+        ).alias("duration_s"),
+        "n_events",
+        "n_views",
+        "n_add_to_cart",
+        "n_purchases",
+        "revenue",
+        last_n(F.col("__events"), config.max_events).alias("events"),
+        local_date(F.col("session_start"), config.timezone).alias("session_date"),
+    )
+    return flag_bots(sessions, config=config)
+
+
+def summarise_unflagged(assigned: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """:func:`summarise_sessions` without the bot flag (a user-level property that incremental
+    runs decide over the whole history, see :func:`jobs.sequences.bots.user_bot_flags`)."""
+    return summarise_sessions(assigned, config=without_bots(config)).drop("is_bot")
+
+
+def sessionize(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """``events`` -> ``sessions`` (a full rebuild as one pure transform)."""
+    return events.transform(assign_sessions, config=config).transform(
+        summarise_sessions, config=config
+    )
+
+
+def vendor_session_agreement(assigned: DataFrame) -> DataFrame:
+    """How our sessions compare with the source's own session ids (e.g. REES46 ``user_session``).
+
+    ``assigned`` is :func:`assign_sessions`' output with ``source_session_id``.  One row:
+    ``vendor_sessions``, ``reproduced_exactly`` (vendor sessions whose events form exactly one of
+    our sessions, no more, no less) and ``share_reproduced`` (0..1).
+    """
+    ours = assigned.groupBy("session_id").agg(F.count(F.lit(1)).alias("__our_size"))
+    per_vendor = (
+        assigned.where(F.col("source_session_id").isNotNull())
+        .join(ours, "session_id")
+        .groupBy("source_session_id")
+        .agg(
+            F.count(F.lit(1)).alias("__size"),
+            F.count_distinct("session_id").alias("__ours"),
+            F.max("__our_size").alias("__our_size"),
+        )
+    )
+    exact = (F.col("__ours") == 1) & (F.col("__our_size") == F.col("__size"))
+    return per_vendor.agg(
+        F.count(F.lit(1)).alias("vendor_sessions"),
+        F.count_if(exact).alias("reproduced_exactly"),
+    ).withColumn("share_reproduced", F.col("reproduced_exactly") / F.col("vendor_sessions"))
