@@ -289,3 +289,45 @@ def test_decimal_columns_write(spark: SparkSession, tmp_path: Path) -> None:
     frame = spark.sql("SELECT 1L AS id, CAST(12.34 AS DECIMAL(10, 2)) AS amount")
     assert lake.overwrite("flat", frame).rows_written == 1
     assert lake.read("flat").first()["amount"] is not None  # type: ignore[index]
+
+
+def test_concurrent_commits_with_one_app_id_conflict(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers read the same version and commit the same transaction id: one lands, the
+    other fails with ConcurrentWriteError, and the table records the txn version once."""
+    import threading
+
+    from jobs.core.lake import ConcurrentWriteError, Txn
+    from jobs.core.lake import delta_rs as engine
+
+    lake = _lake(spark, tmp_path, flat="id long")
+    lake.overwrite("flat", spark.createDataFrame([(0,)], "id long"))
+    assert lake.txn_version("flat", "ingest") is None
+    both_read = threading.Barrier(2, timeout=120)
+    stats = engine.file_stats
+
+    def stats_after_both_read(metadata: object) -> str:
+        both_read.wait()  # each writer has loaded its snapshot and staged its files
+        return stats(metadata)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "file_stats", stats_after_both_read)
+    outcomes: list[str] = []
+
+    def write(value: int) -> None:
+        frame = spark.createDataFrame([(value,)], "id long").coalesce(1)
+        try:
+            lake.append("flat", frame, txn=Txn("ingest", 1))
+            outcomes.append("committed")
+        except ConcurrentWriteError as exc:
+            assert "concurrent writer committed" in str(exc)
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["committed", "conflict"]
+    assert lake.read("flat").count() == 2  # the first row and one of the two appends
+    assert lake.txn_version("flat", "ingest") == 1

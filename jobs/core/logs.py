@@ -17,6 +17,12 @@ import tempfile
 from pathlib import Path
 
 _SPARK_LEVEL_ENV = "SEGMENTS_SPARK_LOG_LEVEL"
+#: Classes whose loggers Spark consults before it resets a shell's root level.
+_SHELL_LOGGERS = (
+    "org.apache.spark.deploy.SparkSubmit",
+    "org.apache.spark.api.python.PythonGatewayServer",
+    "org.apache.spark.repl.Main",
+)
 
 
 def setup_logging(level: str) -> None:
@@ -29,8 +35,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries' own chatter stays out of the job log unless it is a warning.
+    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     os.environ[_SPARK_LEVEL_ENV] = "WARN" if numeric <= logging.DEBUG else "ERROR"
 
 
@@ -51,6 +58,14 @@ def log4j2_config_file(level: str) -> Path:
         [
             "rootLogger.level = " + level.lower(),
             "rootLogger.appenderRef.stderr.ref = console",
+            # PySpark's gateway counts as a shell: Spark then resets the root level to WARN
+            # ("Setting default log level to ...") unless the launching class's logger is
+            # configured too.
+            *[
+                line
+                for index, name in enumerate(_SHELL_LOGGERS)
+                for line in (f"logger.s{index}.name = {name}", f"logger.s{index}.level = {level}")
+            ],
             "appender.console.type = Console",
             "appender.console.name = console",
             "appender.console.target = SYSTEM_ERR",

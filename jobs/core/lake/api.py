@@ -25,7 +25,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from jobs.core.config import LakeConfig, TableSpec
 from jobs.core.lake import delta_rs, delta_spark
-from jobs.core.lake.base import LakeError, TableInfo, TableLocation, WriteResult
+from jobs.core.lake.base import (
+    LakeError,
+    TableInfo,
+    TableLocation,
+    Txn,
+    WriteResult,
+)
 from jobs.core.lake.delta_rs import partition_text
 from jobs.core.lake.paths import delta_log_exists, require_path
 from jobs.core.tables import TABLES, TableContract
@@ -60,6 +66,16 @@ class Lake:
         """Resolve ``table``: its contract (docs/tables.md) and its place in ``lake.tables``."""
         spec = self.config.tables.get(table, TableSpec())
         return _resolve(self.contract(table), spec, self.config)
+
+    def _path_location(self, table: str) -> TableLocation:
+        """``table``'s location with its storage path (from the metastore for a table known
+        only by name on the spark engine)."""
+        loc = self.location(table)
+        if loc.path or not (self.engine == "spark" and loc.name):
+            return loc
+        detail = self.spark.sql(f"DESCRIBE DETAIL {loc.name}").first()
+        path = None if detail is None else str(detail["location"])
+        return TableLocation(loc.table, path, loc.name, loc.partition_by)
 
     def contract(self, table: str) -> TableContract:
         """The contract of ``table``; :class:`LakeError` names the known tables."""
@@ -119,13 +135,22 @@ class Lake:
 
     # ---------------------------------------------------------------- writes
 
-    def overwrite(self, table: str, df: DataFrame) -> WriteResult:
-        """Replace the whole table with ``df`` in one commit (creating it if needed)."""
-        return self._write(table, df, mode="overwrite", partitions=None)
+    def overwrite(self, table: str, df: DataFrame, *, txn: Txn | None = None) -> WriteResult:
+        """Replace the whole table with ``df`` in one commit (creating it if needed).
 
-    def append(self, table: str, df: DataFrame) -> WriteResult:
-        """Add the rows of ``df`` to the table in one commit (creating it if needed)."""
-        return self._write(table, df, mode="append", partitions=None)
+        With ``txn`` the commit carries that transaction identifier and fails with
+        :class:`ConcurrentWriteError` when another writer committed since this one read.
+        """
+        return self._write(table, df, mode="overwrite", partitions=None, txn=txn)
+
+    def append(self, table: str, df: DataFrame, *, txn: Txn | None = None) -> WriteResult:
+        """Add the rows of ``df`` to the table in one commit (creating it if needed); ``txn``
+        as for :meth:`overwrite`."""
+        return self._write(table, df, mode="append", partitions=None, txn=txn)
+
+    def txn_version(self, table: str, app_id: str) -> int | None:
+        """The latest transaction version the table records for ``app_id`` (None: never)."""
+        return delta_rs.txn_version(self._path_location(table), app_id)
 
     def overwrite_partitions(
         self, table: str, df: DataFrame, partitions: Mapping[str, Sequence[Any]]
@@ -155,6 +180,7 @@ class Lake:
         *,
         mode: str,
         partitions: Mapping[str, Sequence[str | None]] | None,
+        txn: Txn | None = None,
     ) -> WriteResult:
         loc = self.location(table)
         contract = self.contract(table)
@@ -172,9 +198,11 @@ class Lake:
             )
         started = time.monotonic()
         if self.engine == "spark":
-            result = delta_spark.write(self.spark, loc, df, mode=mode, partitions=partitions)
+            result = delta_spark.write(
+                self.spark, loc, df, mode=mode, partitions=partitions, txn=txn
+            )
         else:
-            result = delta_rs.write(loc, df, mode=mode, partitions=partitions)
+            result = delta_rs.write(loc, df, mode=mode, partitions=partitions, txn=txn)
         log.info(
             "%s %s: %d rows in %d files -> version %d (%s, %.1fs)",
             mode if partitions is None else "overwrite_partitions",

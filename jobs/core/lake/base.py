@@ -5,6 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class Txn:
+    """A Delta transaction identifier (``txn`` action): an application id and its version.
+
+    The table remembers the latest version per application id (:meth:`Lake.txn_version`), and
+    two concurrent commits carrying the same application id conflict: the later one fails with
+    :class:`ConcurrentWriteError` instead of both landing (Delta protocol, "Transaction
+    Identifiers").  Writers use it to make overlapping runs safe.
+    """
+
+    app_id: str
+    version: int
+
+
 class LakeError(RuntimeError):
     """A table operation cannot be carried out; the message says which table and why."""
 
@@ -40,3 +54,7 @@ class WriteResult:
     version: int
     rows_written: int
     files_added: int
+
+
+class ConcurrentWriteError(LakeError):
+    """Another writer committed to the table between this writer's read and its commit."""

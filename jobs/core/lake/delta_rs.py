@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from jobs.core.lake.base import LakeError, TableLocation, WriteResult
+from jobs.core.lake.base import (
+    ConcurrentWriteError,
+    LakeError,
+    TableLocation,
+    Txn,
+    WriteResult,
+)
 from jobs.core.lake.file_stats import file_stats
 from jobs.core.lake.paths import delta_log_exists, filesystem, require_path
 
@@ -91,15 +97,20 @@ def write(
     *,
     mode: str,
     partitions: Mapping[str, Sequence[str | None]] | None,
+    txn: Txn | None = None,
 ) -> WriteResult:
-    from deltalake import DeltaTable
+    """Write ``df`` as one commit (see the module docstring); with ``txn`` the commit carries
+    that transaction identifier and is not rebased onto concurrent commits: a concurrent writer
+    makes it fail with :class:`ConcurrentWriteError`."""
+    from deltalake import CommitProperties, DeltaTable, Transaction
+    from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
     uri = require_path(loc)
     schema = _delta_schema_for(df)
     exists = delta_log_exists(uri)
-    if exists:
-        current = DeltaTable(uri)
+    current = DeltaTable(uri) if exists else None
+    if current is not None:
         _check_schema(loc, current.schema(), schema)
         existing_parts = tuple(current.metadata().partition_columns)
         if existing_parts != loc.partition_by:
@@ -143,20 +154,45 @@ def write(
                     stats=file_stats(metadata),
                 )
             )
-        if not exists:
-            create_table_with_add_actions(
-                uri, schema, actions, mode="error", partition_by=list(loc.partition_by) or None
+        properties = None
+        if txn is not None:
+            properties = CommitProperties(
+                app_transactions=[Transaction(txn.app_id, txn.version)], max_commit_retries=0
             )
-        else:
-            filters = None if partitions is None else _partition_filters(loc, partitions)
-            DeltaTable(uri).create_write_transaction(
-                # delta-rs types this list as AddAction | RemoveAction; ours holds adds only.
-                cast(list[Any], actions),
-                mode,
-                schema,
-                partition_by=list(loc.partition_by) or None,
-                partition_filters=filters,
-            )
+        try:
+            if current is None:
+                create_table_with_add_actions(
+                    uri,
+                    schema,
+                    actions,
+                    mode="error",
+                    partition_by=list(loc.partition_by) or None,
+                    commit_properties=properties,
+                )
+            else:
+                filters = None if partitions is None else _partition_filters(loc, partitions)
+                # The snapshot read above is the commit's read version.
+                current.create_write_transaction(
+                    # delta-rs types this list as AddAction | RemoveAction; ours holds adds only.
+                    cast(list[Any], actions),
+                    mode,
+                    schema,
+                    partition_by=list(loc.partition_by) or None,
+                    partition_filters=filters,
+                    commit_properties=properties,
+                )
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(
+                f"{loc.table}: a concurrent writer committed to {uri} first ({exc}); "
+                "nothing was written by this run"
+            ) from exc
+        except DeltaError as exc:
+            if current is None and delta_log_exists(uri):
+                raise ConcurrentWriteError(
+                    f"{loc.table}: a concurrent writer created {uri} first; nothing was written "
+                    "by this run"
+                ) from exc
+            raise
     finally:
         if fs.get_file_info(staging).type == pafs.FileType.Directory:
             fs.delete_dir(staging)
@@ -165,6 +201,17 @@ def write(
     return WriteResult(
         table=loc.table, location=uri, version=version, rows_written=rows, files_added=len(actions)
     )
+
+
+def txn_version(loc: TableLocation, app_id: str) -> int | None:
+    """The latest version the table records for transaction application ``app_id``."""
+    from deltalake import DeltaTable
+
+    uri = require_path(loc)
+    if not delta_log_exists(uri):
+        return None
+    version = DeltaTable(uri).transaction_version(app_id)
+    return None if version is None else int(version)
 
 
 def _check_schema(loc: TableLocation, current: Any, incoming: Any) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.core.lake.base import TableLocation, WriteResult
+from jobs.core.lake.base import ConcurrentWriteError, TableLocation, Txn, WriteResult
 from jobs.core.lake.paths import require_path
 
 
@@ -45,20 +45,34 @@ def write(
     *,
     mode: str,
     partitions: Mapping[str, Sequence[str | None]] | None,
+    txn: Txn | None = None,
 ) -> WriteResult:
+    """One commit through Spark's Delta writer.  ``txn`` becomes the writer's ``txnAppId`` /
+    ``txnVersion`` (idempotent writes: Delta skips a version it already has, and concurrent
+    commits of one app id conflict, raised as :class:`ConcurrentWriteError`)."""
     writer = df.write.format("delta").mode(mode)
+    if txn is not None:
+        writer = writer.option("txnAppId", txn.app_id).option("txnVersion", str(txn.version))
     if loc.partition_by:
         writer = writer.partitionBy(*loc.partition_by)
     if partitions is not None:
         writer = writer.option("replaceWhere", _sql_predicate(partitions))
-    if loc.name:
-        if loc.path:
-            writer = writer.option("path", loc.path)
-        writer.saveAsTable(loc.name)
-        target = loc.name
-    else:
-        writer.save(require_path(loc))
-        target = f"delta.`{loc.path}`"
+    try:
+        if loc.name:
+            if loc.path:
+                writer = writer.option("path", loc.path)
+            writer.saveAsTable(loc.name)
+            target = loc.name
+        else:
+            writer.save(require_path(loc))
+            target = f"delta.`{loc.path}`"
+    except Exception as exc:
+        if "Concurrent" in type(exc).__name__ or "CONCURRENT" in str(exc)[:200].upper():
+            raise ConcurrentWriteError(
+                f"{loc.table}: a concurrent writer committed first ({str(exc)[:300]}); "
+                "nothing was written by this run"
+            ) from exc
+        raise
     last = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
     metrics = last["operationMetrics"] or {}
     return WriteResult(
