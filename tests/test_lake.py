@@ -331,3 +331,9 @@ def test_concurrent_commits_with_one_app_id_conflict(
     assert sorted(outcomes) == ["committed", "conflict"]
     assert lake.read("flat").count() == 2  # the first row and one of the two appends
     assert lake.txn_version("flat", "ingest") == 1
+    # A writer that read an older state than the table now holds is refused outright.
+    monkeypatch.setattr(engine, "file_stats", stats)
+    with pytest.raises(ConcurrentWriteError, match=r"expected transaction 'ingest' at version 0"):
+        lake.append("flat", spark.createDataFrame([(3,)], "id long"), txn=Txn("ingest", 1))
+    lake.append("flat", spark.createDataFrame([(3,)], "id long"), txn=Txn("ingest", 2))
+    assert lake.txn_version("flat", "ingest") == 2

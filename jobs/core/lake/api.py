@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.core.config import LakeConfig, TableSpec
 from jobs.core.lake import delta_rs, delta_spark
 from jobs.core.lake.base import (
+    ConcurrentWriteError,
     LakeError,
     TableInfo,
     TableLocation,
@@ -198,6 +199,13 @@ class Lake:
             )
         started = time.monotonic()
         if self.engine == "spark":
+            if txn is not None and (self.txn_version(table, txn.app_id) or 0) != txn.version - 1:
+                # delta-spark would skip a version it already holds without a word; the
+                # delta-rs engine makes the same check on the commit's own snapshot.
+                raise ConcurrentWriteError(
+                    f"{table}: expected transaction {txn.app_id!r} at version "
+                    f"{txn.version - 1}: a concurrent writer committed first"
+                )
             result = delta_spark.write(
                 self.spark, loc, df, mode=mode, partitions=partitions, txn=txn
             )

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 class Txn:
     """A Delta transaction identifier (``txn`` action): an application id and its version.
 
-    The table remembers the latest version per application id (:meth:`Lake.txn_version`), and
-    two concurrent commits carrying the same application id conflict: the later one fails with
-    :class:`ConcurrentWriteError` instead of both landing (Delta protocol, "Transaction
-    Identifiers").  Writers use it to make overlapping runs safe.
+    The table remembers the latest version per application id (:meth:`Lake.txn_version`).  A
+    write carrying ``Txn(app, v)`` commits only when the table holds ``v - 1`` for ``app`` (none
+    for ``v = 1``), and two concurrent commits of one application id conflict: the later one
+    fails with :class:`ConcurrentWriteError` instead of both landing (Delta protocol,
+    "Transaction Identifiers").  Writers use it to make overlapping runs safe.
     """
 
     app_id: str

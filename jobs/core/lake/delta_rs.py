@@ -99,9 +99,10 @@ def write(
     partitions: Mapping[str, Sequence[str | None]] | None,
     txn: Txn | None = None,
 ) -> WriteResult:
-    """Write ``df`` as one commit (see the module docstring); with ``txn`` the commit carries
-    that transaction identifier and is not rebased onto concurrent commits: a concurrent writer
-    makes it fail with :class:`ConcurrentWriteError`."""
+    """Write ``df`` as one commit (see the module docstring).  With ``txn`` the commit carries
+    that transaction identifier, happens only if the table records ``txn.version - 1`` for the
+    app id, and is not rebased onto concurrent commits: a concurrent writer makes it fail with
+    :class:`ConcurrentWriteError` (before any file is written, or at the commit)."""
     from deltalake import CommitProperties, DeltaTable, Transaction
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -110,6 +111,8 @@ def write(
     schema = _delta_schema_for(df)
     exists = delta_log_exists(uri)
     current = DeltaTable(uri) if exists else None
+    if txn is not None:
+        _check_txn_predecessor(loc, current, txn)
     if current is not None:
         _check_schema(loc, current.schema(), schema)
         existing_parts = tuple(current.metadata().partition_columns)
@@ -201,6 +204,19 @@ def write(
     return WriteResult(
         table=loc.table, location=uri, version=version, rows_written=rows, files_added=len(actions)
     )
+
+
+def _check_txn_predecessor(loc: TableLocation, current: Any, txn: Txn) -> None:
+    """Compare-and-swap on the transaction version: the snapshot this commit is based on must
+    hold ``txn.version - 1`` for the app id (none for version 1), so a writer that read an
+    older state than the table now has fails instead of committing on top of it."""
+    have = current.transaction_version(txn.app_id) if current is not None else None
+    if (have or 0) != txn.version - 1:
+        raise ConcurrentWriteError(
+            f"{loc.table}: expected transaction {txn.app_id!r} at version {txn.version - 1}, "
+            f"the table is at {have}: a concurrent writer committed first; nothing was written "
+            "by this run"
+        )
 
 
 def txn_version(loc: TableLocation, app_id: str) -> int | None:
