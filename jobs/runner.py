@@ -22,6 +22,7 @@ from typing import Any
 import jobs
 from jobs import stages
 from jobs.core.config import AppConfig, ConfigError, load_config, log_config
+from jobs.core.errors import PipelineError
 from jobs.core.logs import setup_logging
 
 log = logging.getLogger("jobs")
@@ -103,13 +104,13 @@ def parse_common(
         extend(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    # Which copy of the code runs: an installed wheel, a --py-files archive or a checkout.
-    log.info("jobs package: %s", jobs.__path__[0])
     try:
         config = load_config(args.conf, args.overrides)
         check_runtime(config)
     except ConfigError as exc:
         parser.exit(2, f"{prog}: config error: {exc}\n")
+    # Which copy of the code runs: an installed wheel, a --py-files archive or a checkout.
+    log.info("jobs package: %s", jobs.__path__[0])
     log_config(config, args.conf, args.overrides)
     return args, config, args.run_id or new_run_id()
 
@@ -145,6 +146,11 @@ def run_stage(name: str, argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"segments {name}: {exc}", file=sys.stderr)
             return 2
-    outcome = execute_stage(name, config, run_id)
+    try:
+        outcome = execute_stage(name, config, run_id)
+    except PipelineError as exc:
+        log.debug("stage %s failed", name, exc_info=True)
+        print(f"segments {name}: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{name}: {outcome.summary} ({outcome.seconds:.1f}s)")
     return 0
