@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from jobs import stages
 from jobs.core.config import AppConfig
+from jobs.core.errors import PipelineError
 from jobs.runner import StageOutcome, execute_stage, parse_common
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segments pipeline: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    outcomes, table_lines = run_pipeline(config, run_id, selected)
+    try:
+        outcomes, table_lines = run_pipeline(config, run_id, selected)
+    except PipelineError as exc:
+        log.debug("pipeline failed", exc_info=True)
+        print(f"segments pipeline: error: {exc}", file=sys.stderr)
+        return 1
     names = " -> ".join(entry.name for entry in selected)
     print(f"\npipeline run {run_id}: {names} in {time.monotonic() - started:.1f}s")
     for outcome in outcomes:

@@ -25,7 +25,12 @@ from jobs.core.lake import Lake
 from jobs.core.tables import EVENTS, SESSIONIZE_LOG, SESSIONS, USER_SEQUENCES, contract_of
 from jobs.runner import run_stage
 from jobs.sequences.bots import apply_bot_flags, user_bot_flags
-from jobs.sequences.incremental import events_from_cuts, incremental_window, split_at_cuts
+from jobs.sequences.incremental import (
+    events_from_cuts,
+    incremental_window,
+    instant_from_micros,
+    split_at_cuts,
+)
 from jobs.sequences.sessionization import (
     assign_sessions,
     rule_version,
@@ -128,22 +133,27 @@ def _run_full(lake: Lake, events: DataFrame, cfg: SessionizeConfig) -> Sessioniz
 def _run_incremental(
     lake: Lake, events: DataFrame, pending: Sequence[str], cfg: SessionizeConfig
 ) -> SessionizeCounts:
-    first_new = (
-        events.where(F.col("ingest_run_id").isin(list(pending))).agg(F.min("event_ts")).first()
+    # Times come back as microseconds, made UTC-aware here: a collected timestamp would be a
+    # naive datetime in the driver's local zone (see jobs.sequences.incremental).
+    first_new_us = (
+        events.where(F.col("ingest_run_id").isin(list(pending)))
+        .agg(F.unix_micros(F.min("event_ts")))
+        .first()
     )
-    assert first_new is not None and first_new[0] is not None
+    assert first_new_us is not None and first_new_us[0] is not None
+    first_new = instant_from_micros(first_new_us[0])
     sessions = lake.read(SESSIONS)
-    window = incremental_window(sessions, first_new_event=first_new[0], config=cfg)
+    window = incremental_window(sessions, first_new_event=first_new, config=cfg)
     cuts = window.cuts.persist(StorageLevel.MEMORY_AND_DISK)
-    earliest_cut = cuts.agg(F.min("cut")).first()
-    first_ts = min(
-        window.start_ts, earliest_cut[0] if earliest_cut and earliest_cut[0] else window.start_ts
-    )
+    earliest_cut = cuts.agg(F.unix_micros(F.min("cut"))).first()
+    first_ts = window.start_ts
+    if earliest_cut and earliest_cut[0] is not None:
+        first_ts = min(first_ts, instant_from_micros(earliest_cut[0]))
     log.info(
         "incremental sessionize: %d new ingest runs from %s; recomputing sessions from %s "
         "(%d users whose sessions run up to it from %s)",
         len(pending),
-        first_new[0],
+        first_new,
         window.start_date,
         cuts.count(),
         first_ts,

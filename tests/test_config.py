@@ -141,6 +141,10 @@ def test_enum_in_a_file_names_the_file(tmp_path: Path) -> None:
             ["train_encoder.mode=contrastive", "encoder.kind=sequence"],
             "contrastive fine-tunes the text encoder",
         ),
+        (
+            ["ingest.source.inputs=[{paths: [x.csv], format: csv, explode: events}]"],
+            r"ingest.source.inputs\[0\].explode: only JSON lines",
+        ),
     ],
 )
 def test_impossible_combinations_are_refused(overrides: list[str], match: str) -> None:

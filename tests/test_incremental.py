@@ -9,7 +9,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from pyspark.sql import Row, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, sessionize
@@ -23,11 +24,11 @@ from jobs.synthetic import generate
 def event_rows(rows: list[tuple[str, str, str]], *, run_id: str) -> list[tuple]:
     """(event_id, user, "YYYY-MM-DD HH:MM:SS") -> rows of the ``events`` contract."""
     out = []
-    for event_id, user, text in rows:
+    for i, (event_id, user, text) in enumerate(rows):
         ts = datetime.fromisoformat(text)
-        out.append(
-            (event_id, user, ts, "view", "i1", "c1", None, 1.0, None, None, ts.date(), run_id)
-        )
+        source_file, source_order = f"file:/raw/{run_id}.jsonl", i * 65536
+        values = ("view", "i1", "c1", None, 1.0, None, None, source_file, source_order)
+        out.append((event_id, user, ts, *values, ts.date(), run_id))
     return out
 
 
@@ -101,6 +102,14 @@ def test_daily_incremental_runs_with_late_data_equal_one_full_run(
         "quarantined": full_counts.quarantined,
     }
     assert lake.read("events").count() == full_counts.kept
+
+    # The same events with the same lineage: a record's order within its file does not depend on
+    # which other files a run read (the files sit in other folders, so compare their names).
+    def lineage(events: DataFrame) -> DataFrame:
+        name = F.regexp_extract("source_file", r"([^/]+)$", 1)
+        return events.drop("ingest_run_id").withColumn("source_file", name)
+
+    assertDataFrameEqual(lineage(lake.read("events")), lineage(full_lake.read("events")))
 
     for table in ("sessions", "user_sequences"):
         assertDataFrameEqual(lake.read(table), full_lake.read(table))

@@ -23,7 +23,8 @@ from jobs.sequences.sessionization import (
 )
 from jobs.sequences.user_sequences import build_user_sequences
 from jobs.sessionize import SessionizeCounts
-from jobs.sources.dedup import deduplicate
+from jobs.sources.columns import ELEMENT, ORDER_VALUE, POSITION, RAW, REASON, SOURCE_FILE
+from jobs.sources.dedup import kept_events, label_duplicates
 from jobs.sources.outputs import to_events
 
 T0 = datetime(2024, 3, 1, 10, 0, 0)
@@ -31,7 +32,8 @@ DEFAULT = SessionizeConfig()
 
 
 def events(spark: SparkSession, rows: list[tuple]) -> DataFrame:
-    """Rows of (user, timestamp, event_type[, item, category, brand, price]) -> ``events``."""
+    """Rows of (user, timestamp, event_type[, item, category, brand, price]) -> ``events``,
+    in the order of the list in one source file."""
     full = []
     for i, row in enumerate(rows):
         user, ts, kind, *rest = row
@@ -48,6 +50,8 @@ def events(spark: SparkSession, rows: list[tuple]) -> DataFrame:
                 price,
                 None,
                 None,
+                "file:/raw/events.jsonl",
+                i * 65536,
                 ts.date() if ts else None,
                 "test-run",
             )
@@ -118,18 +122,37 @@ def test_long_session_is_split_into_max_duration_windows(spark: SparkSession) ->
     )
 
 
+def _as_normalised(df: DataFrame) -> DataFrame:
+    """``events`` rows as valid normalised rows (what deduplication labels)."""
+    return df.select(
+        F.lit(None).cast("string").alias(RAW),
+        F.col("source_file").alias(SOURCE_FILE),
+        F.col("source_order").alias(POSITION),
+        F.lit(0).alias(ELEMENT),
+        F.lit(None).cast("long").alias(ORDER_VALUE),
+        *[c for c in df.columns if c not in ("source_file", "source_order", "event_date")],
+        F.lit(None).cast("string").alias(REASON),
+    ).drop("ingest_run_id")
+
+
 def test_duplicates_are_removed_before_sessionizing(spark: SparkSession) -> None:
     base = events(
         spark, [("u1", at(0), "view", "i1"), ("u1", at(1), "purchase", "i1", "c", "b", 9.5)]
     )
-    same_id_twice = base.union(base.limit(1))
-    same_content_new_id = base.union(base.limit(1).withColumn("event_id", F.lit("other-id")))
-    for noisy in (same_id_twice, same_content_new_id):
-        cleaned = noisy.drop("event_date", "ingest_run_id").transform(deduplicate)
+    later = F.col("source_order") + 10
+    same_id_twice = base.union(base.limit(1).withColumn("source_order", later))
+    # The same content under another source id is another event (README: a field differs).
+    same_content_new_id = base.union(
+        base.limit(1).withColumn("event_id", F.lit("other-id")).withColumn("source_order", later)
+    )
+    for noisy, n_events in ((same_id_twice, 2), (same_content_new_id, 3)):
+        cleaned = kept_events(label_duplicates(_as_normalised(noisy)))
         sessions = cleaned.transform(to_events, run_id="r").transform(sessionize, config=DEFAULT)
         row = sessions.collect()
         assert len(row) == 1
-        assert (row[0]["n_events"], row[0]["n_purchases"], row[0]["revenue"]) == (2, 1, 9.5)
+        assert (row[0]["n_events"], row[0]["n_purchases"], row[0]["revenue"]) == (n_events, 1, 9.5)
+    collapsed = kept_events(label_duplicates(_as_normalised(same_content_new_id), collapse=True))
+    assert collapsed.count() == 2
 
 
 def test_out_of_order_input_gives_the_same_sessions(spark: SparkSession) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
-from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs.core.lake import Lake
 from jobs.core.tables import CLUSTER_METRICS, contract_of
@@ -40,18 +40,18 @@ def record_metrics(spark: SparkSession, lake: Lake, run_id: str, metrics: Sequen
     for m in metrics:
         if m.method not in METHODS:
             raise ValueError(f"unknown metrics method {m.method!r}; expected one of {METHODS}")
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    new_rows = [(run_id, *astuple(m)[:2], float(m.value), *astuple(m)[3:], now) for m in metrics]
-    # Reorder to the table's columns: run_id, method, metric, value, k, unit, model_version,
-    # backend, sample_size, created_at.
-    new_keys = {(r[1], r[2], r[4], r[5], r[6], r[7]) for r in new_rows}
-    kept: list[tuple] = []
+    contract = contract_of(CLUSTER_METRICS)
+    columns = [f for f in contract.schema.fields if f.name != "created_at"]
+    rows = [(run_id, *astuple(m)[:2], float(m.value), *astuple(m)[3:]) for m in metrics]
+    # Stamped by Spark in UTC: a driver's local time zone never shifts created_at.
+    new = spark.createDataFrame(rows, T.StructType(columns)).withColumn(
+        "created_at", F.current_timestamp()
+    )
+    frame = new
     if lake.exists(CLUSTER_METRICS):
-        # A run's metrics are a handful of rows: read them to the driver and rewrite the run's
-        # partition with the replaced values.
-        for row in lake.read(CLUSTER_METRICS).where(F.col("run_id") == run_id).collect():
-            if tuple(row[c] for c in _KEY) not in new_keys:
-                kept.append(tuple(row))
-    frame = spark.createDataFrame(kept + new_rows, contract_of(CLUSTER_METRICS).schema).coalesce(1)
-    lake.overwrite_partitions(CLUSTER_METRICS, frame, {"run_id": [run_id]})
-    return len(kept) + len(new_rows)
+        # Recording a metric again replaces it: the run's other rows are kept as they are.
+        earlier = lake.read(CLUSTER_METRICS).where(F.col("run_id") == run_id)
+        kept = earlier.join(new.select(*_KEY), list(_KEY), "left_anti")
+        frame = kept.select(*contract.column_names).unionByName(new)
+    frame = frame.select(*contract.column_names).coalesce(1)
+    return lake.overwrite_partitions(CLUSTER_METRICS, frame, {"run_id": [run_id]}).rows_written

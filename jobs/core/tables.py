@@ -151,7 +151,12 @@ _CONTRACTS: tuple[TableContract, ...] = (
         owner="ingest",
         description="Clean, deduplicated events (bronze): one row per distinct event.",
         columns=(
-            _c("event_id", _S, "source id, or a content hash when the source has none"),
+            _c(
+                "event_id",
+                _S,
+                "source id, or a hash of the raw record when the source has none (identical "
+                "records are duplicates; records differing in any field are distinct events)",
+            ),
             _c("user_id", _S, "HMAC-SHA256 hex when privacy.pseudonymize_user_id is on"),
             _c("event_ts", _TS, "UTC instant"),
             _c("event_type", _S, "view, add_to_cart, remove_from_cart, purchase, search, other"),
@@ -161,6 +166,14 @@ _CONTRACTS: tuple[TableContract, ...] = (
             _c("price", _D),
             _c("query", _S, "search text"),
             _c("source_session_id", _S, "the source's own session id, when it has one"),
+            _c("source_file", _S, "the raw file the event was read from (lineage)"),
+            _c(
+                "source_order",
+                _L,
+                "order within source_file: ingest.source.order_by's value, else the record's "
+                "row index x 65536 + its index in an exploded array; events are ordered by "
+                "(event_ts, source_file, source_order, event_id)",
+            ),
             _c("event_date", _DATE, "UTC date of event_ts"),
             _c("ingest_run_id", _S, "the ingest run that added the row"),
         ),

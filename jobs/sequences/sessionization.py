@@ -9,6 +9,10 @@ Rules (all configurable in ``sessionize``, see :class:`jobs.core.config.Sessioni
   length anchored at its first event;
 * bot users are flagged on all their rows (:mod:`jobs.sequences.bots`).
 
+Events are ordered by :data:`EVENT_ORDER`: time, then source order (file, then the order within
+it), so events with equal timestamps (common with second-resolution sources) keep the order
+they were logged in, in the session cut, the ``events`` arrays and their truncation alike.
+
 ``session_id`` is a hash of user, session start and the rule version, so it is stable across
 reruns and changes only when the rules do.  Everything runs on Spark built-ins (window functions
 over one ``user_id`` partitioning, so sessionizing shuffles the events once).
@@ -26,6 +30,9 @@ from jobs.sequences.user_sequences import EVENT_FIELDS, last_n
 #: Bump when the meaning of a session changes in code; config changes are hashed in anyway.
 RULES_REVISION = "1"
 MICROS = 1_000_000
+#: How events are ordered everywhere (``events`` columns, docs/tables.md): time, then the order
+#: they were logged in (file, position or ``ingest.source.order_by``), then id.
+EVENT_ORDER = ("event_ts", "source_file", "source_order", "event_id")
 
 
 def rule_version(config: SessionizeConfig) -> str:
@@ -48,13 +55,14 @@ def local_date(ts: Column, timezone: str) -> Column:
 def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """Add ``session_id`` and ``session_start`` to every event (one row per input event).
 
-    Needs ``user_id``, ``event_ts``, ``event_id``.  Events are ordered by ``(event_ts,
-    event_id)`` per user, so out-of-order input and ties come out the same on every run.
+    Needs ``user_id`` and the :data:`EVENT_ORDER` columns.  Events are ordered by
+    :data:`EVENT_ORDER` per user, so out-of-order input comes out the same on every run and
+    ties keep source order.
     Raises ``ValueError`` when ``inactivity_gap_s`` or ``max_session_duration_s`` is not > 0.
     """
     if config.inactivity_gap_s <= 0 or config.max_session_duration_s <= 0:
         raise ValueError("sessionize: inactivity_gap_s and max_session_duration_s must be > 0")
-    by_user = Window.partitionBy("user_id").orderBy("event_ts", "event_id")
+    by_user = Window.partitionBy("user_id").orderBy(*EVENT_ORDER)
     so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     micros = F.unix_micros("event_ts")
 
@@ -113,15 +121,20 @@ def summarise_sessions(assigned: DataFrame, *, config: SessionizeConfig) -> Data
     """One row per session in the ``sessions`` contract, with the bot flag applied.
 
     ``assigned`` is :func:`assign_sessions`' output; ``duration_s`` is in seconds, ``events``
-    holds the last ``max_events`` events oldest first, ``session_date`` is the session start's
-    date in ``timezone``.
+    holds the last ``max_events`` events in :data:`EVENT_ORDER` (oldest first, ties in source
+    order), ``session_date`` is the session start's date in ``timezone``.
     """
-    event = F.struct(F.col("event_ts").alias("ts"), *[F.col(c) for c in EVENT_FIELDS if c != "ts"])
+    # Sorted on the order columns first, which are then dropped from each element.
+    order = [F.col(c).alias(f"__o{i}") for i, c in enumerate(EVENT_ORDER)]
+    fields = [F.col("event_ts").alias("ts"), *[F.col(c) for c in EVENT_FIELDS if c != "ts"]]
+    ordered = F.array_sort(F.collect_list(F.struct(*order, *fields)))
     sessions = assigned.groupBy("user_id", "session_id").agg(
         F.min("event_ts").alias("session_start"),
         F.max("event_ts").alias("session_end"),
         *_counts(),
-        F.array_sort(F.collect_list(event)).alias("__events"),
+        F.transform(ordered, lambda e: F.struct(*[e[c].alias(c) for c in EVENT_FIELDS])).alias(
+            "__events"
+        ),
     )
     sessions = sessions.select(
         "session_id",

@@ -1,6 +1,9 @@
 """Row accounting: every input record is kept, removed as a duplicate, or quarantined.
 
-The ingest stage checks ``input = kept + duplicates + quarantined`` before it reports success.
+The ingest stage checks ``input = kept + duplicates + quarantined`` (``+ collapsed`` with
+``ingest.source.collapse_mapped_duplicates``) before it commits anything: the input is counted
+on the normalised rows (:func:`tally`), every other term on the labelled rows
+(:func:`count_labels`), so a step that lost or invented a row fails the check.
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from jobs.sources.columns import REASON, SOURCE_FILE
+from jobs.core.config import SourceConfig
+from jobs.sources.columns import ELEMENT, LABEL, REASON, SOURCE_FILE
+from jobs.sources.dedup import COLLAPSED, DUPLICATE, KEPT, QUARANTINED
 from jobs.sources.errors import IngestError
 
 
@@ -24,24 +30,43 @@ class IngestCounts:
     duplicates_removed: int
     quarantined: int
     quarantine_reasons: Mapping[str, int] = field(default_factory=dict)
+    #: Events collapsed into an identical one (``collapse_mapped_duplicates``); None when off.
+    collapsed: int | None = None
+    #: Records read (JSON lines, CSV records, Parquet rows).  ``input_rows`` counts the events
+    #: they produced: more when an input explodes a record's array into one event per element
+    #: (``ingest.source.inputs[].explode``).  None: not counted apart (the same number).
+    records_read: int | None = None
 
     @property
     def reconciles(self) -> bool:
-        return self.input_rows == self.kept + self.duplicates_removed + self.quarantined
+        removed = self.duplicates_removed + self.quarantined + (self.collapsed or 0)
+        return self.input_rows == self.kept + removed
 
     def summary(self) -> str:
         """The reconciliation line: ``reconciliation OK: input N = kept K + duplicates D +
-        quarantined Q`` (``MISMATCH`` when the counts do not add up)."""
+        quarantined Q`` (`` + collapsed C`` when collapsing is on; ``MISMATCH`` when the counts
+        do not add up)."""
         verdict = "OK" if self.reconciles else "MISMATCH"
+        collapsed = "" if self.collapsed is None else f" + collapsed {self.collapsed:,}"
+        records = ""
+        if self.records_read is not None and self.records_read != self.input_rows:
+            records = f"; records read {self.records_read:,}, events produced {self.input_rows:,}"
         return (
             f"reconciliation {verdict}: input {self.input_rows:,} = kept {self.kept:,} + "
             f"duplicates {self.duplicates_removed:,} + quarantined {self.quarantined:,}"
+            f"{collapsed}{records}"
         )
 
     def check(self) -> None:
-        """Raise :class:`IngestError` unless the counts reconcile and the quarantined rows
-        equal the sum over the reasons."""
-        if not self.reconciles or self.quarantined != sum(self.quarantine_reasons.values()):
+        """Raise :class:`IngestError` unless the counts reconcile, the quarantined rows
+        equal the sum over the reasons, and every record read produced at least one event
+        (a record with nothing to explode is one quarantined row)."""
+        lost_records = self.records_read is not None and self.records_read > self.input_rows
+        if (
+            not self.reconciles
+            or self.quarantined != sum(self.quarantine_reasons.values())
+            or lost_records
+        ):
             raise IngestError(f"row accounting failed: {self.summary()}")
 
 
@@ -53,6 +78,8 @@ class Tally:
     by_reason: Mapping[str | None, int]
     #: Per source file: (input rows, quarantined rows).
     by_file: Mapping[str, tuple[int, int]]
+    #: Records read: rows with element index 0 (each record has one; ``IngestCounts``).
+    records_read: int | None = None
 
     @property
     def input_rows(self) -> int:
@@ -68,26 +95,110 @@ class Tally:
         reasons = {k: v for k, v in self.by_reason.items() if k is not None}
         return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
 
-    def counts(self, *, kept: int, quarantined: int) -> IngestCounts:
-        """The run's :class:`IngestCounts`, given the rows written to ``events`` and to the
-        quarantine; every valid row not kept is a duplicate."""
+    def counts(self, labels: Labels, *, collapse: bool = False) -> IngestCounts:
+        """The run's :class:`IngestCounts`: the input counted here, every other term counted
+        on the labelled rows (``collapsed`` reported only when ``collapse`` is on, so a
+        collapsed row without it breaks the reconciliation)."""
         return IngestCounts(
             input_rows=self.input_rows,
-            kept=kept,
-            duplicates_removed=self.valid - kept,
-            quarantined=quarantined,
-            quarantine_reasons=self.reasons,
+            kept=labels.of(KEPT),
+            duplicates_removed=labels.of(DUPLICATE),
+            quarantined=labels.of(QUARANTINED),
+            quarantine_reasons=labels.reasons,
+            collapsed=labels.of(COLLAPSED) if collapse else None,
+            records_read=self.records_read,
+        )
+
+    def per_file(self, labels: Labels) -> dict[str, tuple[int, int]]:
+        """Per source file: (input rows, quarantined rows, conflicts included), for
+        ``ingest_log``."""
+        return {
+            path: (total, labels.quarantined_by_file.get(path, 0))
+            for path, (total, _) in self.by_file.items()
+        }
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labelled rows (:func:`jobs.sources.dedup.label_duplicates`) counted by label, by
+    quarantine reason and by file."""
+
+    #: Rows per label (kept, duplicate, collapsed, quarantined).
+    by_label: Mapping[str, int]
+    #: Quarantined rows per reason (conflicting event ids included), largest first.
+    reasons: Mapping[str, int]
+    #: Quarantined rows per source file.
+    quarantined_by_file: Mapping[str, int]
+
+    def of(self, label: str) -> int:
+        return self.by_label.get(label, 0)
+
+
+def count_labels(labelled: DataFrame) -> Labels:
+    """Count a :func:`jobs.sources.dedup.label_duplicates` result by label, reason and file (one
+    Spark action)."""
+    by_label: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    by_file: dict[str, int] = {}
+    for row in labelled.groupBy(LABEL, REASON, SOURCE_FILE).count().collect():
+        n, label = int(row["count"]), row[LABEL]
+        by_label[label] = by_label.get(label, 0) + n
+        if row[REASON] is not None:
+            reasons[row[REASON]] = reasons.get(row[REASON], 0) + n
+        if label == QUARANTINED:
+            by_file[row[SOURCE_FILE]] = by_file.get(row[SOURCE_FILE], 0) + n
+    ordered = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Labels(by_label, ordered, by_file)
+
+
+def check_something_kept(counts: IngestCounts, source: SourceConfig) -> None:
+    """Raise :class:`IngestError` when a run keeps no event because every record was
+    quarantined or there were none (a run whose records all repeat earlier events is fine):
+    the message names the top reasons with their counts and the mapping to check."""
+    if counts.kept or counts.duplicates_removed or counts.collapsed:
+        return
+    top = list(counts.quarantine_reasons.items())[:3]
+    found = (
+        "top reasons " + ", ".join(f"{reason} ({n:,})" for reason, n in top)
+        if top
+        else "the input holds no records"
+    )
+    mappings = "; ".join(
+        f"inputs[{i}] ({spec.format} {list(spec.paths)}) maps "
+        + ", ".join(f"{column} <- {expr}" for column, expr in spec.columns.items())
+        for i, spec in enumerate(source.inputs)
+    )
+    raise IngestError(
+        f"no events kept from {counts.input_rows:,} records: {found}; check the mapping "
+        f"ingest.source ({source.name}) in ingest.source.inputs[].columns: {mappings}"
+    )
+
+
+def check_written(table: str, *, expected: int, written: int) -> None:
+    """Raise :class:`IngestError` when the engine wrote another number of rows to ``table``
+    than the accounting counted for it."""
+    if written != expected:
+        raise IngestError(
+            f"{table}: the write committed {written:,} rows, the row accounting counted "
+            f"{expected:,}"
         )
 
 
 def tally(normalised: DataFrame) -> Tally:
-    """Count a :func:`jobs.sources.mapping.normalise` result by reason and source file (one
-    Spark action; the counts come back to the driver)."""
+    """Count a :func:`jobs.sources.mapping.normalise` result by reason and source file, and
+    the records read: rows with ``__element`` 0, one per record however many events it
+    produced (one Spark action; the counts come back to the driver)."""
     by_reason: dict[str | None, int] = {}
     by_file: dict[str, tuple[int, int]] = {}
-    for row in normalised.groupBy(SOURCE_FILE, REASON).count().collect():
+    first = F.col(ELEMENT) == 0 if ELEMENT in normalised.columns else F.lit(True)
+    records = 0
+    counted = normalised.groupBy(SOURCE_FILE, REASON).agg(
+        F.count(F.lit(1)).alias("count"), F.count(F.when(first, 1)).alias("records")
+    )
+    for row in counted.collect():
         n, reason, path = int(row["count"]), row[REASON], row[SOURCE_FILE]
+        records += int(row["records"])
         by_reason[reason] = by_reason.get(reason, 0) + n
         total, bad = by_file.get(path, (0, 0))
         by_file[path] = (total + n, bad + (n if reason is not None else 0))
-    return Tally(by_reason, by_file)
+    return Tally(by_reason, by_file, records_read=records)

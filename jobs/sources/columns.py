@@ -47,3 +47,27 @@ REASON = "__reason"
 RECORD_BYTES = "__record_bytes"
 #: The record is not valid UTF-8.
 BAD_UTF8 = "__bad_utf8"
+#: The record's position in its file (long): its row index there, from 0 in file order, the same
+#: however Spark splits and packs the files (full and incremental runs agree).  Until
+#: :func:`jobs.sources.readers.resolve_positions` runs, text formats hold the row index within
+#: the Spark partition here and the split's start in :data:`SPLIT_START`.
+POSITION = "__position"
+#: Index of the event within its record (int): 0, or the array index when a record holding an
+#: array of events was exploded.
+ELEMENT = "__element"
+#: Byte offset of the file split a text record was read from (null for Parquet); dropped by
+#: :func:`jobs.sources.readers.resolve_positions`.
+SPLIT_START = "__split_start"
+#: The value of ``ingest.source.order_by`` (long), when set: the within-file tie order.
+ORDER_VALUE = "__order_value"
+#: The tie order within a file (long): ``ORDER_VALUE`` when configured, else
+#: position x 65536 + element; becomes ``events.source_order``.
+SOURCE_ORDER = "__source_order"
+#: Where deduplication put a row: one of the labels in :mod:`jobs.sources.dedup`.
+LABEL = "__label"
+#: Why exploding a record produced no event from it or from one of its elements (no elements,
+#: not an array, an element that is not an object); null otherwise.
+EXPLODE_REASON = "__explode_reason"
+#: The event time was wall-clock time that occurs twice in ``ingest.source.timezone`` (clocks
+#: turned back); resolved by :data:`jobs.sources.timestamps.AMBIGUOUS_RULE` and counted.
+AMBIGUOUS_TIME = "__ambiguous_time"

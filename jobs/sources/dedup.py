@@ -1,52 +1,114 @@
-"""Deduplication: within a batch (by id, then by content) and against ``events`` already written."""
+"""Deduplication: which valid records are events, duplicates, conflicts or collapsed events.
+
+What counts as the same event (README, "Bring your own log"):
+
+* A record with a source event id is the same event as an earlier record with that id and the
+  same normalised content (every mapped column): a **duplicate**.  The same id with other
+  content is a **conflict**: the first record in source order is kept and the others are
+  quarantined with the reason :data:`CONFLICTING_EVENT_ID`, never dropped.
+* A record without one gets the hash of its raw record as id
+  (:func:`jobs.sources.mapping.record_hash`), so only an identical record (the same line, CSV
+  row or Parquet row) is a duplicate; records that differ in any raw field are distinct events
+  even when every mapped column coincides.
+* Optionally (``ingest.source.collapse_mapped_duplicates``) kept events equal on every mapped
+  column are **collapsed** into the first in source order, and counted apart.
+
+Source order is the file path, then the record's order within the file (:func:`source_order`).
+Every row is labelled in one pass (window functions over one ``event_id`` partitioning; a second
+one over the content only when collapsing), so the accounting counts labels rather than
+inferring duplicates as a remainder.
+"""
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs.sources.columns import CONTENT_COLUMNS
+from jobs.sources.columns import (
+    CONTENT_COLUMNS,
+    ELEMENT,
+    LABEL,
+    ORDER_VALUE,
+    POSITION,
+    REASON,
+    SOURCE_FILE,
+    SOURCE_ORDER,
+)
+
+#: Labels (:data:`jobs.sources.columns.LABEL`): the row becomes an ``events`` row ...
+KEPT = "kept"
+#: ... repeats an event (the same raw record, or the same source id and content) ...
+DUPLICATE = "duplicate"
+#: ... equals an event on every mapped column (only with ``collapse_mapped_duplicates``) ...
+COLLAPSED = "collapsed"
+#: ... or goes to ``events_quarantine`` (a failed check, or a conflicting event id).
+QUARANTINED = "quarantined"
+LABELS = (KEPT, DUPLICATE, COLLAPSED, QUARANTINED)
+#: The quarantine reason of a record whose source id an event with other content already has.
+CONFLICTING_EVENT_ID = "conflicting event_id"
+#: Positions per record in :func:`source_order` (elements of one record's exploded array).
+ELEMENTS_PER_RECORD = 65536
+
+_EXISTING = "__existing"
 
 
-def content_hash(*columns: str) -> Column:
-    """A deterministic 128-bit digest of the given columns: 32 lowercase hex characters (the
-    first half of a SHA-256 over the values as text; a null is distinct from '')."""
-    parts = [F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in columns]
-    return F.substring(F.sha2(F.concat_ws("\u001f", *parts), 256), 1, 32)
+def source_order() -> Column:
+    """A row's order within its file (long): ``__order_value`` (``ingest.source.order_by``)
+    when set, else ``position x 65536 + element`` (file order)."""
+    file_order = F.col(POSITION) * F.lit(ELEMENTS_PER_RECORD) + F.col(ELEMENT)
+    return F.coalesce(F.col(ORDER_VALUE), file_order).cast("long")
 
 
-def deduplicate(valid: DataFrame) -> DataFrame:
-    """Remove duplicate events deterministically.
+def label_duplicates(
+    rows: DataFrame, *, existing: DataFrame | None = None, collapse: bool = False
+) -> DataFrame:
+    """Label every row of a normalised batch: ``rows`` plus ``__source_order`` and ``__label``.
 
-    ``valid`` holds normalised rows that passed every check.  First by ``event_id`` (a missing
-    source id becomes the :func:`content_hash` of the normalised record), keeping the smallest
-    record; then records whose normalised content is identical under different ids, keeping the
-    smallest id.  Output: one row per event, the content columns then ``event_id`` (the
-    ``events`` columns without the partition and run columns).
+    ``rows`` is a :func:`jobs.sources.mapping.normalise` result with resolved positions
+    (:func:`jobs.sources.readers.resolve_positions`), valid and quarantined rows alike; every
+    valid row has an ``event_id``.  Rows with a reason stay :data:`QUARANTINED`.  Among valid
+    rows sharing an ``event_id``, the first in source order (file path, then
+    :func:`source_order`) is :data:`KEPT`; a later one with the same content is a
+    :data:`DUPLICATE`; one with other content is :data:`QUARANTINED` with the reason
+    :data:`CONFLICTING_EVENT_ID` (its ``__raw`` is whatever ``rows`` held).  With ``collapse``,
+    a kept row equal to an earlier kept one on every content column becomes :data:`COLLAPSED`.
+
+    ``existing`` (incremental runs) holds ``events`` rows that new rows may repeat; they come
+    first in source order, so a new row repeating one is a duplicate (or a conflict, or
+    collapsed), and they are not part of the result.  Same row count as ``rows``.
     """
-    with_id = valid.withColumn(
-        "event_id", F.coalesce(F.col("event_id"), content_hash(*CONTENT_COLUMNS))
+    ordered = rows.withColumn(SOURCE_ORDER, source_order())
+    quarantined = ordered.where(F.col(REASON).isNotNull()).withColumn(LABEL, F.lit(QUARANTINED))
+    valid = ordered.where(F.col(REASON).isNull()).withColumn(_EXISTING, F.lit(False))
+    if existing is not None:
+        earlier = existing.select(
+            "event_id",
+            *CONTENT_COLUMNS,
+            F.col("source_file").alias(SOURCE_FILE),
+            F.col("source_order").alias(SOURCE_ORDER),
+            F.lit(True).alias(_EXISTING),
+        )
+        valid = valid.unionByName(earlier, allowMissingColumns=True)
+    first_in_order = [F.col(_EXISTING).desc(), F.col(SOURCE_FILE), F.col(SOURCE_ORDER)]
+    by_id = Window.partitionBy("event_id").orderBy(*first_in_order)
+    content = F.struct(*CONTENT_COLUMNS)
+    label = (
+        F.when(F.row_number().over(by_id) == 1, F.lit(KEPT))
+        .when(content.eqNullSafe(F.first(content).over(by_id)), F.lit(DUPLICATE))
+        .otherwise(F.lit(QUARANTINED))
     )
-    by_id = (
-        with_id.groupBy("event_id")
-        .agg(F.min(F.struct(*CONTENT_COLUMNS)).alias("r"))
-        .select("event_id", *[F.col(f"r.{c}").alias(c) for c in CONTENT_COLUMNS])
-    )
-    return by_id.groupBy(*CONTENT_COLUMNS).agg(F.min("event_id").alias("event_id"))
+    labelled = valid.withColumn(LABEL, label)
+    if collapse:
+        by_content = Window.partitionBy(LABEL, *CONTENT_COLUMNS).orderBy(*first_in_order)
+        later = (F.col(LABEL) == KEPT) & (F.row_number().over(by_content) > 1)
+        labelled = labelled.withColumn(
+            LABEL, F.when(later, F.lit(COLLAPSED)).otherwise(F.col(LABEL))
+        )
+    conflict = F.when(F.col(LABEL) == QUARANTINED, F.lit(CONFLICTING_EVENT_ID))
+    labelled = labelled.where(~F.col(_EXISTING)).withColumn(REASON, conflict)
+    return quarantined.unionByName(labelled.select(*quarantined.columns))
 
 
-def drop_already_ingested(batch: DataFrame, *, existing: DataFrame) -> DataFrame:
-    """Remove rows of a deduplicated batch that ``existing`` events already hold: the same
-    ``event_id``, or the same normalised content under another id (incremental ingest).
-
-    Pass as ``existing`` the event_date partitions the batch touches: identical content means an
-    identical ``event_ts``, hence the same partition, so the content check needs no others.
-    Same columns as ``batch``.
-    """
-    by_id = batch.join(existing.select("event_id"), "event_id", "left_anti")
-    hashed = existing.select(content_hash(*CONTENT_COLUMNS).alias("__content"))
-    return (
-        by_id.withColumn("__content", content_hash(*CONTENT_COLUMNS))
-        .join(hashed, "__content", "left_anti")
-        .drop("__content")
-    )
+def kept_events(labelled: DataFrame) -> DataFrame:
+    """The :data:`KEPT` rows of a :func:`label_duplicates` result (the new ``events`` rows)."""
+    return labelled.where(F.col(LABEL) == KEPT)

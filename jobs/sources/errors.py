@@ -7,8 +7,10 @@ import re
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from jobs.core.errors import PipelineError
 
-class IngestError(RuntimeError):
+
+class IngestError(PipelineError):
     """The input cannot be ingested at all (missing files, unusable mapping, a raw file Spark
     cannot read, row accounting that does not reconcile).  Also importable as
     ``jobs.ingest.IngestError``."""

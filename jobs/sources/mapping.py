@@ -10,27 +10,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import reduce
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.config import InputSpec, LookupSpec, PrivacyConfig, SourceConfig
 from jobs.core.privacy import Pseudonymizer
 from jobs.sources.columns import (
+    AMBIGUOUS_TIME,
     BAD_UTF8,
     CORRUPT,
+    ELEMENT,
+    EXPLODE_REASON,
     MAPPABLE_COLUMNS,
     NORMALISED_COLUMNS,
+    ORDER_VALUE,
+    POSITION,
     RAW,
     REASON,
     RECORD_BYTES,
     REQUIRED_COLUMNS,
     SOURCE_FILE,
+    SPLIT_START,
 )
 from jobs.sources.errors import IngestError
-from jobs.sources.timestamps import parse_timestamp
+from jobs.sources.nested import explode_records
+from jobs.sources.timestamps import nonexistent_reason, parse_timestamp
 
 #: Characters of an oversize record kept in quarantine.
 OVERSIZE_PREVIEW_CHARS = 1000
+#: The record's place in its file, carried through unchanged (:mod:`.columns`).
+LINEAGE_COLUMNS = (POSITION, SPLIT_START, ELEMENT, ORDER_VALUE)
+
+
+def record_hash(raw: Column) -> Column:
+    """The ``event_id`` of a record whose source gives none: the first 32 lowercase hex
+    characters (128 bits) of the SHA-256 of the raw record as stored (user ids already
+    replaced when pseudonymised).  Identical records share it; records that differ in any
+    field do not."""
+    return F.substring(F.sha2(raw, 256), 1, 32)
 
 
 def normalise(
@@ -39,20 +57,26 @@ def normalise(
     spec: InputSpec,
     source: SourceConfig,
     privacy: PrivacyConfig | None = None,
+    keep_raw: bool = False,
 ) -> DataFrame:
     """Map raw fields onto the ``events`` columns and attach a quarantine reason (or null).
 
     ``raw`` is a :func:`jobs.sources.readers.read_raw` result (other readers may lack
-    ``__record_bytes`` / ``__bad_utf8``).  Returns one row per input row: ``__raw`` (kept for
-    quarantined rows only; an oversize record as a preview of
-    :data:`OVERSIZE_PREVIEW_CHARS` characters), ``__source_file``, the normalised columns
-    (``event_id`` and the content columns; ``event_ts`` a UTC timestamp, ``price`` a double)
-    and ``__reason``.  With ``privacy.pseudonymize_user_id`` on, ``user_id`` (and the user id
-    inside quarantined raw records) is replaced by its HMAC.
+    ``__record_bytes`` / ``__bad_utf8``).  Returns one row per event (per input row, or per
+    array element with ``spec.explode``: :func:`jobs.sources.nested.explode_records`):
+    ``__raw`` (kept for quarantined rows only unless ``keep_raw``; an oversize record as a
+    preview of :data:`OVERSIZE_PREVIEW_CHARS` characters), ``__source_file``, the record's
+    place in its file (:data:`LINEAGE_COLUMNS`: ``__order_value`` is ``source.order_by`` as a
+    long, null when unset), the normalised columns (``event_id`` and the content columns;
+    ``event_ts`` a UTC timestamp, ``price`` a double) and ``__reason``.  A valid record
+    without a source event id gets :func:`record_hash` of its raw record.  With
+    ``privacy.pseudonymize_user_id`` on, ``user_id`` (and the user id inside raw records) is
+    replaced by its HMAC.
 
     Raises :class:`IngestError` when ``spec`` maps no column for a required one or maps an
     unknown column, and :class:`jobs.core.privacy.PrivacyError` when pseudonymisation has no
-    usable key; both before any row is read.
+    usable key; both before any row is read (also when ``spec.explode`` is set on an input
+    that is not JSON lines).
     """
     pseudonymizer = Pseudonymizer.from_config(privacy, raw.sparkSession)
     missing = [c for c in REQUIRED_COLUMNS if c not in spec.columns]
@@ -65,6 +89,8 @@ def normalise(
         raise IngestError(
             f"source {source.name!r}: cannot map {unknown}; mappable columns: {MAPPABLE_COLUMNS}"
         )
+    # One row per event: an input with ``explode`` yields one per array element (.nested).
+    raw = explode_records(raw, spec, max_record_bytes=source.max_record_bytes)
     null_values = [v.strip() for v in source.null_values]
 
     def text(expression: str) -> Column:
@@ -82,6 +108,23 @@ def normalise(
     event_ts = parse_timestamp(ts_raw, ts_text, ts_type, source)
     price_text = text(spec.columns["price"]) if "price" in spec.columns else F.lit(None)
     price = price_text.try_cast("double")
+    order_text = F.lit(None).cast("string")
+    if source.order_by:
+        try:
+            raw.select(F.expr(source.order_by))
+        except AnalysisException as exc:  # also a ParseException
+            raise IngestError(
+                f"source {source.name!r}: ingest.source.order_by {source.order_by!r} cannot be "
+                f"evaluated over input {list(spec.paths)} (fields: {_fields(raw)}): "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from None
+        order_text = text(source.order_by)
+    lineage = {
+        POSITION: F.col(POSITION) if POSITION in raw.columns else F.lit(None).cast("long"),
+        SPLIT_START: F.col(SPLIT_START) if SPLIT_START in raw.columns else F.lit(None),
+        ELEMENT: F.col(ELEMENT) if ELEMENT in raw.columns else F.lit(0),
+        ORDER_VALUE: order_text.try_cast("long"),
+    }
 
     type_key = F.lower(mapped["event_type"])
     type_map = F.create_map(
@@ -105,9 +148,17 @@ def normalise(
         F.col(CORRUPT),
         record_bytes.cast("long").alias(RECORD_BYTES),
         bad_utf8.alias(BAD_UTF8),
+        F.col(EXPLODE_REASON),
+        lineage[POSITION].cast("long").alias(POSITION),
+        lineage[SPLIT_START].cast("long").alias(SPLIT_START),
+        lineage[ELEMENT].cast("int").alias(ELEMENT),
+        lineage[ORDER_VALUE].alias(ORDER_VALUE),
+        order_text.alias("__order_text"),
         *[mapped[c].alias(c) for c in ("event_id", "user_id")],
-        event_ts.alias("event_ts"),
+        event_ts.instant.alias("event_ts"),
         ts_text.alias("__ts_text"),
+        event_ts.nonexistent.alias("__ts_gap"),
+        event_ts.ambiguous.alias(AMBIGUOUS_TIME),
         mapped["event_type"].alias("__type_text"),
         mapped_type.alias("event_type"),
         *[mapped[c].alias(c) for c in ("item_id", "category", "brand")],
@@ -126,10 +177,12 @@ def normalise(
         .when(col(BAD_UTF8), F.lit("invalid utf-8"))
         .when(col(CORRUPT) == "", F.lit("empty record"))
         .when(col(CORRUPT).isNotNull(), F.lit(f"malformed {spec.format} record"))
+        .when(col(EXPLODE_REASON).isNotNull(), col(EXPLODE_REASON))
         .when(col("user_id").isNull(), F.lit("missing user_id"))
         # A JSON object or array where the id should be: the parser hands it over as its text.
         .when(container, F.lit("invalid user_id: object or array"))
         .when(col("__ts_text").isNull(), F.lit("missing event_ts"))
+        .when(col("__ts_gap"), F.lit(nonexistent_reason(source.timezone)))
         .when(
             col("event_ts").isNull(),
             F.concat(F.lit("unparseable event_ts: "), F.substring("__ts_text", 1, 40)),
@@ -144,23 +197,49 @@ def normalise(
         .when(F.isnan("price") | (F.abs("price") == float("inf")), F.lit("invalid price"))
         .when(col("price") < 0, F.lit("negative price"))
     )
+    if source.order_by:
+        invalid = F.concat(F.lit("invalid order_by value: "), F.substring("__order_text", 1, 40))
+        no_order = F.lit("missing order_by value")
+        reason = reason.when(col("__order_text").isNull(), no_order)
+        reason = reason.when(col(ORDER_VALUE).isNull(), invalid)
     checked = staged.select(
-        RAW, SOURCE_FILE, CORRUPT, RECORD_BYTES, *NORMALISED_COLUMNS, reason.alias(REASON)
+        RAW,
+        SOURCE_FILE,
+        CORRUPT,
+        RECORD_BYTES,
+        *LINEAGE_COLUMNS,
+        *NORMALISED_COLUMNS,
+        reason.alias(REASON),
+        AMBIGUOUS_TIME,
     )
-    # Only quarantined rows keep their raw record: valid rows then carry no copy of it through
-    # the cache and the shuffles, and Parquet rows are rendered as JSON only when rejected.  An
-    # oversize record is kept as a preview, not megabytes of text.
+    # An oversize record is kept as a preview, not megabytes of text.
     preview = F.concat(
         F.substring(RAW, 1, OVERSIZE_PREVIEW_CHARS),
         F.lit(" … [truncated: "),
         col(RECORD_BYTES).cast("string"),
         F.lit(" bytes]"),
     )
-    kept_raw = F.when(col(REASON).isNull(), None).when(oversize, preview).otherwise(col(RAW))
+    # Valid rows keep no raw record unless it is needed (to derive the id of a record without a
+    # source id, or when the caller asks): they then carry no copy of it through the cache and
+    # the shuffles, and Parquet rows are rendered as JSON only when rejected or hashed.
+    valid = col(REASON).isNull()
+    needed = F.lit(keep_raw) | col("event_id").isNull()
+    kept_raw = F.when(oversize, preview).when(valid & ~needed, None).otherwise(col(RAW))
     checked = checked.withColumn(RAW, kept_raw).drop(RECORD_BYTES)
     if pseudonymizer is not None:
         checked = _pseudonymize(checked, pseudonymizer)
+    # No source id: the id is the hash of the raw record as stored (pseudonymised), so identical
+    # records are duplicates and records that differ in any raw field are distinct events.
+    derived = F.coalesce(col("event_id"), F.when(valid, record_hash(col(RAW))))
+    checked = checked.withColumn("event_id", derived)
+    if not keep_raw:
+        checked = checked.withColumn(RAW, F.when(valid, None).otherwise(col(RAW)))
     return checked.drop(CORRUPT)
+
+
+def _fields(raw: DataFrame) -> list[str]:
+    """The raw fields of a :func:`jobs.sources.readers.read_raw` result (no bookkeeping)."""
+    return [c for c in raw.columns if not c.startswith("__")]
 
 
 def _pseudonymize(checked: DataFrame, pseudonymizer: Pseudonymizer) -> DataFrame:
@@ -185,14 +264,9 @@ def _pseudonymize(checked: DataFrame, pseudonymizer: Pseudonymizer) -> DataFrame
         "<redacted: %d characters, hmac-sha256 %s>", F.length(raw), pseudonymizer.hmac(raw)
     )
     safe_raw = F.when(located & ~replaced.contains(user), replaced).otherwise(redacted)
+    replaced_columns = {RAW: F.when(raw.isNotNull(), safe_raw), "user_id": hashed}
     return Pseudonymizer.drop_key(
-        keyed.select(
-            F.when(raw.isNotNull(), safe_raw).alias(RAW),
-            SOURCE_FILE,
-            CORRUPT,
-            *[hashed.alias(c) if c == "user_id" else F.col(c) for c in NORMALISED_COLUMNS],
-            REASON,
-        )
+        keyed.select(*[replaced_columns.get(c, F.col(c)).alias(c) for c in checked.columns])
     )
 
 

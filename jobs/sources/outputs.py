@@ -10,7 +10,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.tables import EVENTS, EVENTS_QUARANTINE, contract_of
-from jobs.sources.columns import RAW, REASON, SOURCE_FILE
+from jobs.sources.columns import RAW, REASON, SOURCE_FILE, SOURCE_ORDER
 
 
 def valid_rows(normalised: DataFrame) -> DataFrame:
@@ -19,9 +19,13 @@ def valid_rows(normalised: DataFrame) -> DataFrame:
 
 
 def to_events(deduplicated: DataFrame, *, run_id: str) -> DataFrame:
-    """Deduplicated rows in the ``events`` contract: ``event_date`` is the UTC date of
-    ``event_ts`` (the partition) and ``ingest_run_id`` is ``run_id``."""
+    """Kept rows of :func:`jobs.sources.dedup.label_duplicates` in the ``events`` contract:
+    ``source_file`` and ``source_order`` say where the event came from (the tie order),
+    ``event_date`` is the UTC date of ``event_ts`` (the partition) and ``ingest_run_id`` is
+    ``run_id``."""
     derived: dict[str, Column] = {
+        "source_file": F.col(SOURCE_FILE),
+        "source_order": F.col(SOURCE_ORDER),
         "event_date": F.to_date("event_ts"),
         "ingest_run_id": F.lit(run_id),
     }
@@ -31,7 +35,8 @@ def to_events(deduplicated: DataFrame, *, run_id: str) -> DataFrame:
 
 
 def to_quarantine(normalised: DataFrame, *, run_id: str) -> DataFrame:
-    """Rows of a :func:`jobs.sources.mapping.normalise` result that failed a check, in the
+    """Rows of a :func:`jobs.sources.mapping.normalise` (or
+    :func:`jobs.sources.dedup.label_duplicates`) result that have a reason, in the
     ``events_quarantine`` contract (``quarantined_at``: now, ``ingest_run_id``: ``run_id``)."""
     values: dict[str, Column] = {
         "raw": F.col(RAW),

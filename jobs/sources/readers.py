@@ -7,29 +7,50 @@ valid UTF-8.  Gzip-compressed text files are read transparently.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import reduce
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.core.config import InputSpec, LookupSpec
-from jobs.sources.columns import BAD_UTF8, CORRUPT, RAW, RECORD_BYTES, SOURCE_FILE
+from jobs.sources.columns import (
+    BAD_UTF8,
+    CORRUPT,
+    POSITION,
+    RAW,
+    RECORD_BYTES,
+    SOURCE_FILE,
+    SPLIT_START,
+)
 from jobs.sources.errors import IngestError, reading
+from jobs.sources.nested import explode_path, field_value, referenced_paths
+from jobs.sources.parquet import read_parquet
 
 _Reader = Callable[[SparkSession, InputSpec, list[str]], DataFrame]
 
 
-def read_raw(spark: SparkSession, spec: InputSpec, *, allow_empty: bool = False) -> DataFrame:
+def read_raw(
+    spark: SparkSession,
+    spec: InputSpec,
+    *,
+    allow_empty: bool = False,
+    order_by: str | None = None,
+) -> DataFrame:
     """Read one input's files with every field as text, plus the raw record and its file.
 
     Returns the raw fields as string columns next to ``__raw`` (the record as written, or a
     faithful rendering of it for Parquet), ``__source_file``, ``__corrupt`` (set for
     unparseable records), ``__record_bytes`` (bytes of a JSON line or CSV row; null for
-    Parquet) and ``__bad_utf8`` (the record is not valid UTF-8); one row per record.
+    Parquet), ``__bad_utf8`` (the record is not valid UTF-8) and the record's place in its file
+    (``__position``, ``__split_start``: provisional until :func:`resolve_positions`); one row
+    per record.  ``order_by`` (``ingest.source.order_by``) is an expression whose fields are
+    read too.
 
     Raises :class:`IngestError` when a local path does not exist, a CSV input has no header, or
     the input holds no record at all and ``allow_empty`` is false (a full refresh would
@@ -37,14 +58,95 @@ def read_raw(spark: SparkSession, spec: InputSpec, *, allow_empty: bool = False)
     error.  Empty files next to non-empty ones simply contribute no rows.
     """
     paths = existing_paths(spec.paths)
-    raw = _READERS[spec.format](spark, spec, paths)
+    read_spec = spec
+    if order_by:
+        # Readers that pick fields by the mapping (JSON lines) must read the order fields too.
+        read_spec = dataclasses.replace(spec, columns={**spec.columns, "__order_by": order_by})
+    raw = _with_split_positions(_READERS[spec.format](spark, read_spec, paths), spec.format)
     if not allow_empty and reading(raw.isEmpty):
         raise IngestError(f"input {list(paths)} holds no records (empty files?)")
     return raw
 
 
+#: Bits of ``monotonically_increasing_id()`` that count rows within a Spark partition.
+_ROW_BITS = (1 << 33) - 1
+
+
+def _with_split_positions(raw: DataFrame, fmt: str) -> DataFrame:
+    """``raw`` plus the provisional ``__position`` and ``__split_start`` (see
+    :func:`resolve_positions`).
+
+    Parquet knows each row's index in its file (``_metadata.row_index``).  Text formats know
+    only the start of the split a line came from (``_metadata.file_block_start``); within a
+    Spark partition, the low 33 bits of ``monotonically_increasing_id()`` count rows in read
+    order, and a split is read whole by one partition.  Both must be taken in the scan's own
+    stage (no shuffle in between), which is why they are added right after the reader.
+    """
+    if fmt == "parquet":
+        try:
+            return raw.select(
+                "*",
+                F.col("_metadata.row_index").cast("long").alias(POSITION),
+                F.lit(None).cast("long").alias(SPLIT_START),
+            )
+        except AnalysisException:  # the reader hid the file's metadata: count rows as for text
+            pass
+    start = F.col("_metadata.file_block_start")
+    try:
+        raw.select(start)
+    except AnalysisException:  # not resolvable through the reader's plan: ask the task instead
+        start = F.input_file_block_start()
+    return raw.select(
+        "*",
+        (F.monotonically_increasing_id().bitwiseAND(F.lit(_ROW_BITS))).alias(POSITION),
+        start.cast("long").alias(SPLIT_START),
+    )
+
+
+def resolve_positions(rows: DataFrame) -> DataFrame:
+    """Turn the provisional positions of :func:`read_raw` rows into each record's row index in
+    its file (``__position``, from 0), and drop ``__split_start``.
+
+    A text record's index is the rows of the file's earlier splits plus its index within its
+    split (its partition row number less the split's first), so it does not depend on how
+    Spark cut the files into splits or packed splits into partitions: a full and an
+    incremental run give every record the same position.  Counting per split is one small
+    aggregation (a row per split) joined back by broadcast; call this on a persisted frame so
+    the provisional values are read, not recomputed.  ``rows`` may hold other columns (e.g. a
+    :func:`jobs.sources.mapping.normalise` result); every row of a split must still be there.
+    """
+    splits = (
+        rows.where(F.col(SPLIT_START).isNotNull())
+        .groupBy(SOURCE_FILE, SPLIT_START)
+        .agg(F.min(POSITION).alias("__first"), F.count(F.lit(1)).alias("__rows"))
+    )
+    earlier = Window.partitionBy(SOURCE_FILE).orderBy(SPLIT_START)
+    splits = splits.withColumn(
+        "__before",
+        F.coalesce(
+            F.sum("__rows").over(earlier.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
+        ),
+    ).drop("__rows")
+    joined = rows.join(F.broadcast(splits), [SOURCE_FILE, SPLIT_START], "left")
+    position = F.when(F.col(SPLIT_START).isNull(), F.col(POSITION)).otherwise(
+        F.col("__before") + F.col(POSITION) - F.col("__first")
+    )
+    return joined.select(
+        *[
+            position.alias(c) if c == POSITION else F.col(c)
+            for c in rows.columns
+            if c != SPLIT_START
+        ]
+    )
+
+
 def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
-    fields = sorted(referenced_fields(spec.columns.values()))
+    # Top-level fields are parsed as text, so a record is malformed only when it is not JSON;
+    # fields read by dotted paths are then parsed from that text (a value of another shape gives
+    # null fields), and the array to explode stays text for explode_records.
+    tree = referenced_paths([*spec.columns.values(), *filter(None, [spec.explode])])
+    explode = explode_path(spec)
+    fields = sorted(tree)
     schema = T.StructType(
         [T.StructField(f, T.StringType()) for f in fields]
         + [T.StructField(CORRUPT, T.StringType())]
@@ -73,7 +175,7 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
             # stored record has them replaced to keep the quarantine table readable.
             F.make_valid_utf8(RAW).alias(RAW),
             SOURCE_FILE,
-            *[F.col(f"__parsed.`{f}`").alias(f) for f in fields],
+            *[field_value(f, F.col(f"__parsed.`{f}`"), tree, explode).alias(f) for f in fields],
             # A blank line parses to an all-null record, not a corrupt one; call it what it is.
             F.when(blank, F.lit(""))
             .when(F.col(f"__parsed.{CORRUPT}").isNull() & ~complete, F.col(RAW))
@@ -86,10 +188,22 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
 
 
 def _read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
-    options = {"header": "true", **dict(spec.options)}
+    explode_path(spec)  # refuses ``explode`` (JSON lines only) before any file is read
+    # RFC 4180: a quote inside a quoted field is written twice (Spark's default escape, a
+    # backslash, would keep both).  Reader options in the mapping override these defaults.
+    options = {"header": "true", "escape": '"', **dict(spec.options)}
     header = reading(lambda: spark.read.options(**options).csv(paths).columns)
     if not header:
         raise IngestError(f"input {list(paths)}: no CSV header found (empty files?)")
+    lowered = {k.lower(): v for k, v in options.items()}
+    quote, escape = lowered.get("quote", '"'), lowered.get("escape", '"')
+    if "multiline" not in lowered:
+        # A quoted field may hold line breaks (RFC 4180), but Spark reads such records only
+        # with multiLine, which cannot split a file across tasks: use it when a record needs it.
+        multi_line = _quoted_line_breaks(spark, options, paths, quote=quote, escape=escape)
+        options["multiLine"] = str(multi_line).lower()
+    else:
+        multi_line = lowered["multiline"].strip().lower() == "true"
     schema = T.StructType(
         [T.StructField(c, T.StringType()) for c in header]
         + [T.StructField(CORRUPT, T.StringType())]
@@ -104,9 +218,12 @@ def _read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFra
         .option("columnNameOfCorruptRecord", CORRUPT)
         .csv(paths)
     )
-    sep = options.get("sep", options.get("delimiter", ","))
+    df = df.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
+    if multi_line:
+        df = _split_broken_records(df, header, options)
+    sep = lowered.get("sep", lowered.get("delimiter", ","))
     values = [F.col(f"`{c}`") for c in header]
-    rendered = F.to_csv(F.struct(*values), {"sep": sep})
+    rendered = F.to_csv(F.struct(*values), {"sep": sep, "quote": quote, "escape": escape})
     # The CSV reader decodes the bytes itself and replaces invalid UTF-8 by U+FFFD, so that
     # character is the only trace left; a file that really contains U+FFFD is quarantined too.
     bad_utf8 = reduce(
@@ -117,7 +234,7 @@ def _read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFra
     size = reduce(lambda a, b: a + b, [F.coalesce(F.octet_length(c), F.lit(0)) for c in values])
     return df.select(
         F.coalesce(F.col(CORRUPT), rendered).alias(RAW),
-        F.col("_metadata.file_path").alias(SOURCE_FILE),
+        F.col(SOURCE_FILE),
         *values,
         F.col(CORRUPT),
         F.coalesce(F.octet_length(CORRUPT), size + (len(header) - 1))
@@ -127,11 +244,73 @@ def _read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFra
     )
 
 
+#: Reader options that choose the files or split their lines: the quote scan uses them too.
+_FILE_OPTIONS = (
+    "linesep",
+    "pathglobfilter",
+    "recursivefilelookup",
+    "modifiedbefore",
+    "modifiedafter",
+)
+
+
+def _quoted_line_breaks(
+    spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
+) -> bool:
+    """Whether any line of the files holds an odd number of ``quote`` characters (escaped
+    quotes aside).  A record continues on the next line only inside a quoted field, and the
+    line where it breaks then holds an odd count (RFC 4180, section 2, rule 6; a doubled quote
+    counts two); an unclosed quote gives one too.  One scan of the text, which stops at the
+    first such line; no CSV parsing."""
+    if not quote or quote == "\u0000":
+        return False
+    line = F.col("value")
+    if escape and escape != quote:
+        line = F.replace(line, F.lit(escape + quote), F.lit(""))
+    quotes = F.length(line) - F.length(F.replace(line, F.lit(quote), F.lit("")))
+    text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
+    scan = spark.read.options(**text_options).text(paths).where(quotes % 2 == 1)
+    return not reading(scan.isEmpty)
+
+
+def _split_broken_records(
+    df: DataFrame, header: list[str], options: Mapping[str, str]
+) -> DataFrame:
+    """Rows of a multiLine CSV read, with each record that spans several lines and still does
+    not parse (too few or too many fields, typically after an unclosed quote swallowed the lines
+    that follow it) replaced by its lines, each parsed as a record of its own, the way the
+    line-by-line reader reads them: an unclosed quote costs one record, not the rest of the
+    file.  Blank lines inside such a record are skipped, as that reader skips them.  Same
+    columns as ``df`` (the header's fields, ``__corrupt``, ``__source_file``), rows in order."""
+    ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
+    dropped = ("header", "multiline", "enforceschema", "mode", "columnnameofcorruptrecord")
+    line_options = {k: v for k, v in options.items() if k.lower() not in dropped}
+    line_options.update(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+    corrupt = F.col(CORRUPT)
+    lines = F.filter(F.split(corrupt, r"\r\n|\r|\n"), lambda text: text != "")
+    broken = F.coalesce(corrupt.rlike(r"[\r\n]"), F.lit(False))
+    fields = [*header, CORRUPT]
+    as_read = F.struct(*[F.col(f"`{c}`").alias(c) for c in fields])
+    records = F.when(broken, F.transform(lines, lambda text: F.from_csv(text, ddl, line_options)))
+    exploded = df.select(
+        F.col(SOURCE_FILE), F.explode(records.otherwise(F.array(as_read))).alias("__record")
+    )
+    return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
+
+
+#: ``__raw`` renders a Parquet row as JSON, timestamps to the microsecond (instants in UTC).
+_RAW_JSON = {
+    "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
+    "timestampNTZFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSS",
+}
+
+
 def _read_parquet(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
-    df = spark.read.options(**dict(spec.options)).parquet(*paths)
+    # Columns keep their types; nanosecond timestamps (pandas' default) become timestamps.
+    df = read_parquet(spark, paths, spec.options)
     fields = df.columns
     return df.select(
-        F.to_json(F.struct(*[F.col(f"`{c}`") for c in fields])).alias(RAW),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in fields]), _RAW_JSON).alias(RAW),
         F.col("_metadata.file_path").alias(SOURCE_FILE),
         *[F.col(f"`{c}`") for c in fields],
         F.lit(None).cast("string").alias(CORRUPT),
@@ -177,19 +356,3 @@ def existing_paths(paths: Sequence[str]) -> list[str]:
         if not Path(path).exists():
             raise IngestError(f"input path does not exist: {path}")
     return list(paths)
-
-
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_IDENTIFIER = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def referenced_fields(expressions: Iterable[str]) -> set[str]:
-    """Names the Spark SQL ``expressions`` may read from a JSON record (over-approximated, which
-    is harmless: a name that is really a function or keyword just becomes an unused all-null
-    field).  Text inside quotes is ignored; a backquoted name counts as one field."""
-    names: set[str] = set()
-    for expression in expressions:
-        stripped = _QUOTED.sub("''", expression)
-        for quoted, bare in _IDENTIFIER.findall(stripped):
-            names.add(quoted or bare)
-    return names

@@ -84,6 +84,12 @@ def check_combinations(config: AppConfig) -> None:
     edges = config.encoder.price_band_edges
     if list(edges) != sorted(edges) or len(set(edges)) != len(edges):
         raise ConfigError(f"encoder.price_band_edges must increase strictly, got {list(edges)}")
+    for index, spec in enumerate(config.ingest.source.inputs):
+        if spec.explode and spec.format not in ("jsonl", "json", "ndjson"):
+            raise ConfigError(
+                f"ingest.source.inputs[{index}].explode: only JSON lines hold arrays of events "
+                f"to explode; this input's format is {spec.format}"
+            )
     if config.train_encoder.mode == "contrastive" and config.encoder.kind != "text":
         raise ConfigError(
             "train_encoder.mode=contrastive fine-tunes the text encoder: set encoder.kind=text "

@@ -4,7 +4,7 @@
 profiles such as ``conf/local.yaml`` overlay only what they change (see :mod:`.loader`).
 Enum-like settings are ``Literal`` types, so a wrong value is refused when the file is loaded,
 naming the key, the file and the allowed values.  The rules behind the settings are documented
-in ``docs/configuration.md`` and the README.
+in ``conf/base.yaml`` (every setting with a comment) and the README.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ class InputSpec:
     ``columns`` maps an ``events`` column (``event_id``, ``user_id``, ``event_ts``,
     ``event_type``, ``item_id``, ``category``, ``brand``, ``price``, ``query``,
     ``source_session_id``) to a Spark SQL expression over the raw fields; a bare field name is
-    the common case.  Raw fields are read as
-    strings, so expressions see the text as it was written.
+    the common case, and a dotted path reads a field inside a JSON object
+    (``properties.product_id``).  Raw fields are read as strings, so expressions see the text
+    as it was written.
     """
 
     paths: tuple[str, ...] = ()
@@ -124,6 +125,12 @@ class InputSpec:
     #: Reader options, e.g. ``{sep: ";", header: "true"}`` for CSV.
     options: Mapping[str, str] = field(default_factory=dict)
     columns: Mapping[str, str] = field(default_factory=dict)
+    #: JSON lines only: a field holding an array of events (a name, or a dotted path such as
+    #: ``payload.events``).  Each element becomes one event; in ``columns`` the field's name
+    #: then stands for the element (``events.ts``) and the record's other fields keep theirs
+    #: (``session``).  A record with no elements is quarantined (``no elements in events``).
+    #: null: each record is one event.
+    explode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,13 @@ class SourceConfig:
     #: JSON lines and CSV rows longer than this are quarantined as oversize: no clickstream event
     #: is that large, and one such value would ride along in every session and sequence.
     max_record_bytes: int = 1048576
+    #: Order of events with equal timestamps within a file: a Spark SQL expression over the raw
+    #: fields giving an integer (e.g. ``step``, a click-order field); null keeps file order.
+    order_by: str | None = None
+    #: Collapse events identical on every mapped column into one (the first in source order),
+    #: counted apart as ``collapsed``.  Off: only identical raw records (or the same event id
+    #: with the same content) are duplicates, as records differing in any field are events.
+    collapse_mapped_duplicates: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.core.errors import PipelineError
+
 
 @dataclass(frozen=True)
 class Txn:
@@ -20,7 +22,7 @@ class Txn:
     version: int
 
 
-class LakeError(RuntimeError):
+class LakeError(PipelineError):
     """A table operation cannot be carried out; the message says which table and why."""
 
 
