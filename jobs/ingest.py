@@ -35,8 +35,22 @@ from jobs.sources.accounting import (
     count_labels,
     tally,
 )
-from jobs.sources.columns import CONTENT_COLUMNS, ELEMENT, POSITION, RAW, REASON, SOURCE_FILE
-from jobs.sources.dedup import CONFLICTING_EVENT_ID, kept_events, label_duplicates
+from jobs.sources.columns import (
+    CONTENT_COLUMNS,
+    ELEMENT,
+    POSITION,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    SOURCE_ORDER,
+    SPLIT_START,
+)
+from jobs.sources.dedup import (
+    CONFLICTING_EVENT_ID,
+    kept_events,
+    label_duplicates,
+    source_order,
+)
 from jobs.sources.errors import IngestError, names_unreadable_files
 from jobs.sources.files import (
     InputFile,
@@ -99,22 +113,24 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> I
             log.info("no new input files; %s", counts.summary())
             return counts
     collapse = source.collapse_mapped_duplicates
-    normalised = _normalised(spark, config, files, only_files=incremental)
-    normalised = normalised.persist(StorageLevel.MEMORY_AND_DISK)
-    labelled = None
+    normalised, read = _normalised(spark, config, files, only_files=incremental)
+    if incremental:  # read twice: the batch's ids find the events it may repeat
+        normalised = normalised.persist(StorageLevel.MEMORY_AND_DISK)
+    labelled = reread = None
     try:
-        counted = tally(normalised)
-        ambiguous = count_ambiguous(normalised, config.ingest.source)
-        if ambiguous:
-            log.info("%d ambiguous local times resolved as %s", ambiguous, AMBIGUOUS_RULE)
+        # The input is counted on the rows read, in a pass of its own that parses nothing ...
+        counted = tally(read)
         events_txn = (lake.txn_version(EVENTS, INGEST_APP) or 0) if incremental else 0
         existing = _existing_events(lake, normalised, collapse=collapse) if incremental else None
-        labelled = label_duplicates(
-            resolve_positions(normalised), existing=existing, collapse=collapse
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        # Every term but the input is counted on the labelled rows, before anything is written.
+        # ... and every other term on the labelled rows (the one cached frame), before
+        # anything is written.
+        labelled = label_duplicates(normalised, existing=existing, collapse=collapse)
+        labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
         labels = count_labels(labelled)
         normalised.unpersist()
+        ambiguous = count_ambiguous(labelled, config.ingest.source)
+        if ambiguous:
+            log.info("%d ambiguous local times resolved as %s", ambiguous, AMBIGUOUS_RULE)
         counts = counted.counts(labels, collapse=collapse)
         for reason, n in counts.quarantine_reasons.items():
             log.info("quarantined %d rows: %s", n, reason)
@@ -122,9 +138,11 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> I
         # Both before the first commit: a failed check leaves every table as it was.
         counts.check()
         check_something_kept(counts, source)
-        quarantined_rows = _quarantined(spark, config, files, labelled, labels)
+        # Positions are final once resolved on the cached rows (read_raw, resolve_positions).
+        resolved = resolve_positions(labelled).withColumn(SOURCE_ORDER, source_order())
+        quarantined_rows, reread = _quarantined(spark, config, files, resolved, labels)
         quarantined_rows = quarantined_rows.transform(to_quarantine, run_id=run_id)
-        new_events = kept_events(labelled).transform(to_events, run_id=run_id)
+        new_events = kept_events(resolved).transform(to_events, run_id=run_id)
         if incremental:
             # events first: its commit is the one that decides between overlapping runs.
             events = _guarded(lake.append, EVENTS, new_events, Txn(INGEST_APP, events_txn + 1))
@@ -133,9 +151,9 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> I
             quarantine = lake.overwrite(EVENTS_QUARANTINE, quarantined_rows)
             events = lake.overwrite(EVENTS, new_events)
     finally:
-        normalised.unpersist()
-        if labelled is not None:
-            labelled.unpersist()
+        for cached in (normalised, labelled, reread):
+            if cached is not None:
+                cached.unpersist()
     check_written(EVENTS_QUARANTINE, expected=counts.quarantined, written=quarantine.rows_written)
     check_written(EVENTS, expected=counts.kept, written=events.rows_written)
     # Last, so that a run killed before this point is redone by the next incremental run.
@@ -155,13 +173,14 @@ def _normalised(
     *,
     only_files: bool,
     keep_raw: bool = False,
-) -> DataFrame:
-    """Every input's records normalised (lookups applied); with ``only_files`` (incremental
-    runs) only ``files`` are read, otherwise every configured path.  ``keep_raw``: valid rows
-    keep their raw record too."""
+) -> tuple[DataFrame, DataFrame]:
+    """Every input's records normalised (lookups applied), and the rows read (their file and
+    element index, before lookups, for :func:`jobs.sources.accounting.tally`); with ``only_files``
+    (incremental runs) only ``files`` are read, otherwise every configured path.
+    ``keep_raw``: valid rows keep their raw record too."""
     source = config.ingest.source
     lookups = [(spec, read_lookup(spark, spec)) for spec in source.lookups]
-    parts = []
+    parts, read = [], []
     for index, spec in enumerate(source.inputs):
         chosen = tuple(f.path for f in files if f.spec_index == index)
         if only_files and not chosen:
@@ -169,13 +188,14 @@ def _normalised(
         read_spec = dataclasses.replace(spec, paths=chosen) if only_files else spec
         raw = read_raw(spark, read_spec, allow_empty=only_files, order_by=source.order_by)
         # privacy: pseudonymises user_id when privacy.pseudonymize_user_id is on.
-        parts.append(
-            normalise(raw, spec=spec, source=source, privacy=config.privacy, keep_raw=keep_raw)
-        )
+        part = normalise(raw, spec=spec, source=source, privacy=config.privacy, keep_raw=keep_raw)
+        parts.append(part)
+        # Counting these two columns reads the files but maps nothing (Spark prunes the rest).
+        read.append(part.select(SOURCE_FILE, ELEMENT))
     normalised = reduce(DataFrame.unionByName, parts)
     if lookups:
         normalised = apply_lookups(normalised, lookups)
-    return normalised
+    return normalised, reduce(DataFrame.unionByName, read)
 
 
 def _existing_events(lake: Lake, normalised: DataFrame, *, collapse: bool) -> DataFrame | None:
@@ -203,8 +223,9 @@ def _quarantined(
     files: Sequence[InputFile],
     labelled: DataFrame,
     labels: Labels,
-) -> DataFrame:
-    """The labelled rows to quarantine, each with its raw record.
+) -> tuple[DataFrame, DataFrame | None]:
+    """The labelled rows (positions resolved) to quarantine, each with its raw record, and the
+    frame cached to find them (for the caller to unpersist after the writes), if any.
 
     Valid rows carry no raw record (it would ride through the cache and the shuffles for
     nothing), so records quarantined as :data:`CONFLICTING_EVENT_ID` get theirs back by
@@ -214,12 +235,14 @@ def _quarantined(
     """
     rows = labelled.where(F.col(REASON).isNotNull())
     if not labels.reasons.get(CONFLICTING_EVENT_ID):
-        return rows
+        return rows, None
     keys = [SOURCE_FILE, POSITION, ELEMENT]
     conflicts = rows.where(F.col(REASON) == CONFLICTING_EVENT_ID)
     paths = {r[0] for r in conflicts.select(SOURCE_FILE).distinct().collect()}
     holding = [f for f in files if f.path in paths]
-    reread = _normalised(spark, config, holding, only_files=True, keep_raw=True)
+    reread, _ = _normalised(spark, config, holding, only_files=True, keep_raw=True)
+    # Cached, so that positions are resolved on the same read as the rows they select.
+    reread = reread.select(*keys, SPLIT_START, RAW).persist(StorageLevel.MEMORY_AND_DISK)
     records = (
         resolve_positions(reread)
         .select(*keys, F.col(RAW).alias("__record"))
@@ -229,12 +252,11 @@ def _quarantined(
     restored = conflicts.join(records, keys, "left").withColumn(
         RAW, F.coalesce(F.col("__record"), mapped)
     )
-    return rows.where(F.col(REASON) != CONFLICTING_EVENT_ID).unionByName(restored.drop("__record"))
+    others = rows.where(F.col(REASON) != CONFLICTING_EVENT_ID)
+    return others.unionByName(restored.drop("__record")), reread
 
 
-def _guarded(
-    write: Callable[..., WriteResult], table: str, df: DataFrame, txn: Txn
-) -> WriteResult:
+def _guarded(write: Callable[..., WriteResult], table: str, df: DataFrame, txn: Txn) -> WriteResult:
     """``write(table, df, txn=txn)``; a concurrent ingest run that committed first becomes an
     :class:`IngestError` saying what happened and what to do."""
     try:

@@ -23,8 +23,16 @@ from jobs.sequences.sessionization import (
 )
 from jobs.sequences.user_sequences import build_user_sequences
 from jobs.sessionize import SessionizeCounts
-from jobs.sources.columns import ELEMENT, ORDER_VALUE, POSITION, RAW, REASON, SOURCE_FILE
-from jobs.sources.dedup import kept_events, label_duplicates
+from jobs.sources.columns import (
+    ELEMENT,
+    ORDER_VALUE,
+    POSITION,
+    RAW,
+    REASON,
+    SOURCE_FILE,
+    SOURCE_ORDER,
+)
+from jobs.sources.dedup import kept_events, label_duplicates, source_order
 from jobs.sources.outputs import to_events
 
 T0 = datetime(2024, 3, 1, 10, 0, 0)
@@ -147,6 +155,7 @@ def test_duplicates_are_removed_before_sessionizing(spark: SparkSession) -> None
     )
     for noisy, n_events in ((same_id_twice, 2), (same_content_new_id, 3)):
         cleaned = kept_events(label_duplicates(_as_normalised(noisy)))
+        cleaned = cleaned.withColumn(SOURCE_ORDER, source_order())
         sessions = cleaned.transform(to_events, run_id="r").transform(sessionize, config=DEFAULT)
         row = sessions.collect()
         assert len(row) == 1

@@ -2,8 +2,8 @@
 
 The ingest stage checks ``input = kept + duplicates + quarantined`` (``+ collapsed`` with
 ``ingest.source.collapse_mapped_duplicates``) before it commits anything: the input is counted
-on the normalised rows (:func:`tally`), every other term on the labelled rows
-(:func:`count_labels`), so a step that lost or invented a row fails the check.
+on the rows read (:func:`tally`, a pass of its own over the raw files), every other term on the
+labelled rows (:func:`count_labels`), so a step that lost or invented a row fails the check.
 """
 
 from __future__ import annotations
@@ -72,28 +72,16 @@ class IngestCounts:
 
 @dataclass(frozen=True)
 class Tally:
-    """Normalised rows counted by quarantine reason and by source file, before deduplication."""
+    """Rows read per source file, counted apart from deduplication."""
 
-    #: Rows per reason; the key None counts the valid rows.
-    by_reason: Mapping[str | None, int]
-    #: Per source file: (input rows, quarantined rows).
-    by_file: Mapping[str, tuple[int, int]]
+    #: Rows per source file.
+    by_file: Mapping[str, int]
     #: Records read: rows with element index 0 (each record has one; ``IngestCounts``).
     records_read: int | None = None
 
     @property
     def input_rows(self) -> int:
-        return sum(self.by_reason.values())
-
-    @property
-    def valid(self) -> int:
-        return self.by_reason.get(None, 0)
-
-    @property
-    def reasons(self) -> dict[str, int]:
-        """Quarantined rows per reason, largest first."""
-        reasons = {k: v for k, v in self.by_reason.items() if k is not None}
-        return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+        return sum(self.by_file.values())
 
     def counts(self, labels: Labels, *, collapse: bool = False) -> IngestCounts:
         """The run's :class:`IngestCounts`: the input counted here, every other term counted
@@ -114,7 +102,7 @@ class Tally:
         ``ingest_log``."""
         return {
             path: (total, labels.quarantined_by_file.get(path, 0))
-            for path, (total, _) in self.by_file.items()
+            for path, total in self.by_file.items()
         }
 
 
@@ -184,21 +172,19 @@ def check_written(table: str, *, expected: int, written: int) -> None:
         )
 
 
-def tally(normalised: DataFrame) -> Tally:
-    """Count a :func:`jobs.sources.mapping.normalise` result by reason and source file, and
-    the records read: rows with ``__element`` 0, one per record however many events it
-    produced (one Spark action; the counts come back to the driver)."""
-    by_reason: dict[str | None, int] = {}
-    by_file: dict[str, tuple[int, int]] = {}
-    first = F.col(ELEMENT) == 0 if ELEMENT in normalised.columns else F.lit(True)
-    records = 0
-    counted = normalised.groupBy(SOURCE_FILE, REASON).agg(
+def tally(rows: DataFrame) -> Tally:
+    """Count rows read (:func:`jobs.sources.readers.read_raw` results, or anything with their
+    ``__source_file`` and ``__element``) by source file, and the records read: rows with
+    ``__element`` 0, one per record however many events it produced.  One Spark action, which
+    reads only what it counts (no field is parsed unless exploding needs it); the counts come
+    back to the driver."""
+    first = F.col(ELEMENT) == 0 if ELEMENT in rows.columns else F.lit(True)
+    counted = rows.groupBy(SOURCE_FILE).agg(
         F.count(F.lit(1)).alias("count"), F.count(F.when(first, 1)).alias("records")
     )
+    by_file: dict[str, int] = {}
+    records = 0
     for row in counted.collect():
-        n, reason, path = int(row["count"]), row[REASON], row[SOURCE_FILE]
+        by_file[row[SOURCE_FILE]] = int(row["count"])
         records += int(row["records"])
-        by_reason[reason] = by_reason.get(reason, 0) + n
-        total, bad = by_file.get(path, (0, 0))
-        by_file[path] = (total + n, bad + (n if reason is not None else 0))
-    return Tally(by_reason, by_file, records_read=records)
+    return Tally(by_file, records_read=records)

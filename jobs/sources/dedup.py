@@ -16,7 +16,7 @@ What counts as the same event (README, "Bring your own log"):
 Source order is the file path, then the record's order within the file (:func:`source_order`).
 Every row is labelled in one pass (window functions over one ``event_id`` partitioning; a second
 one over the content only when collapsing), so the accounting counts labels rather than
-inferring duplicates as a remainder.
+inferring duplicates as a remainder, and the input is read once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from jobs.sources.columns import (
     POSITION,
     REASON,
     SOURCE_FILE,
-    SOURCE_ORDER,
+    SPLIT_START,
 )
 
 #: Labels (:data:`jobs.sources.columns.LABEL`): the row becomes an ``events`` row ...
@@ -50,11 +50,13 @@ CONFLICTING_EVENT_ID = "conflicting event_id"
 ELEMENTS_PER_RECORD = 65536
 
 _EXISTING = "__existing"
+_CONFLICT = "conflict"
 
 
 def source_order() -> Column:
-    """A row's order within its file (long): ``__order_value`` (``ingest.source.order_by``)
-    when set, else ``position x 65536 + element`` (file order)."""
+    """A row's order within its file (long, ``events.source_order``): ``__order_value``
+    (``ingest.source.order_by``) when set, else ``position x 65536 + element`` (file order);
+    positions must be resolved (:func:`jobs.sources.readers.resolve_positions`)."""
     file_order = F.col(POSITION) * F.lit(ELEMENTS_PER_RECORD) + F.col(ELEMENT)
     return F.coalesce(F.col(ORDER_VALUE), file_order).cast("long")
 
@@ -62,51 +64,75 @@ def source_order() -> Column:
 def label_duplicates(
     rows: DataFrame, *, existing: DataFrame | None = None, collapse: bool = False
 ) -> DataFrame:
-    """Label every row of a normalised batch: ``rows`` plus ``__source_order`` and ``__label``.
+    """Label every row of a normalised batch: ``rows`` plus ``__label``.
 
-    ``rows`` is a :func:`jobs.sources.mapping.normalise` result with resolved positions
-    (:func:`jobs.sources.readers.resolve_positions`), valid and quarantined rows alike; every
-    valid row has an ``event_id``.  Rows with a reason stay :data:`QUARANTINED`.  Among valid
-    rows sharing an ``event_id``, the first in source order (file path, then
-    :func:`source_order`) is :data:`KEPT`; a later one with the same content is a
-    :data:`DUPLICATE`; one with other content is :data:`QUARANTINED` with the reason
-    :data:`CONFLICTING_EVENT_ID` (its ``__raw`` is whatever ``rows`` held).  With ``collapse``,
-    a kept row equal to an earlier kept one on every content column becomes :data:`COLLAPSED`.
+    ``rows`` is a :func:`jobs.sources.mapping.normalise` result, valid and quarantined rows
+    alike; every valid row has an ``event_id``.  Its positions may be
+    :func:`jobs.sources.readers.read_raw`'s provisional ones: within one read they order a
+    file's rows as the final ones do.  Rows with a reason stay :data:`QUARANTINED`.  Among
+    valid rows sharing an ``event_id``, the first in source order (file path, then
+    ``__order_value`` when set, then the position in the file) is :data:`KEPT`; a later one with
+    the same content is a :data:`DUPLICATE`; one with other content is :data:`QUARANTINED` with
+    the reason :data:`CONFLICTING_EVENT_ID` (its ``__raw`` is whatever ``rows`` held).  With
+    ``collapse``, a kept row equal to an earlier kept one on every content column becomes
+    :data:`COLLAPSED`.
 
     ``existing`` (incremental runs) holds ``events`` rows that new rows may repeat; they come
     first in source order, so a new row repeating one is a duplicate (or a conflict, or
-    collapsed), and they are not part of the result.  Same row count as ``rows``.
+    collapsed), and they are not part of the result.  Same rows as ``rows``: every row passes
+    one window (a quarantined row alone in its group), so ``rows`` is read once.
     """
-    ordered = rows.withColumn(SOURCE_ORDER, source_order())
-    quarantined = ordered.where(F.col(REASON).isNotNull()).withColumn(LABEL, F.lit(QUARANTINED))
-    valid = ordered.where(F.col(REASON).isNull()).withColumn(_EXISTING, F.lit(False))
+    columns = rows.columns
+    for name, dtype in ((SPLIT_START, "long"), (ORDER_VALUE, "long"), (ELEMENT, "int")):
+        if name not in columns:
+            rows = rows.withColumn(name, F.lit(None).cast(dtype))
+    rows = rows.withColumn(_EXISTING, F.lit(False))
     if existing is not None:
         earlier = existing.select(
             "event_id",
             *CONTENT_COLUMNS,
             F.col("source_file").alias(SOURCE_FILE),
-            F.col("source_order").alias(SOURCE_ORDER),
+            # Sorted first anyway; among themselves in their own source order.
+            F.col("source_order").alias(ORDER_VALUE),
             F.lit(True).alias(_EXISTING),
         )
-        valid = valid.unionByName(earlier, allowMissingColumns=True)
-    first_in_order = [F.col(_EXISTING).desc(), F.col(SOURCE_FILE), F.col(SOURCE_ORDER)]
-    by_id = Window.partitionBy("event_id").orderBy(*first_in_order)
+        rows = rows.unionByName(earlier, allowMissingColumns=True)
+    valid = F.col(REASON).isNull()
+    # A quarantined row is a group of its own (its file and position are unique).
+    alone = F.concat_ws("/", SOURCE_FILE, SPLIT_START, POSITION, ELEMENT)
+    key = F.when(valid, F.col("event_id")).otherwise(alone)
+    first_in_order = [
+        F.col(_EXISTING).desc(),
+        *[F.col(c) for c in (SOURCE_FILE, ORDER_VALUE, SPLIT_START, POSITION, ELEMENT)],
+    ]
+    by_id = Window.partitionBy(key).orderBy(*first_in_order)
     content = F.struct(*CONTENT_COLUMNS)
     label = (
-        F.when(F.row_number().over(by_id) == 1, F.lit(KEPT))
+        F.when(~valid, F.lit(QUARANTINED))
+        .when(F.row_number().over(by_id) == 1, F.lit(KEPT))
         .when(content.eqNullSafe(F.first(content).over(by_id)), F.lit(DUPLICATE))
-        .otherwise(F.lit(QUARANTINED))
+        .otherwise(F.lit(_CONFLICT))
     )
-    labelled = valid.withColumn(LABEL, label)
+    labelled = rows.withColumn(LABEL, label)
     if collapse:
-        by_content = Window.partitionBy(LABEL, *CONTENT_COLUMNS).orderBy(*first_in_order)
-        later = (F.col(LABEL) == KEPT) & (F.row_number().over(by_content) > 1)
+        kept = F.col(LABEL) == KEPT
+        by_content = Window.partitionBy(F.when(kept, content), F.when(~kept, key)).orderBy(
+            *first_in_order
+        )
+        later = kept & (F.row_number().over(by_content) > 1)
         labelled = labelled.withColumn(
             LABEL, F.when(later, F.lit(COLLAPSED)).otherwise(F.col(LABEL))
         )
-    conflict = F.when(F.col(LABEL) == QUARANTINED, F.lit(CONFLICTING_EVENT_ID))
-    labelled = labelled.where(~F.col(_EXISTING)).withColumn(REASON, conflict)
-    return quarantined.unionByName(labelled.select(*quarantined.columns))
+    conflict = F.col(LABEL) == _CONFLICT
+    return labelled.where(~F.col(_EXISTING)).select(
+        *[
+            F.when(conflict, F.lit(CONFLICTING_EVENT_ID)).otherwise(F.col(c)).alias(c)
+            if c == REASON
+            else F.col(c)
+            for c in columns
+        ],
+        F.when(conflict, F.lit(QUARANTINED)).otherwise(F.col(LABEL)).alias(LABEL),
+    )
 
 
 def kept_events(labelled: DataFrame) -> DataFrame:
