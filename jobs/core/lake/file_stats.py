@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -50,14 +51,14 @@ def file_stats(metadata: pq.FileMetaData) -> str:
         if lo_json is not None and hi_json is not None:
             mins[name] = lo_json
             maxs[name] = hi_json
-    return json.dumps(
-        {
-            "numRecords": metadata.num_rows,
-            "minValues": mins,
-            "maxValues": maxs,
-            "nullCount": null_count,
-        }
-    )
+    stats = {
+        "numRecords": metadata.num_rows,
+        "minValues": mins,
+        "maxValues": maxs,
+        "nullCount": null_count,
+    }
+    # Never a bare NaN / Infinity in the log (_stat_json drops them; this makes sure).
+    return json.dumps(stats, allow_nan=False)
 
 
 def _stat_json(value: Any, *, floor: bool) -> Any:
@@ -84,6 +85,8 @@ def _stat_json(value: Any, *, floor: bool) -> Any:
         # on any filter over that column.
         prefix = value[:_MAX_STAT_STRING]
         return prefix if floor else prefix + "\U0010ffff"
-    if isinstance(value, float) and value != value:  # NaN has no order
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN has no order, and JSON has no infinity: a bare ``Infinity`` makes the log entry
+        # invalid JSON that strict readers reject.  Without min/max the file is never skipped.
         return None
     return value
