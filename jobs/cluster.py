@@ -127,9 +127,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             F.col(PREDICTION).cast("int").alias("cluster_id"),
             "distance",
         )
-        written = lake.overwrite_partitions(
-            CLUSTER_ASSIGNMENTS, assignments, {"run_id": [run_id]}
-        )
+        written = lake.overwrite_partitions(CLUSTER_ASSIGNMENTS, assignments, {"run_id": [run_id]})
         lake.overwrite_partitions(
             CLUSTER_CENTROIDS,
             centroids.select(

@@ -19,9 +19,11 @@ from jobs.core.config import AppConfig
 from jobs.core.lake import Lake
 from jobs.core.tables import EMBEDDINGS, SESSIONS, USER_SEQUENCES
 from jobs.runner import run_stage
+from jobs.sequences.encoder_choice import resolve_encoder
 from jobs.sequences.rendering import render_sequences, select_units
 
 log = logging.getLogger(__name__)
+
 
 def changed_rows(rendered: DataFrame, *, previous: DataFrame) -> DataFrame:
     """Rendered rows whose ``content_hash`` differs from (or is missing in) ``previous``
@@ -52,7 +54,10 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     from udfs.encoder import model_version, resolve_model_path
     from udfs.spark_udf import embedding_udf
 
-    enc, cfg = config.encoder, config.embed
+    cfg = config.embed
+    enc, reason = resolve_encoder(config.encoder, lake.read(SESSIONS))
+    if config.encoder.kind == "auto":
+        log.info("%s", reason)
     model_dir = resolve_model_path(enc, default_sequence_dir=config.train_encoder.output_dir)
     version = model_version(enc, model_dir)
     name = enc.model_path or (

@@ -1,33 +1,31 @@
-"""``evaluate`` stage: how good are the segments of one cluster run, and better than what?
+"""``evaluate`` stage: are the segments of one cluster run stable, useful, and better than the
+classic approach, on this data?
 
 Parse -> plan -> compute -> commit.  Plan: the cluster run (``evaluate.cluster_run_id``, else the
-latest), its unit, k, and the embeddings' model version it clustered.  Compute, with the
-transforms of :mod:`jobs.evaluation`, for method ``embedding``:
+most recently created), its unit, k, and the model version and backend it clustered with.
+Compute, with the transforms of :mod:`jobs.evaluation`:
 
-* internal metrics, all O(n·k·d) (:mod:`jobs.evaluation.internal`): ``sse``,
-  ``silhouette_sqeuclidean``, ``silhouette_cosine``, ``davies_bouldin``, ``calinski_harabasz``,
-  ``size_*``; plus ``silhouette_exact_sample``, scikit-learn's exact Euclidean silhouette on a
-  bounded sample;
-* stability (:mod:`jobs.evaluation.stability`): mean / sd ARI and mean NMI between the run's
-  assignments and K-Means refits with other seeds;
-* external metrics when ground truth exists (:mod:`jobs.evaluation.external`):
-  ``ari_vs_truth``, ``nmi_vs_truth``, ``purity_vs_truth``;
-* usefulness for user runs (:mod:`jobs.evaluation.usefulness`): hit-rate@10 on held-out
-  sessions;
+* on the run's rows, for the embedding and the baselines refitted on the same rows and k:
+  internal metrics in the embedding space, all O(n·k·d) (:mod:`jobs.evaluation.internal`), and
+  external metrics when there is ground truth (:mod:`jobs.evaluation.external`);
+* stability of the embedding's segments (:mod:`jobs.evaluation.stability`): seed-refit ARI /
+  NMI and per-segment bootstrap Jaccard;
+* the leakage-free backtest (:mod:`jobs.evaluation.backtest`): every method fitted on history
+  only, scored on what the same units did next, with bootstrap intervals.
 
-and the same internal and external metrics for three baselines on the same rows and k
-(:mod:`jobs.evaluation.baselines`).  Commit: ``cluster_profiles`` and ``cluster_metrics`` of the
-run, then the report (``<evaluate.report_dir>/<cluster run>/report.md``).  The metrics are
-described in the README ("Evaluation").
+Commit: ``cluster_profiles`` and ``cluster_metrics`` of the run, then the report
+(``<evaluate.report_dir>/<cluster run>/report.md``), which leads with the leaderboard.  Whatever
+cannot be computed on the data is logged and listed in the report as not applicable; nothing
+non-finite is stored.  The metrics are described in the README ("Evaluation").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pyspark import StorageLevel
@@ -48,17 +46,22 @@ from jobs.core.tables import (
     SESSIONS,
     USER_SEQUENCES,
 )
-from jobs.evaluation.baselines import TFIDF_BASELINES, random_clusters, tfidf_clusters, token_bags
-from jobs.evaluation.external import external_metrics, truth_labels
-from jobs.evaluation.internal import internal_metrics, sample_rows
+from jobs.evaluation.backtest import EmbeddingSource, run_backtest
+from jobs.evaluation.external import truth_labels
+from jobs.evaluation.internal import sample_rows
 from jobs.evaluation.profiles import cluster_profiles
-from jobs.evaluation.report import METHOD_ORDER, sweep_frame, write_report
-from jobs.evaluation.stability import refit_seeds, stability_metrics
-from jobs.evaluation.usefulness import usefulness
+from jobs.evaluation.report import METHOD_ORDER, sweep_frame, verdict, write_report
+from jobs.evaluation.same_rows import same_rows_metrics
 from jobs.runner import run_stage
+from jobs.sequences.encoder_choice import resolve_encoder
 from jobs.sequences.rendering import select_units
 
 log = logging.getLogger(__name__)
+
+#: ``ingest.source.name`` of the generator's data: the only source whose personas are truth.
+GENERATOR_SOURCE = "synthetic"
+#: Metrics the cluster stage records for every candidate k (its sweep); evaluate keeps them.
+CLUSTER_STAGE_METRICS = ("sse", "silhouette_sqeuclidean")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class EvaluateResult:
     rows: int
     metrics: dict[str, dict[str, float]]  # method -> metric -> value
     report_path: str | None = None
+    #: The report's one-sentence recommendation (None without a backtest).
+    verdict: str | None = None
 
     def headline(self) -> str:
         """ARI vs truth per method (where measured) and the embedding's cosine silhouette."""
@@ -77,8 +82,9 @@ class EvaluateResult:
             if "ari_vs_truth" in values:
                 parts.append(f"{method} ARI {values['ari_vs_truth']:.3f}")
         emb = self.metrics.get("embedding", {})
-        parts.append(f"silhouette {emb.get('silhouette_cosine', float('nan')):.3f} (cosine)")
-        return "; ".join(parts)
+        if "silhouette_cosine" in emb:
+            parts.append(f"silhouette {emb['silhouette_cosine']:.3f} (cosine)")
+        return "; ".join(parts) or "no internal metric applicable"
 
     def summary(self) -> str:
         return (
@@ -87,16 +93,20 @@ class EvaluateResult:
         )
 
     def closing_lines(self) -> list[str]:
-        """What ``segments pipeline`` prints last: the headline, usefulness when measured, and
-        where the report is."""
+        """What ``segments pipeline`` prints last: the headline, the future backtest's lift and
+        verdict when measured, and where the report is."""
         emb = self.metrics.get("embedding", {})
         lines = [f"\nheadline (k={self.k}): {self.headline()}"]
-        if "hit_rate_lift" in emb:
+        if "future_item_hit_rate_at_20_lift_ci_low" in emb:
             lines.append(
-                f"usefulness: hit-rate@10 {emb['hit_rate_at_10']:.3f} with cluster-popular vs "
-                f"{emb['hit_rate_at_10_global']:.3f} global, lift {emb['hit_rate_lift']:.2f} "
-                f"(95% CI {emb['hit_rate_lift_ci_low']:.2f}-{emb['hit_rate_lift_ci_high']:.2f})"
+                f"future: item hit-rate@20 {emb['future_item_hit_rate_at_20']:.3f}, lift over "
+                f"popularity {emb['future_item_hit_rate_at_20_lift']:.2f} (95% CI "
+                f"{emb['future_item_hit_rate_at_20_lift_ci_low']:.2f}-"
+                f"{emb['future_item_hit_rate_at_20_lift_ci_high']:.2f}, "
+                f"{emb['future_users']:,.0f} users)"
             )
+        if self.verdict:
+            lines.append(self.verdict)
         lines.append(f"report: {self.report_path}")
         return lines
 
@@ -115,25 +125,47 @@ class _Target:
 # ==================================================================== plan
 
 
-def _latest_cluster_run(assignments: DataFrame) -> str:
-    """The newest run id (run ids sort by their UTC timestamp prefix)."""
-    row = assignments.agg(F.max("run_id")).first()
+def _latest_cluster_run(lake: Lake) -> str:
+    """The most recently created cluster run (by the time its metrics were recorded; run ids
+    are not compared as strings), else the greatest run id in ``cluster_assignments``."""
+    runs = lake.read(CLUSTER_ASSIGNMENTS).select("run_id").distinct()
+    if lake.exists(CLUSTER_METRICS):
+        row = (
+            lake.read(CLUSTER_METRICS)
+            .where((F.col("method") == "embedding") & (F.col("metric") == "sse"))
+            .join(runs, "run_id")
+            .groupBy("run_id")
+            .agg(F.min("created_at").alias("created"))
+            .orderBy(F.desc("created"), F.desc("run_id"))
+            .first()
+        )
+        if row is not None:
+            return str(row["run_id"])
+    row = runs.agg(F.max("run_id")).first()
     if row is None or row[0] is None:
         raise ValueError(f"{CLUSTER_ASSIGNMENTS} is empty: run the cluster stage first")
     return str(row[0])
 
 
 def _plan(lake: Lake, config: AppConfig) -> _Target:
-    all_assignments = lake.read(CLUSTER_ASSIGNMENTS)
-    cluster_run = config.evaluate.cluster_run_id or _latest_cluster_run(all_assignments)
-    first = all_assignments.where(F.col("run_id") == cluster_run).select("unit").first()
+    cluster_run = config.evaluate.cluster_run_id or _latest_cluster_run(lake)
+    first = (
+        lake.read(CLUSTER_ASSIGNMENTS).where(F.col("run_id") == cluster_run).select("unit").first()
+    )
     if first is None:
         raise ValueError(f"cluster run {cluster_run!r} has no assignments")
     unit = first["unit"]
     k = lake.read(CLUSTER_CENTROIDS).where(F.col("run_id") == cluster_run).count()
+    # The cluster stage's own row for the chosen k says which model and backend it used.
     version_row = (
         lake.read(CLUSTER_METRICS)
-        .where(F.col("run_id") == cluster_run)
+        .where(
+            (F.col("run_id") == cluster_run)
+            & (F.col("method") == "embedding")
+            & (F.col("metric") == "sse")
+            & (F.col("k") == k)
+        )
+        .orderBy("created_at")
         .select("model_version", "backend")
         .first()
         if lake.exists(CLUSTER_METRICS)
@@ -147,101 +179,52 @@ def _plan(lake: Lake, config: AppConfig) -> _Target:
 
 
 def _ground_truth(spark: SparkSession, config: AppConfig) -> DataFrame | None:
-    """``user_id``, ``persona`` of the ground-truth CSV, or None (logged) when there is none."""
-    path = config.evaluate.ground_truth_path or config.generate.ground_truth_path
-    if not path or ("://" not in path and not Path(path).is_file()):
-        log.info("no ground truth at %s: external metrics skipped", path)
+    """``user_id``, ``persona`` of the ground truth, or None (logged):
+    ``evaluate.ground_truth_path`` when set, else the generator's personas only when the source
+    is the generator."""
+    path = config.evaluate.ground_truth_path
+    if path is None and config.ingest.source.name == GENERATOR_SOURCE:
+        path = config.generate.ground_truth_path
+    if not path:
+        log.info(
+            "no ground truth configured (evaluate.ground_truth_path): external metrics skipped"
+        )
+        return None
+    if "://" not in path and not Path(path).is_file():
+        log.info("no ground truth file at %s: external metrics skipped", path)
         return None
     raw = spark.read.option("header", "true").csv(path)
     return truth_labels(raw, Pseudonymizer.from_config(config.privacy, spark))
 
 
-# ==================================================================== compute
-
-
-def _usefulness(
-    lake: Lake, config: AppConfig, model_version: str, centroids: DataFrame
-) -> dict[str, float]:
-    """Usefulness metrics, or none when the configured encoder is not the run's model."""
+def _embedding_source(lake: Lake, config: AppConfig, target: _Target) -> EmbeddingSource | str:
+    """The run's model and its stored vectors, or why the backtest cannot re-encode histories."""
     from udfs.encoder import model_version as version_of
     from udfs.encoder import resolve_model_path
 
     model_dir = resolve_model_path(
         config.encoder, default_sequence_dir=config.train_encoder.output_dir
     )
-    if version_of(config.encoder, model_dir) != model_version:
-        log.info(
-            "usefulness skipped: the configured encoder is not model_version %s", model_version
+    if not model_dir.exists() or version_of(config.encoder, model_dir) != target.model_version:
+        return (
+            f"the configured encoder is not the run's model {target.model_version}: "
+            "histories cannot be re-encoded with it"
         )
-        return {}
-    return usefulness(
-        lake.read(SESSIONS).where(~F.col("is_bot")),
-        centroids,
-        sessionize=config.sessionize,
-        encoder=config.encoder,
-        model_dir=str(model_dir),
-        seed=config.evaluate.seed,
+    known = lake.read(EMBEDDINGS).where(
+        (F.col("unit") == target.unit) & (F.col("model_version") == target.model_version)
     )
+    return EmbeddingSource(str(model_dir), known.select("id", "content_hash", "embedding"))
 
 
-def _scored(df: DataFrame, truth: DataFrame | None, config: AppConfig) -> dict[str, float]:
-    """Internal metrics of ``df``, plus external ones when there is ground truth."""
-    cfg = config.evaluate
-    values = internal_metrics(df, sample=cfg.silhouette_sample, seed=cfg.seed)
-    if truth is not None:
-        values.update(external_metrics(df, truth))
-    return values
-
-
-def _measure(
-    lake: Lake,
-    config: AppConfig,
-    target: _Target,
-    rows: DataFrame,
-    sequences: DataFrame,
-    truth: DataFrame | None,
-) -> tuple[dict[str, dict[str, float]], list[Any]]:
-    """Metrics by method, and the sample of rows the report projects."""
-    cfg = config.evaluate
-    results: dict[str, dict[str, float]] = {}
-    emb = internal_metrics(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
-    if cfg.stability_seeds > 0:
-        seeds = refit_seeds(config.cluster.seed, cfg.stability_seeds)
-        emb.update(stability_metrics(rows, k=target.k, cluster=config.cluster, seeds=seeds))
-    if truth is not None:
-        emb.update(external_metrics(rows, truth))
-    if target.unit == "user":
-        centroids = lake.read(CLUSTER_CENTROIDS).where(F.col("run_id") == target.cluster_run)
-        emb.update(_usefulness(lake, config, target.model_version, centroids))
-    results["embedding"] = emb
-
-    bags = token_bags(sequences, edges=config.encoder.price_band_edges).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    for method, column in TFIDF_BASELINES:
-        clustered = tfidf_clusters(
-            bags,
-            tokens=column,
-            k=target.k,
-            seed=config.cluster.seed,
-            vocab_size=cfg.tfidf_vocab_size,
-            max_iter=config.cluster.max_iter,
-        ).join(bags.select("id", "user_id"), "id")
-        results[method] = _scored(clustered, truth, config)
-    bags.unpersist()
-
-    sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
-    random = random_clusters(rows.drop("cluster_id"), k=target.k, seed=cfg.seed)
-    results["random_baseline"] = _scored(random, truth, config)
-    return results, sample
+# ==================================================================== compute
 
 
 # ==================================================================== the stage
 
 
 def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> EvaluateResult:
-    """Evaluate one cluster run and its baselines; write ``cluster_profiles`` and
-    ``cluster_metrics`` of that run, and the report."""
+    """Evaluate one cluster run against its baselines on the same rows and in the future
+    backtest; write ``cluster_profiles`` and ``cluster_metrics`` of that run, and the report."""
     cfg = config.evaluate
     target = _plan(lake, config)
     cluster_run, unit, k = target.cluster_run, target.unit, target.k
@@ -269,14 +252,34 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     )
     truth = _ground_truth(spark, config)
     try:
-        results, sample = _measure(lake, config, target, rows, sequences, truth)
+        results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
+        # The encoder as embed resolved it (encoder.kind auto decides on the same table).
+        encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
+        resolved = dataclasses.replace(config, encoder=encoder)
+        backtest = run_backtest(
+            lake.read(SESSIONS),
+            unit=unit,
+            units=rows.select("id"),
+            k=k,
+            config=resolved,
+            embedding=_embedding_source(lake, resolved, target),
+        )
+        sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
     finally:
         rows.unpersist()
+    for method, values in backtest.metrics.items():
+        results.setdefault(method, {}).update(values)
+    skipped.update(backtest.not_applicable)
+    if backtest.protocol is None:
+        skipped[("*", "future_*")] = backtest.reason
+    for (method, metric), why in sorted(skipped.items()):
+        log.info("not applicable: %s %s: %s", method, metric, why)
 
     profiles = cluster_profiles(
         this_run.select("id", "user_id", "cluster_id", "distance"),
         sequences,
         lake.read(SESSIONS),
+        jaccard=jaccard,
     )
     lake.overwrite_partitions(
         CLUSTER_PROFILES,
@@ -296,11 +299,15 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
                 unit,
                 target.model_version,
                 target.backend if method == "embedding" else "cpu",
-                min(n, cfg.silhouette_sample) if name == "silhouette_exact_sample" else n,
+                _sample_size(name, values, n, cfg.silhouette_sample),
             )
             for method, values in results.items()
             for name, value in values.items()
+            # The cluster stage's own rows (its k sweep) stay as it wrote them.
+            if not (method == "embedding" and name in CLUSTER_STAGE_METRICS)
         ],
+        # Every row an earlier evaluate wrote for this run goes, whatever its backend.
+        replace=~((F.col("method") == "embedding") & F.col("metric").isin(*CLUSTER_STAGE_METRICS)),
     )
     for method, values in results.items():
         log.info("%s: %s", method, ", ".join(f"{m}={v:.4f}" for m, v in sorted(values.items())))
@@ -311,7 +318,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
             .where(
                 (F.col("run_id") == cluster_run)
                 & (F.col("method") == "embedding")
-                & F.col("metric").isin("sse", "silhouette_sqeuclidean")
+                & F.col("metric").isin(*CLUSTER_STAGE_METRICS)
             )
             .select("k", "metric", "value")
             .collect()
@@ -325,13 +332,30 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         unit=unit,
         model_version=target.model_version,
         metrics=results,
+        not_applicable=skipped,
+        backtest=backtest,
         sweep=sweep,
         profiles=lake.read(CLUSTER_PROFILES).where(F.col("run_id") == cluster_run).toPandas(),
         sample_points=np.array([r["embedding"] for r in sample], dtype=np.float64),
         sample_labels=np.array([r["cluster_id"] for r in sample]),
     )
     log.info("report written to %s", report)
-    return EvaluateResult(run_id=cluster_run, k=k, rows=n, metrics=results, report_path=str(report))
+    return EvaluateResult(
+        run_id=cluster_run,
+        k=k,
+        rows=n,
+        metrics=results,
+        report_path=str(report),
+        verdict=verdict(results, backtest),
+    )
+
+
+def _sample_size(name: str, values: dict[str, float], rows: int, sample: int) -> int:
+    """Rows a metric rests on: the scored units for future metrics, the sample for the exact
+    silhouette, otherwise every row."""
+    if name.startswith("future_") and "future_users" in values:
+        return int(values["future_users"])
+    return min(rows, sample) if name == "silhouette_exact_sample" else rows
 
 
 def main(argv: list[str] | None = None) -> int:

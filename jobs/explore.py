@@ -51,8 +51,14 @@ METRIC_DIRECTION: Mapping[str, str] = {
     "size_max_share": "lower",
     "stability_ari_sd": "lower",
     "stability_nmi_mean": "higher",
-    "hit_rate_at_10": "higher",
-    "hit_rate_lift": "higher",
+    "segment_jaccard_mean": "higher",
+    "segment_jaccard_min": "higher",
+    "future_item_hit_rate_at_20": "higher",
+    "future_item_ndcg_at_20": "higher",
+    "future_category_hit_rate_at_10": "higher",
+    "future_purchase_auc": "higher",
+    "future_item_hit_rate_at_20_lift": "higher",
+    "future_item_hit_rate_at_20_diff_best_baseline": "higher",
 }
 
 

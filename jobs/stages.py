@@ -70,7 +70,7 @@ class Stage:
 
 
 def _needs_training(config: AppConfig) -> tuple[bool, str]:
-    if config.encoder.kind == "sequence":
+    if config.encoder.kind in ("sequence", "auto"):  # auto: the stage decides on the data
         return True, ""
     return False, f"encoder.kind={config.encoder.kind} needs no training"
 

@@ -32,6 +32,7 @@ from jobs.core.config.sections import EncoderKind
 from jobs.core.lake import Lake
 from jobs.core.tables import SESSIONS
 from jobs.runner import run_stage
+from jobs.sequences.encoder_choice import resolve_encoder
 from jobs.sequences.rendering import render_sequences, select_units
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,12 @@ class TrainResult:
     first_loss: float
     last_loss: float
     losses: tuple[float, ...]
+    #: Why nothing was trained (``encoder.kind: auto`` chose the text encoder), or None.
+    skipped: str | None = None
 
     def summary(self) -> str:
+        if self.skipped:
+            return f"nothing to train: {self.skipped}"
         loss = "masked-event" if self.mode == "mlm" else "contrastive"
         return (
             f"{loss} loss {self.first_loss:.3f} -> {self.last_loss:.3f} over {self.steps} steps "
@@ -61,10 +66,15 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
     from udfs.training import train_contrastive, train_mlm
 
     settings = config.train_encoder
-    kind: EncoderKind = "sequence" if settings.mode == "mlm" else "text"
-    encoder = replace(config.encoder, kind=kind)
-    assert isinstance(encoder, EncoderConfig)
     sessions = lake.read(SESSIONS)
+    resolved, reason = resolve_encoder(config.encoder, sessions)
+    if config.encoder.kind == "auto":
+        log.info("%s", reason)
+        if resolved.kind == "text" and settings.mode == "mlm":
+            return TrainResult(settings.mode, settings.output_dir, 0, 0, 0, 0.0, 0.0, (), reason)
+    kind: EncoderKind = "sequence" if settings.mode == "mlm" else "text"
+    encoder = replace(resolved, kind=kind)
+    assert isinstance(encoder, EncoderConfig)
     rendered = (
         sessions.transform(select_units, unit="session", include_bots=False)
         .transform(render_sequences, config=encoder)

@@ -32,10 +32,16 @@ def _has_cuda() -> bool:
     ("stage", "override", "expected"),
     [
         ("cluster", "cluster.backend=gpuu", "key 'cluster.backend' must be one of auto, gpu, cpu"),
-        ("embed", "encoder.max_length=1024", "encoder.max_length=1024 exceeds the model's "
-         "max_position_embeddings=512"),
-        ("embed", "encoder.device=cuda", "encoder.device=cuda but this machine has no usable "
-         "CUDA device"),
+        (
+            "embed",
+            "encoder.max_length=1024",
+            "encoder.max_length=1024 exceeds the model's max_position_embeddings=512",
+        ),
+        (
+            "embed",
+            "encoder.device=cuda",
+            "encoder.device=cuda but this machine has no usable CUDA device",
+        ),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_the_key(

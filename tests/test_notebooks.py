@@ -69,7 +69,8 @@ print({PROBE_MARK!r} + json.dumps({{
     "evaluated": {{r: bool(e) for r, e in overview["evaluated"].items()}},
     "methods": [c for c in comparison.columns if c != "better"],
     "comparison_ari": {{m: float(comparison.loc["ari_vs_truth", m])
-                        for m in comparison.columns if m != "better"}},
+                        for m in comparison.columns
+                        if m != "better" and pd.notna(comparison.loc["ari_vs_truth", m])}},
     "metric": metric,
     "over_runs": {{r: float(v) for r, v in over_runs["embedding"].items()}},
     "sweep": {{r: sorted(int(k) for k in s["k"]) for r, s in sweeps.groupby("run_id")}},
@@ -171,7 +172,13 @@ def demo_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
         base,
         cluster=dataclasses.replace(base.cluster, k=(4, 6)),
         # Stability refits are not shown by the notebooks: skipped to save time.
-        evaluate=dataclasses.replace(base.evaluate, stability_seeds=0, silhouette_sample=200),
+        evaluate=dataclasses.replace(
+            base.evaluate,
+            stability_seeds=0,
+            stability_bootstraps=0,
+            bootstrap_resamples=200,
+            silhouette_sample=200,
+        ),
     )
     run_pipeline(config, RUN_EVALUATED, applicable(select_stages(None, None), config))
     newer = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=(3, 5)))
@@ -259,10 +266,12 @@ def test_model_runs_notebook_compares_runs_and_k_sweeps(demo_lake: Path, tmp_pat
         "embedding",
         "tfidf_tokens_baseline",
         "tfidf_baseline",
+        "aggregate_baseline",
         "random_baseline",
+        "global_baseline",
     ]
     ari = history[(history["metric"] == "ari_vs_truth") & (history["run_id"] == RUN_EVALUATED)]
-    assert len(ari) == 4
+    assert len(ari) == 5  # global_baseline is one segment: no ARI
     assert probe["comparison_ari"] == {
         row.method: pytest.approx(row.value) for row in ari.itertuples()
     }

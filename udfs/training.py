@@ -42,7 +42,10 @@ def train_mlm(
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
+    from jobs.core.logs import quiet_model_loading
     from udfs.encoder import CLS, MASK, PAD, SEP, SEQUENCE_VOCAB_FILE, SPECIAL_TOKENS, UNK
+
+    quiet_model_loading()  # no "Writing model shards" progress bar when saving
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -137,7 +140,10 @@ def train_contrastive(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from jobs.core.logs import quiet_model_loading
     from udfs.encoder import resolve_model_path
+
+    quiet_model_loading()
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -349,6 +349,12 @@ _CONTRACTS: tuple[TableContract, ...] = (
             _c("top_brands", T.ArrayType(TOP_VALUE)),
             _c("top_items", T.ArrayType(TOP_VALUE)),
             _c("representative_ids", T.ArrayType(_S), "ids nearest the centroid"),
+            _c(
+                "stability_jaccard",
+                _D,
+                "mean best Jaccard with a segment of bootstrap refits (clusterboot): "
+                "< 0.5 dissolved, >= 0.75 stable; null when not measured",
+            ),
         ),
         key=("run_id", "cluster_id"),
         partition_by=("run_id",),
@@ -372,9 +378,7 @@ def contract_of(name: str) -> TableContract:
 
 def tables_written_by(stage: str) -> tuple[str, ...]:
     """Tables that ``stage`` owns or also writes, in pipeline order."""
-    return tuple(
-        c.name for c in _CONTRACTS if c.owner == stage or stage in c.also_written_by
-    )
+    return tuple(c.name for c in _CONTRACTS if c.owner == stage or stage in c.also_written_by)
 
 
 def render_markdown(contracts: Sequence[TableContract] = _CONTRACTS) -> str:

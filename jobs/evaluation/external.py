@@ -83,8 +83,11 @@ def truth_labels(raw: DataFrame, pseudonymizer: Pseudonymizer | None) -> DataFra
 
 def external_metrics(df: DataFrame, truth: DataFrame) -> dict[str, float]:
     """``ari_vs_truth``, ``nmi_vs_truth`` and ``purity_vs_truth`` of ``df.cluster_id`` against
-    ``truth.persona``, joined on ``user_id`` (rows without a truth label are left out)."""
+    ``truth.persona``, joined on ``user_id`` (rows without a truth label are left out); ``{}``
+    when no row has a truth label."""
     table = contingency(df.join(truth, "user_id"), "persona", "cluster_id")
+    if table.sum() == 0:
+        return {}  # no clustered user has a truth label (the caller logs the skip)
     return {
         "ari_vs_truth": adjusted_rand_index(table),
         "nmi_vs_truth": normalized_mutual_info(table),

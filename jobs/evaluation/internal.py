@@ -30,6 +30,8 @@ class ClusterAggregates:
     counts: np.ndarray  # (k,)
     sums: np.ndarray  # (k, d) vector sums
     squared_norms: np.ndarray  # (k,) sums of ||x||^2
+    #: Rows whose vector is all zeros (no direction: the cosine silhouette is undefined).
+    zero_vectors: int = 0
 
     @property
     def centroids(self) -> np.ndarray:
@@ -53,7 +55,12 @@ def cluster_aggregates(
     squared = F.aggregate(features, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
     rows = (
         df.groupBy(cluster)
-        .agg(F.count(F.lit(1)).alias("n"), F.sum(squared).alias("sq"), *sums)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(squared).alias("sq"),
+            F.count(F.when(squared == 0, 1)).alias("zeros"),
+            *sums,
+        )
         .orderBy(cluster)
         .collect()
     )
@@ -62,6 +69,7 @@ def cluster_aggregates(
         counts=np.array([r["n"] for r in rows], dtype=np.float64),
         sums=np.array([[r[f"s{i}"] for i in range(dim)] for r in rows], dtype=np.float64),
         squared_norms=np.array([r["sq"] for r in rows], dtype=np.float64),
+        zero_vectors=sum(int(r["zeros"]) for r in rows),
     )
 
 
@@ -164,26 +172,62 @@ def sample_rows(df: DataFrame, *, sample: int, seed: int) -> list[Any]:
     return df.orderBy(F.rand(seed)).limit(sample).select("embedding", "cluster_id").collect()
 
 
-def internal_metrics(df: DataFrame, *, sample: int, seed: int) -> dict[str, float]:
-    """Every internal metric of ``embedding`` / ``cluster_id`` rows, by metric name.
+def internal_metrics(
+    df: DataFrame, *, sample: int, seed: int
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Every internal metric of ``embedding`` / ``cluster_id`` rows that can be computed, by
+    metric name, and the reason for each one that cannot (every value returned is finite).
 
-    ``silhouette_exact_sample`` (scikit-learn, Euclidean) is computed on :func:`sample_rows` and
-    left out when the sample has a single cluster or no more rows than clusters.
+    Not applicable: everything but ``sse`` and ``size_*`` for a single cluster; the cosine
+    silhouette when a vector is all zeros; Calinski-Harabasz when every point sits on its
+    centroid (clusters collapsed onto duplicate points: the ratio is infinite); Davies-Bouldin
+    when centroids coincide; ``silhouette_exact_sample`` (scikit-learn, Euclidean, on
+    :func:`sample_rows`) when the sample has a single cluster or no more rows than clusters.
     """
     from sklearn.metrics import silhouette_score
 
     agg = cluster_aggregates(df)
-    values = {
-        "sse": sse(agg),
-        "calinski_harabasz": calinski_harabasz(agg),
-        "davies_bouldin": davies_bouldin(df, agg),
-        "silhouette_sqeuclidean": silhouette(df, distance="squaredEuclidean"),
-        "silhouette_cosine": silhouette(df, distance="cosine"),
-        **size_balance(agg),
+    values = {"sse": sse(agg), **size_balance(agg)}
+    skipped: dict[str, str] = {}
+    if len(agg.counts) < 2:
+        for name in (
+            "calinski_harabasz",
+            "davies_bouldin",
+            "silhouette_sqeuclidean",
+            "silhouette_cosine",
+            "silhouette_exact_sample",
+        ):
+            skipped[name] = "a single cluster"
+        return values, skipped
+    candidates = {
+        "calinski_harabasz": (
+            lambda: calinski_harabasz(agg),
+            "every point sits on its centroid (clusters collapsed onto duplicate points)",
+        ),
+        "davies_bouldin": (lambda: davies_bouldin(df, agg), "cluster centroids coincide"),
+        "silhouette_sqeuclidean": (
+            lambda: silhouette(df, distance="squaredEuclidean"),
+            "undefined on these points",
+        ),
     }
+    if agg.zero_vectors:
+        skipped["silhouette_cosine"] = f"{agg.zero_vectors:,} all-zero vectors have no direction"
+    else:
+        candidates["silhouette_cosine"] = (
+            lambda: silhouette(df, distance="cosine"),
+            "undefined on these points",
+        )
+    for name, (compute, reason) in candidates.items():
+        value = compute()
+        if math.isfinite(value):
+            values[name] = value
+        else:
+            skipped[name] = reason
     rows = sample_rows(df, sample=sample, seed=seed)
     labels = np.array([r["cluster_id"] for r in rows])
     if len(set(labels)) > 1 and len(rows) > len(set(labels)):
         points = np.array([r["embedding"] for r in rows], dtype=np.float64)
         values["silhouette_exact_sample"] = float(silhouette_score(points, labels))
-    return values
+    else:
+        skipped["silhouette_exact_sample"] = "the sample has a single cluster or too few rows"
+    return values, skipped

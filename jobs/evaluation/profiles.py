@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from collections.abc import Mapping
+
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 
@@ -50,6 +52,7 @@ def cluster_profiles(
     *,
     top_n: int = 5,
     representatives: int = 3,
+    jaccard: Mapping[int, float] | None = None,
 ) -> DataFrame:
     """One row per cluster for analysts: size and share, behaviour rates, top categories /
     brands / items with share and lift, and the ids closest to the centroid.
@@ -59,8 +62,10 @@ def cluster_profiles(
     n_add_to_cart (the ``sessions`` table, for durations and funnel rates).  Returns the
     ``cluster_profiles`` columns without ``run_id``: cluster_id, size, share (of all assigned
     rows), conversion_rate, cart_rate, mean_events_per_session, mean_session_duration_s,
-    top_categories, top_brands, top_items (``top_n`` each) and representative_ids (the
-    ``representatives`` ids nearest the centroid, nearest first).
+    top_categories, top_brands, top_items (``top_n`` each), representative_ids (the
+    ``representatives`` ids nearest the centroid, nearest first) and stability_jaccard (from
+    ``jaccard``: cluster id -> mean bootstrap Jaccard,
+    :func:`jobs.evaluation.stability.segment_jaccard`).
     """
     per_user_sessions = sessions.groupBy("user_id").agg(
         F.avg("duration_s").alias("__duration"),
@@ -125,4 +130,13 @@ def cluster_profiles(
         "top_brands",
         "top_items",
         "representative_ids",
+        _jaccard_column(jaccard),
     )
+
+
+def _jaccard_column(jaccard: Mapping[int, float] | None) -> Column:
+    """``stability_jaccard``: the segment's value in ``jaccard`` (null when not measured)."""
+    if not jaccard:
+        return F.lit(None).cast("double").alias("stability_jaccard")
+    pairs = [F.lit(x) for c, v in sorted(jaccard.items()) for x in (int(c), float(v))]
+    return F.create_map(*pairs)[F.col("cluster_id").cast("int")].alias("stability_jaccard")

@@ -6,6 +6,7 @@ Everything here is already aggregated (metrics, profiles, the k sweep) or a boun
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from jobs.evaluation.stability import jaccard_label
 
 #: Metrics shown in the comparison table, with the direction that is better.
 TABLE_METRICS = (
@@ -27,7 +30,22 @@ TABLE_METRICS = (
     ("size_entropy", "higher"),
     ("stability_ari_mean", "higher"),
 )
-METHOD_ORDER = ("embedding", "tfidf_tokens_baseline", "tfidf_baseline", "random_baseline")
+METHOD_ORDER = (
+    "embedding",
+    "tfidf_tokens_baseline",
+    "tfidf_baseline",
+    "aggregate_baseline",
+    "random_baseline",
+    "global_baseline",
+)
+#: The leaderboard's metric columns: (heading, metric, with its 95% CI).
+LEADERBOARD = (
+    ("item hit-rate@20", "future_item_hit_rate_at_20", True),
+    ("item NDCG@20", "future_item_ndcg_at_20", True),
+    ("category hit-rate@10", "future_category_hit_rate_at_10", False),
+    ("purchase AUC", "future_purchase_auc", False),
+    ("lift vs popularity", "future_item_hit_rate_at_20_lift", True),
+)
 
 
 def _plt() -> Any:
@@ -122,10 +140,130 @@ def _items(values: Any) -> list[Any]:
     return [] if values is None else list(values)
 
 
+def cell(value: object) -> str:
+    """``value`` as one Markdown table cell: HTML special characters escaped, ``|`` as an
+    entity (it would start a new column) and line breaks as ``<br>`` (they would end the row)."""
+    text = html.escape(str(value), quote=False).replace("|", "&#124;")
+    return text.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
+def _with_ci(values: Mapping[str, float], name: str) -> str:
+    if name not in values:
+        return "n/a"
+    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
+    text = f"{values[name]:.3f}"
+    return text if low is None or high is None else f"{text} ({low:.3f}-{high:.3f})"
+
+
+def leaderboard(
+    metrics: Mapping[str, Mapping[str, float]], *, protocol: str | None, detail: str
+) -> list[str]:
+    """The report's first section: methods x future metrics (95% CIs), size entropy and
+    stability, how many units each row rests on, and the protocol used."""
+    if protocol is None:
+        return [f"No future backtest on this data: {cell(detail)}.", ""]
+    lines = [
+        f"Protocol `{protocol}` ({cell(detail)}). Every method was fitted on history only and "
+        "is scored on what the same units did next; intervals are 95% bootstrap CIs over units.",
+        "",
+        "| method | " + " | ".join(h for h, _, _ in LEADERBOARD) + " | size entropy | "
+        "stability | units |",
+        "|---|" + "---|" * (len(LEADERBOARD) + 3),
+    ]
+    for method in METHOD_ORDER:
+        values = metrics.get(method, {})
+        if "future_item_hit_rate_at_20" not in values:
+            continue
+        cells = [
+            _with_ci(values, name) if ci else (f"{values[name]:.3f}" if name in values else "n/a")
+            for _, name, ci in LEADERBOARD
+        ]
+        entropy = f"{values['size_entropy']:.2f}" if "size_entropy" in values else "-"
+        if "segment_jaccard_mean" in values:
+            stability = (
+                f"Jaccard {values['segment_jaccard_mean']:.2f} (min "
+                f"{values['segment_jaccard_min']:.2f})"
+            )
+        elif "stability_ari_mean" in values:
+            stability = f"ARI {values['stability_ari_mean']:.2f}"
+        else:
+            stability = "-"
+        users = f"{values['future_users']:,.0f}"
+        lines.append(f"| {method} | " + " | ".join([*cells, entropy, stability, users]) + " |")
+    return [*lines, ""]
+
+
+def verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> str | None:
+    """One computed sentence: which segmentation to use on this data and by how much, from the
+    embedding's paired difference to the best other method on future item hit-rate@20."""
+    if getattr(backtest, "protocol", None) is None:
+        reason = getattr(backtest, "reason", "")
+        return f"No recommendation: {reason}." if reason else None
+    scored = {m: v for m, v in metrics.items() if "future_item_hit_rate_at_20" in v}
+    others = [m for m in scored if m != "embedding"]
+    if not others:
+        return None
+    best = max(others, key=lambda m: (scored[m]["future_item_hit_rate_at_20"], m))
+    theirs = scored[best]["future_item_hit_rate_at_20"]
+    emb = scored.get("embedding")
+    if emb is None:
+        return (
+            f"Use `{best}` (item hit-rate@20 {theirs:.3f}): the embedding could not be scored "
+            "on this data."
+        )
+    ours = emb["future_item_hit_rate_at_20"]
+    low = emb.get("future_item_hit_rate_at_20_diff_best_baseline_ci_low")
+    high = emb.get("future_item_hit_rate_at_20_diff_best_baseline_ci_high")
+    users = f"{emb['future_users']:,.0f}"
+    if low is None or high is None:
+        return None
+    margin = f"{ours - theirs:+.3f}, 95% CI {low:+.3f} to {high:+.3f}, {users} users"
+    if low > 0:
+        return (
+            f"Use the embedding segments: item hit-rate@20 {ours:.3f} vs {theirs:.3f} for the "
+            f"best other method `{best}` ({margin})."
+        )
+    if high < 0:
+        return (
+            f"Use `{best}`: the embedding loses on this data, item hit-rate@20 {ours:.3f} vs "
+            f"{theirs:.3f} ({margin})."
+        )
+    return (
+        f"No clear winner: the embedding ({ours:.3f}) and `{best}` ({theirs:.3f}) are within "
+        f"noise on item hit-rate@20 ({margin}); the simpler `{best}` does as well on this data."
+    )
+
+
 def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def not_applicable_lines(not_applicable: Mapping[tuple[str, str], str]) -> list[str]:
+    """One bullet per (metric, reason), naming the methods it applies to (``*``: every metric
+    of the method; ``all methods`` when every one)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for (method, metric), why in sorted(not_applicable.items()):
+        grouped.setdefault((metric, why), []).append(method)
+    lines = []
+    for (metric, why), methods in grouped.items():
+        who = (
+            "all methods"
+            if len(methods) >= len(METHOD_ORDER) or methods == ["*"]
+            else (", ".join(f"`{cell(m)}`" for m in methods))
+        )
+        what = "every metric" if metric == "*" else cell(metric)
+        lines.append(f"- {what} ({who}): {cell(why)}")
+    return lines or ["- none"]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}"
 
 
 def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
@@ -172,6 +310,8 @@ def write_report(
     unit: str,
     model_version: str,
     metrics: Mapping[str, Mapping[str, float]],
+    not_applicable: Mapping[tuple[str, str], str],
+    backtest: object,
     sweep: pd.DataFrame,
     profiles: pd.DataFrame,
     sample_points: np.ndarray,
@@ -180,9 +320,10 @@ def write_report(
     """Render the plots and ``report.md`` into ``out_dir`` (created if missing); returns the
     report's path.
 
-    ``metrics``: method -> metric -> value; ``sweep``: :func:`sweep_frame`; ``profiles``: the
-    run's ``cluster_profiles`` rows; ``sample_points`` (m, d) and ``sample_labels`` (m,): the
-    sample projected in ``projection.png``.
+    ``metrics``: method -> metric -> value; ``not_applicable``: (method, metric) -> reason;
+    ``backtest``: a :class:`jobs.evaluation.backtest.Backtest`; ``sweep``: :func:`sweep_frame`;
+    ``profiles``: the run's ``cluster_profiles`` rows; ``sample_points`` (m, d) and
+    ``sample_labels`` (m,): the sample projected in ``projection.png``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_k_sweep(sweep, out_dir / "k_sweep.png")
@@ -191,24 +332,41 @@ def write_report(
     plot_top_categories(profiles, out_dir / "top_categories.png")
     profile_lines = [
         "| cluster | size | share | conversion | cart rate | events/session | "
-        "top categories (lift) |",
-        "|---|---|---|---|---|---|---|",
+        "stability (Jaccard) | top categories (lift) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for record in profiles.sort_values("cluster_id").to_dict("records"):
         top_three = _items(record["top_categories"])[:3]
-        tops = ", ".join(f"{t['value']} ({t['lift']:.1f}x)" for t in top_three)
+        tops = ", ".join(f"{cell(t['value'])} ({t['lift']:.1f}x)" for t in top_three)
+        jaccard = record.get("stability_jaccard")
+        stable = (
+            "-"
+            if jaccard is None or not math.isfinite(jaccard)
+            else f"{jaccard:.2f} {jaccard_label(jaccard)}"
+        )
         profile_lines.append(
             f"| {record['cluster_id']} | {record['size']:,} | {record['share']:.1%} | "
-            f"{record['conversion_rate']:.1%} | {record['cart_rate']:.1%} | "
-            f"{record['mean_events_per_session']:.1f} | {tops} |"
+            f"{_pct(record['conversion_rate'])} | {_pct(record['cart_rate'])} | "
+            f"{_num(record['mean_events_per_session'])} | {stable} | {tops} |"
         )
+    skipped_lines = not_applicable_lines(not_applicable)
+    protocol = getattr(backtest, "protocol", None)
+    detail = getattr(backtest, "reason", "")
+    cutoff = getattr(backtest, "cutoff", None)
+    if cutoff is not None:
+        detail = f"cutoff {cutoff:%Y-%m-%d %H:%M:%S} UTC; {detail}"
+    sentence = verdict(metrics, backtest)
     text = "\n".join(
         [
             f"# Segment evaluation: cluster run `{run_id}`",
             "",
             f"{rows:,} {unit}s, k = {k}, embeddings `{model_version}`.",
             "",
-            "## Embedding vs baselines (same rows, same k)",
+            "## Leaderboard",
+            "",
+            *([f"**{cell(sentence)}**", ""] if sentence else []),
+            *leaderboard(metrics, protocol=protocol, detail=detail),
+            "## Same rows, same k (internal metrics in the embedding space)",
             "",
             comparison_table(metrics),
             "",
@@ -216,7 +374,13 @@ def write_report(
             "",
             "Baselines: `tfidf_baseline` = bag of categories, TF-IDF, K-Means; "
             "`tfidf_tokens_baseline` = bag of event type x category x brand x price band tokens; "
-            "`random_baseline` = uniform random labels (internal metrics in the embedding space).",
+            "`aggregate_baseline` = recency, frequency, monetary, event-type and top-category "
+            "shares, standardised, K-Means; `random_baseline` = uniform random segments; "
+            "`global_baseline` = one segment (plain popularity).",
+            "",
+            "## Not applicable on this data",
+            "",
+            *skipped_lines,
             "",
             "## k sweep",
             "",

@@ -1,4 +1,5 @@
-"""Stability: does K-Means find the same clusters when only the seed changes?"""
+"""Stability: does K-Means find the same clusters when only the seed changes (seed-refit ARI /
+NMI), and which segments survive a bootstrap of the units (per-segment Jaccard)?"""
 
 from __future__ import annotations
 
@@ -41,3 +42,74 @@ def stability_metrics(
         "stability_ari_sd": float(np.std(aris, ddof=1)) if len(aris) > 1 else 0.0,
         "stability_nmi_mean": float(np.mean(nmis)),
     }
+
+
+#: clusterboot's reading of a segment's mean Jaccard (Hennig, 2007; R package fpc).
+DISSOLVED_BELOW = 0.5
+STABLE_FROM = 0.75
+
+
+def jaccard_label(value: float | None) -> str:
+    """``stable`` (>= 0.75), ``dissolved`` (< 0.5), ``doubtful`` between, ``-`` unknown."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    if value >= STABLE_FROM:
+        return "stable"
+    return "dissolved" if value < DISSOLVED_BELOW else "doubtful"
+
+
+def best_jaccard(table: np.ndarray) -> np.ndarray:
+    """Per row cluster of a contingency ``table`` (original x refit counts over the same
+    points), the highest Jaccard similarity with any refit cluster:
+    ``n_ij / (n_i. + n_.j - n_ij)``.  Rows without points are NaN."""
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    union = rows[:, None] + cols[None, :] - table
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jaccard = np.where(union > 0, table / union, np.nan)
+    best = np.full(table.shape[0], np.nan)
+    has_points = rows > 0
+    best[has_points] = np.nanmax(jaccard[has_points], axis=1)
+    return best
+
+
+def segment_jaccard(
+    rows: DataFrame, *, k: int, cluster: ClusterConfig, bootstraps: int, seed: int
+) -> dict[int, float]:
+    """Per-segment stability by the bootstrap (``fpc::clusterboot``, Hennig 2007): for each of
+    ``bootstraps`` resamples of the rows (with replacement), refit K-Means (CPU, ``cluster``'s
+    settings, ``k``), and for each of the run's segments take the best Jaccard similarity with a
+    refit cluster over the resampled points; return each segment's mean over the resamples.
+
+    ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
+    refit is one K-Means fit and one ``groupBy`` (O(n·k)); the k x k tables reach the driver.
+    A segment absent from every resample is left out.
+    """
+    features = (
+        rows.select("id", "embedding", F.col("cluster_id").alias("__run"))
+        .transform(with_features)
+        .cache()
+    )
+    per_segment: dict[int, list[float]] = {}
+    try:
+        for b in range(bootstraps):
+            sample = features.sample(withReplacement=True, fraction=1.0, seed=seed + 7919 * b)
+            model = kmeans_estimator("cpu", k, replace(cluster, seed=cluster.seed + b + 1)).fit(
+                sample
+            )
+            points = features.join(sample.select("id").distinct(), "id")
+            refit = model.transform(points).select("__run", F.col(PREDICTION).alias("__b"))
+            counts = refit.groupBy("__run", "__b").count().collect()
+            if not counts:
+                continue
+            ids = sorted({int(r["__run"]) for r in counts})
+            width = 1 + max(int(r["__b"]) for r in counts)
+            table = np.zeros((len(ids), width))
+            position = {c: i for i, c in enumerate(ids)}
+            for r in counts:
+                table[position[int(r["__run"])], int(r["__b"])] = r["count"]
+            for segment, value in zip(ids, best_jaccard(table), strict=True):
+                if np.isfinite(value):
+                    per_segment.setdefault(segment, []).append(float(value))
+    finally:
+        features.unpersist()
+    return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}

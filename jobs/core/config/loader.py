@@ -90,11 +90,43 @@ def check_combinations(config: AppConfig) -> None:
                 f"ingest.source.inputs[{index}].explode: only JSON lines hold arrays of events "
                 f"to explode; this input's format is {spec.format}"
             )
+    _check_evaluate(config)
     if config.train_encoder.mode == "contrastive" and config.encoder.kind != "text":
         raise ConfigError(
             "train_encoder.mode=contrastive fine-tunes the text encoder: set encoder.kind=text "
             "(the sequence encoder is trained with mode=mlm)"
         )
+
+
+def _check_evaluate(config: AppConfig) -> None:
+    ev = config.evaluate
+    if not 0 < ev.holdout_fraction < 1:
+        raise ConfigError(f"evaluate.holdout_fraction must be in (0, 1), got {ev.holdout_fraction}")
+    if ev.holdout_days is not None and ev.holdout_days <= 0:
+        raise ConfigError(f"evaluate.holdout_days must be positive, got {ev.holdout_days}")
+    if not 0 < ev.suffix_share < 1:
+        raise ConfigError(f"evaluate.suffix_share must be in (0, 1), got {ev.suffix_share}")
+    if ev.suffix_min_events < 2:
+        raise ConfigError(
+            f"evaluate.suffix_min_events must be at least 2 (a prefix and a suffix), "
+            f"got {ev.suffix_min_events}"
+        )
+    if ev.protocol == "future" and config.embed.unit == "session":
+        raise ConfigError(
+            "evaluate.protocol=future scores users after a time cutoff, but embed.unit=session "
+            "clusters sessions: use evaluate.protocol=session_suffix (or auto)"
+        )
+    if not 0 < ev.tfidf_max_df <= 1 or ev.tfidf_min_df < 1:
+        raise ConfigError(
+            "evaluate.tfidf_min_df is a document count (>= 1) and evaluate.tfidf_max_df a share "
+            f"of documents in (0, 1]; got {ev.tfidf_min_df} and {ev.tfidf_max_df}"
+        )
+    for name in ("min_protocol_users", "bootstrap_resamples", "aggregate_top_categories"):
+        if getattr(ev, name) < 1:
+            raise ConfigError(f"evaluate.{name} must be positive, got {getattr(ev, name)}")
+    for name in ("stability_seeds", "stability_bootstraps"):
+        if getattr(ev, name) < 0:
+            raise ConfigError(f"evaluate.{name} must be 0 or more, got {getattr(ev, name)}")
 
 
 def config_to_dict(config: Any) -> Any:

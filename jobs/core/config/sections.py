@@ -20,13 +20,14 @@ EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase", "sear
 UnknownEventType = Literal["quarantine", "other"]
 EpochUnit = Literal["s", "ms", "us"]
 RunMode = Literal["full", "incremental"]
-EncoderKind = Literal["text", "sequence"]
+EncoderKind = Literal["text", "sequence", "auto"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Unit = Literal["user", "session"]
 TrainMode = Literal["mlm", "contrastive"]
 Criterion = Literal["silhouette", "elbow"]
 ClusterBackend = Literal["auto", "gpu", "cpu"]
+Protocol = Literal["auto", "future", "session_suffix"]
 
 
 class ConfigError(ValueError):
@@ -249,7 +250,8 @@ class EncoderConfig:
     """Which transformer turns a rendered sequence into a vector, and how."""
 
     #: text (a pretrained sentence encoder over rendered text) | sequence (a small BERT over
-    #: event tokens, trained by ``train_encoder``).
+    #: event tokens, trained by ``train_encoder``) | auto (text when most events name a category
+    #: or brand in words, else sequence with item buckets; README, "Encoder and embeddings").
     kind: EncoderKind = "text"
     #: A Hugging Face model directory; null means the packaged all-MiniLM-L6-v2 for ``text`` and
     #: ``<lake.root>/../models/sequence-encoder`` for ``sequence``.
@@ -334,19 +336,41 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The ``evaluate`` job: metrics, baselines and profiles of one cluster run."""
+    """The ``evaluate`` job: metrics, baselines, the future backtest and profiles of one run."""
 
-    #: Which cluster run to evaluate; null = the latest run in ``cluster_assignments``.
+    #: Which cluster run to evaluate; null = the most recently created run.
     cluster_run_id: str | None = None
-    #: CSV ``user_id,persona`` for external metrics; null = ``generate.ground_truth_path`` when
-    #: that file exists, otherwise no external metrics.
+    #: CSV ``user_id,persona`` for external metrics; null = the generator's personas
+    #: (``generate.ground_truth_path``) when ``ingest.source.name`` is ``synthetic``, else none.
     ground_truth_path: str | None = None
     #: Rows in the exact-silhouette cross-check sample.
     silhouette_sample: int = 2000
-    #: Extra K-Means seeds for the stability metrics.
+    #: Extra K-Means seeds for the seed-refit stability metrics (0 = none).
     stability_seeds: int = 3
-    #: Vocabulary cap of the TF-IDF baselines.
-    tfidf_vocab_size: int = 512
+    #: Bootstrap refits for per-segment stability (Jaccard, clusterboot); 0 = none.
+    stability_bootstraps: int = 3
+    #: auto | future | session_suffix: the leakage-free backtest (README, "Evaluation").
+    protocol: Protocol = "auto"
+    #: future: the cutoff is the last event time minus these days; null = use holdout_fraction.
+    holdout_days: float | None = None
+    #: future: share of events (by time) after the cutoff, when holdout_days is null.
+    holdout_fraction: float = 0.2
+    #: session_suffix: sessions with at least this many events are split ...
+    suffix_min_events: int = 4
+    #: ... and this share of their events (at least one) is the suffix to predict.
+    suffix_share: float = 0.5
+    #: Fewest units with both history and future a protocol needs to be scored.
+    min_protocol_users: int = 30
+    #: Bootstrap resamples (over units) for the confidence intervals.
+    bootstrap_resamples: int = 1000
+    #: TF-IDF baselines: vocabulary cap (a memory bound, logged when reached) ...
+    tfidf_vocab_size: int = 65536
+    #: ... tokens in fewer documents than this are dropped (they cannot group users) ...
+    tfidf_min_df: float = 2.0
+    #: ... and tokens in more than this share of documents too (they separate no one).
+    tfidf_max_df: float = 0.95
+    #: aggregate_baseline: shares of this many most frequent (history) categories.
+    aggregate_top_categories: int = 10
     #: The report (report.md + PNG plots) goes to ``<report_dir>/<cluster run id>/``.
     report_dir: str = "data/reports"
     seed: int = 7

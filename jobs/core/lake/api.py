@@ -256,5 +256,3 @@ def _resolve(contract: TableContract, spec: TableSpec, config: LakeConfig) -> Ta
     if path is not None and "://" not in path and not path.startswith("dbfs:"):
         path = os.path.abspath(path)
     return TableLocation(table=table, path=path, name=name, partition_by=contract.partition_by)
-
-

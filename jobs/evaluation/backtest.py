@@ -1,0 +1,148 @@
+"""The backtest, end to end: choose the protocol, split, fit every method on history, score the
+future (:mod:`jobs.evaluation.protocol`, :mod:`jobs.evaluation.methods`,
+:mod:`jobs.evaluation.future`).
+
+Takes DataFrames and settings, returns numbers: the ``evaluate`` stage reads the tables and
+writes the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs.core.config import AppConfig
+from jobs.evaluation.future import FutureScores, future_metrics, score_future
+from jobs.evaluation.methods import (
+    PROTOCOL_METHODS,
+    SEGMENT,
+    NotApplicable,
+    baseline_fitters,
+    embedding_segments,
+    encoded_histories,
+)
+from jobs.evaluation.protocol import choose_protocol, future_targets, history_units, split_events
+
+log = logging.getLogger(__name__)
+
+#: Bucket count of the bootstrap (units are hashed into at most this many).
+BOOTSTRAP_BUCKETS = 1000
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """The protocol run and what it measured."""
+
+    protocol: str | None
+    reason: str
+    cutoff: datetime | None = None
+    #: method -> metric -> value (finite).
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: (method, metric or "*") -> why it was not computed.
+    not_applicable: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Units with history and future.
+    scored_units: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingSource:
+    """How the ``embedding`` method gets history vectors: the run's model, and the vectors
+    already embedded (``id``, ``content_hash``, ``embedding``) to reuse."""
+
+    model_dir: str
+    known: DataFrame
+
+
+def _fitters(
+    config: AppConfig, k: int, embedding: EmbeddingSource | str
+) -> dict[str, Callable[[DataFrame], DataFrame]]:
+    """Method name -> history units -> ``id``, ``segment``."""
+
+    def embedded(units: DataFrame) -> DataFrame:
+        if isinstance(embedding, str):
+            raise NotApplicable(embedding)
+        vectors = encoded_histories(
+            units, known=embedding.known, encoder=config.encoder, model_dir=embedding.model_dir
+        )
+        # Encoded once: K-Means reads its input many times, and the assignment once more.
+        vectors = vectors.localCheckpoint(eager=True)
+        return embedding_segments(vectors, k=k, cluster=config.cluster)
+
+    return {"embedding": embedded, **baseline_fitters(config, k)}
+
+
+def run_backtest(
+    sessions: DataFrame,
+    *,
+    unit: str,
+    units: DataFrame,
+    k: int,
+    config: AppConfig,
+    embedding: EmbeddingSource | str,
+) -> Backtest:
+    """Run the configured protocol on human ``sessions`` for the evaluated ``units`` (``id``:
+    user or session ids of the cluster run) with ``k`` segments per method.
+
+    ``embedding``: where the embedding method's vectors come from, or the reason it cannot run
+    (e.g. the configured encoder is not the run's model).  Methods or metrics that cannot be
+    computed are listed in ``not_applicable``; a protocol without enough units gives a
+    :class:`Backtest` with ``protocol`` None and the reason.  Runs Spark jobs.
+    """
+    key = "user_id" if unit == "user" else "session_id"
+    human = sessions.where(~F.col("is_bot")).join(
+        units.select(F.col("id").alias(key)).distinct(), key, "left_semi"
+    )
+    choice = choose_protocol(human, unit=unit, config=config.evaluate)
+    if choice.protocol is None:
+        log.warning("future metrics not applicable: %s", choice.reason)
+        return Backtest(None, choice.reason)
+    log.info("protocol %s: %s", choice.protocol, choice.reason)
+    split = split_events(
+        human, protocol=choice.protocol, config=config.evaluate, cutoff=choice.cutoff
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    history = history_units(split, unit=unit, sessionize=config.sessionize).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    targets = future_targets(split, unit=unit).persist(StorageLevel.MEMORY_AND_DISK)
+    skipped: dict[tuple[str, str], str] = {}
+    fitted = []
+    try:
+        for method, fit in _fitters(config, k, embedding).items():
+            try:
+                segments = fit(history).select(F.lit(method).alias("method"), "id", SEGMENT)
+                fitted.append(segments.localCheckpoint(eager=True))
+            except NotApplicable as reason:
+                log.warning("%s not applicable: %s", method, reason)
+                skipped[(method, "*")] = str(reason)
+        if not fitted:
+            return Backtest(choice.protocol, choice.reason, choice.cutoff, {}, skipped)
+        all_segments = fitted[0]
+        for more in fitted[1:]:
+            all_segments = all_segments.unionByName(more)
+        scores = score_future(all_segments, history, targets, buckets=BOOTSTRAP_BUCKETS)
+        scores = FutureScores(
+            scores.per_bucket, scores.auc_tables, scores.history_categories, skipped
+        )
+        metrics, not_applicable = future_metrics(
+            scores,
+            resamples=config.evaluate.bootstrap_resamples,
+            seed=config.evaluate.seed,
+        )
+    finally:
+        for frame in (split, history, targets):
+            frame.unpersist()
+    ordered = {m: metrics[m] for m in PROTOCOL_METHODS if m in metrics}
+    return Backtest(
+        choice.protocol,
+        choice.reason,
+        choice.cutoff,
+        ordered,
+        not_applicable,
+        choice.scored_units,
+    )

@@ -1,0 +1,240 @@
+"""The segmentations the backtest compares, each fitted on history units only.
+
+Every method maps ``history_units`` (``id``, ``user_id``, ``events``; see
+:func:`jobs.evaluation.protocol.history_units`) to ``id``, ``segment`` (int): one segment per
+unit, fitted with ``k`` segments (``global_baseline``: one).
+
+* ``embedding``: the run's encoder re-encodes each history (vectors whose rendering did not
+  change are reused from ``embeddings`` by ``content_hash``), then K-Means with the run's
+  settings (:func:`embedding_segments`);
+* ``tfidf_baseline`` / ``tfidf_tokens_baseline``: bag of categories / of event type x category x
+  brand x price band tokens, vocabulary bounded by document frequency, sublinear TF, IDF, L2,
+  K-Means (:func:`tfidf_segments`);
+* ``aggregate_baseline``: the per-user figures analysts build by hand (recency, frequency,
+  monetary, event-type shares, top-category shares), standardised, K-Means
+  (:func:`aggregate_segments`);
+* ``random_baseline``: uniform random segments; ``global_baseline``: one segment, so its
+  rankings are plain popularity.
+
+A method that cannot be fitted on the data raises :class:`NotApplicable` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from jobs.clustering.kmeans import FEATURES, PREDICTION, kmeans_estimator, with_features
+from jobs.core.config import AppConfig, ClusterConfig, EncoderConfig, EvaluateConfig
+from jobs.core.metrics import METHODS
+from jobs.evaluation.baselines import TFIDF_BASELINES, token_bags
+from jobs.sequences.rendering import render_sequences
+
+log = logging.getLogger(__name__)
+
+SEGMENT = "segment"
+EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase", "search")
+#: Method names, in the order the metrics table knows them.
+PROTOCOL_METHODS = METHODS
+
+
+class NotApplicable(Exception):
+    """A method or metric that cannot be computed on this data; the message says why."""
+
+
+def _kmeans_segments(
+    features: DataFrame, *, k: int, cluster: ClusterConfig, seed: int | None = None
+) -> DataFrame:
+    """``id``, ``segment`` of MLlib K-Means on ``features`` (``id``, vector column
+    :data:`FEATURES`); :class:`NotApplicable` when there are fewer distinct points than ``k``."""
+    settings = cluster if seed is None else replace(cluster, seed=seed)
+    model = kmeans_estimator("cpu", k, settings).fit(features)
+    if len(model.clusterCenters()) < 2:
+        raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
+    return model.transform(features).select("id", F.col(PREDICTION).cast("int").alias(SEGMENT))
+
+
+def encoded_histories(
+    units: DataFrame,
+    *,
+    known: DataFrame,
+    encoder: EncoderConfig,
+    model_dir: str,
+) -> DataFrame:
+    """``id``, ``embedding``: ``units`` rendered and encoded as ``embed`` does; a unit whose
+    rendering equals the one already embedded (same ``content_hash`` in ``known``: ``id``,
+    ``content_hash``, ``embedding``) keeps that vector instead of being encoded again."""
+    from udfs.spark_udf import embedding_udf
+
+    rendered = units.transform(render_sequences, config=encoder).withColumn(
+        "content_hash", F.substring(F.sha2("rendered", 256), 1, 32)
+    )
+    reused = rendered.join(known.select("id", "content_hash", "embedding"), ["id", "content_hash"])
+    fresh = rendered.join(known.select("id", "content_hash"), ["id", "content_hash"], "left_anti")
+    encoded = fresh.select(
+        "id", embedding_udf(encoder, model_dir)(F.col("rendered")).alias("embedding")
+    )
+    return reused.select("id", "embedding").unionByName(encoded)
+
+
+def embedding_segments(vectors: DataFrame, *, k: int, cluster: ClusterConfig) -> DataFrame:
+    """``id``, ``segment``: K-Means (CPU, the run's settings) on history vectors (``id``,
+    ``embedding``)."""
+    return _kmeans_segments(vectors.transform(with_features), k=k, cluster=cluster)
+
+
+def tfidf_features(
+    units: DataFrame, *, method: str, config: EvaluateConfig, edges: tuple[float, ...]
+) -> DataFrame:
+    """``id`` and :data:`FEATURES`: L2-normalised TF-IDF of the method's tokens, with sublinear
+    term frequency (1 + log tf, Manning et al., *Introduction to IR*, 6.4.1) and the vocabulary
+    bounded by document frequency (``tfidf_min_df`` documents to ``tfidf_max_df`` of them) and
+    capped at ``tfidf_vocab_size``.  :class:`NotApplicable` when no token survives."""
+    from pyspark.ml.feature import IDF, CountVectorizer, Normalizer
+
+    column = dict(TFIDF_BASELINES)[method]
+    bags = token_bags(units, edges=edges).select("id", column)
+    counter = CountVectorizer(
+        inputCol=column,
+        outputCol="__tf",
+        vocabSize=config.tfidf_vocab_size,
+        minDF=config.tfidf_min_df,
+        maxDF=config.tfidf_max_df,
+    ).fit(bags)
+    size = len(counter.vocabulary)
+    if size == 0:
+        raise NotApplicable(
+            f"no token occurs in at least {config.tfidf_min_df:g} and at most "
+            f"{config.tfidf_max_df:.0%} of the histories"
+        )
+    if size >= config.tfidf_vocab_size:
+        log.info("%s: vocabulary capped at evaluate.tfidf_vocab_size=%d", method, size)
+    counts = counter.transform(bags)
+    # Materialised: MLlib's fits read their input as an RDD, where a Python UDF cannot run.
+    sublinear = counts.withColumn("__tf", _sublinear_tf(F.col("__tf"))).localCheckpoint()
+    idf = IDF(inputCol="__tf", outputCol="__tfidf").fit(sublinear)
+    weighted = idf.transform(sublinear)
+    normal = Normalizer(inputCol="__tfidf", outputCol=FEATURES, p=2.0).transform(weighted)
+    return normal.select("id", FEATURES)
+
+
+def _sublinear_tf(counts: Column) -> Column:
+    """``1 + log(tf)`` of each non-zero count of a sparse count vector.
+
+    Written here because MLlib has no element-wise function on vectors, and going through
+    ``vector_to_array`` would make each row as wide as the vocabulary; this Python UDF touches
+    only the non-zero entries.
+    """
+    import numpy as np
+    from pyspark.ml.linalg import SparseVector, VectorUDT
+
+    def sublinear(v: SparseVector) -> SparseVector:
+        return SparseVector(v.size, v.indices, 1.0 + np.log(v.values))
+
+    return F.udf(sublinear, VectorUDT())(counts)
+
+
+def tfidf_segments(
+    units: DataFrame,
+    *,
+    method: str,
+    k: int,
+    config: EvaluateConfig,
+    cluster: ClusterConfig,
+    edges: tuple[float, ...],
+) -> DataFrame:
+    """``id``, ``segment`` of a TF-IDF baseline (:func:`tfidf_features`, then K-Means)."""
+    features = tfidf_features(units, method=method, config=config, edges=edges)
+    return _kmeans_segments(features, k=k, cluster=cluster)
+
+
+def aggregate_features(units: DataFrame, *, top_categories: int) -> DataFrame:
+    """``id`` and the unscaled figures of ``aggregate_baseline``: ``recency_days`` (from the
+    unit's last history event to the last history event of all), ``log_events``,
+    ``log_sessions`` (frequency), ``log_revenue`` (monetary: purchase prices), the share of each
+    event type and of each of the ``top_categories`` most frequent history categories (the
+    classic RFM figures plus behaviour mix; Hughes, *Strategic Database Marketing*, 1994)."""
+    events = units.select("id", F.explode("events").alias("e"))
+    has_session = "session_id" in units.schema["events"].dataType.elementType.names  # type: ignore[attr-defined]
+    top = [
+        r["category"]
+        for r in events.where(F.col("e.category").isNotNull())
+        .groupBy(F.col("e.category").alias("category"))
+        .count()
+        .orderBy(F.desc("count"), "category")
+        .limit(top_categories)
+        .collect()
+    ]
+    n = F.count(F.lit(1))
+    figures = [
+        F.max("e.ts").alias("__last"),
+        F.log1p(n).alias("log_events"),
+        F.log1p(F.countDistinct("e.session_id") if has_session else F.lit(1)).alias("log_sessions"),
+        F.log1p(
+            F.coalesce(
+                F.sum(F.when(F.col("e.event_type") == "purchase", F.col("e.price"))), F.lit(0.0)
+            )
+        ).alias("log_revenue"),
+        *[
+            (F.count(F.when(F.col("e.event_type") == t, 1)) / n).alias(f"share_{t}")
+            for t in EVENT_TYPES
+        ],
+        *[
+            (F.count(F.when(F.col("e.category") == c, 1)) / n).alias(f"share_category_{i}")
+            for i, c in enumerate(top)
+        ],
+    ]
+    per_unit = events.groupBy("id").agg(*figures)
+    last = events.agg(F.max(F.unix_micros("e.ts"))).first()[0]  # type: ignore[index]
+    recency = (F.lit(last) - F.unix_micros("__last")) / F.lit(86_400_000_000.0)
+    return per_unit.withColumn("recency_days", recency).drop("__last")
+
+
+def aggregate_segments(
+    units: DataFrame, *, k: int, config: EvaluateConfig, cluster: ClusterConfig
+) -> DataFrame:
+    """``id``, ``segment`` of ``aggregate_baseline``: :func:`aggregate_features`, standardised
+    (zero mean, unit variance: ``pyspark.ml.feature.StandardScaler``), K-Means."""
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
+    figures = aggregate_features(units, top_categories=config.aggregate_top_categories)
+    columns = [c for c in figures.columns if c != "id"]
+    assembled = VectorAssembler(inputCols=columns, outputCol="__raw").transform(figures)
+    scaler = StandardScaler(inputCol="__raw", outputCol=FEATURES, withMean=True, withStd=True)
+    scaled = scaler.fit(assembled).transform(assembled)
+    return _kmeans_segments(scaled.select("id", FEATURES), k=k, cluster=cluster)
+
+
+def random_segments(units: DataFrame, *, k: int, seed: int) -> DataFrame:
+    """``id``, ``segment``: uniform random in [0, k), seeded by a hash of the id (so the same
+    unit gets the same segment however the data is partitioned)."""
+    draw = F.pmod(F.xxhash64(F.col("id"), F.lit(seed)), F.lit(k)).cast("int")
+    return units.select("id", draw.alias(SEGMENT))
+
+
+def global_segments(units: DataFrame) -> DataFrame:
+    """``id``, ``segment`` 0 for every unit: rankings over it are plain popularity."""
+    return units.select("id", F.lit(0).alias(SEGMENT))
+
+
+def baseline_fitters(config: AppConfig, k: int) -> dict[str, Callable[[DataFrame], DataFrame]]:
+    """Every method but ``embedding``: name -> (units -> ``id``, ``segment``), with ``k``
+    segments and the settings of ``config``."""
+    ev, cluster, edges = config.evaluate, config.cluster, config.encoder.price_band_edges
+
+    def tfidf(method: str) -> Callable[[DataFrame], DataFrame]:
+        return lambda units: tfidf_segments(
+            units, method=method, k=k, config=ev, cluster=cluster, edges=edges
+        )
+
+    return {
+        "tfidf_baseline": tfidf("tfidf_baseline"),
+        "tfidf_tokens_baseline": tfidf("tfidf_tokens_baseline"),
+        "aggregate_baseline": lambda u: aggregate_segments(u, k=k, config=ev, cluster=cluster),
+        "random_baseline": lambda u: random_segments(u, k=k, seed=ev.seed),
+        "global_baseline": global_segments,
+    }

@@ -1,0 +1,370 @@
+"""The leakage-free backtest (README, "Evaluation"): protocol splits, the methods fitted on
+history only, future metrics with hand-computed values, and known answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+from sklearn.metrics import roc_auc_score
+
+from jobs.core.config import AppConfig, EvaluateConfig, SessionizeConfig
+from jobs.evaluation.backtest import EmbeddingSource, run_backtest
+from jobs.evaluation.future import FutureScores, future_metrics, grouped_auc, score_future
+from jobs.evaluation.methods import aggregate_segments, tfidf_features, tfidf_segments
+from jobs.evaluation.protocol import (
+    choose_protocol,
+    future_cutoff,
+    future_targets,
+    history_units,
+    split_events,
+)
+from jobs.evaluation.stability import best_jaccard, jaccard_label
+
+EVENT = (
+    "struct<ts:timestamp, event_type:string, item_id:string, category:string, "
+    "brand:string, price:double>"
+)
+SESSION = (
+    f"session_id string, user_id string, session_start timestamp, session_end timestamp, "
+    f"duration_s double, n_events long, n_views long, n_add_to_cart long, n_purchases long, "
+    f"revenue double, is_bot boolean, events array<{EVENT}>"
+)
+T0 = datetime(2024, 3, 1, 10, 0, 0)
+
+
+def ev(minute: float, item: str, category: str = "c", kind: str = "view") -> tuple:
+    return (T0 + timedelta(minutes=minute), kind, item, category, None, 10.0)
+
+
+def sessions_frame(spark: SparkSession, rows: list[tuple[str, str, list[tuple]]]) -> DataFrame:
+    """Sessions (session_id, user_id, events) with the other columns filled in."""
+    full = []
+    for session_id, user_id, events in rows:
+        start, end = events[0][0], events[-1][0]
+        n = len(events)
+        buys = sum(e[1] == "purchase" for e in events)
+        full.append(
+            (
+                session_id,
+                user_id,
+                start,
+                end,
+                (end - start).total_seconds(),
+                n,
+                n,
+                0,
+                buys,
+                0.0,
+                False,
+                events,
+            )
+        )
+    return spark.createDataFrame(full, SESSION)
+
+
+# ------------------------------------------------------------------------ protocol
+
+
+def test_future_split_puts_every_event_on_one_side_of_the_cutoff(spark: SparkSession) -> None:
+    sessions = sessions_frame(
+        spark,
+        [
+            ("s1", "u1", [ev(0, "a"), ev(10, "b")]),
+            ("s2", "u1", [ev(100, "c"), ev(130, "d")]),  # straddles the cutoff at 120
+            ("s3", "u2", [ev(200, "e")]),  # future only: u2 is not scored
+        ],
+    )
+    config = EvaluateConfig(holdout_days=80 / 1440)  # last event (200) - 80 minutes = 120
+    cutoff = future_cutoff(sessions, config)
+    assert cutoff == T0 + timedelta(minutes=120)
+    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff)
+    got = {
+        r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
+        for r in split.collect()
+    }
+    assert got == {"s1": (["a", "b"], []), "s2": (["c"], ["d"]), "s3": ([], ["e"])}
+    history = history_units(split, unit="user", sessionize=SessionizeConfig())
+    assert [(r["id"], [e["item_id"] for e in r["events"]]) for r in history.collect()] == [
+        ("u1", ["a", "b", "c"])
+    ]
+    targets = {
+        r["id"]: sorted(r["future_items"]) for r in future_targets(split, unit="user").collect()
+    }
+    assert targets == {"u1": ["d"], "u2": ["e"]}
+
+
+def test_fraction_cutoff_leaves_that_share_of_events_after_it(spark: SparkSession) -> None:
+    sessions = sessions_frame(spark, [(f"s{i}", f"u{i}", [ev(i, f"i{i}")]) for i in range(10)])
+    cutoff = future_cutoff(sessions, EvaluateConfig(holdout_fraction=0.2))
+    # minutes 8 and 9 (2 of 10 events) are after the 0.8 quantile (minute 7)
+    assert cutoff == T0 + timedelta(minutes=7, microseconds=1)
+
+
+def test_session_suffix_split(spark: SparkSession) -> None:
+    sessions = sessions_frame(
+        spark,
+        [
+            ("s1", "u1", [ev(i, f"i{i}") for i in range(5)]),  # 5 events: suffix floor(2.5) = 2
+            ("s2", "u2", [ev(i, f"j{i}") for i in range(3)]),  # shorter than 4: history only
+        ],
+    )
+    split = split_events(sessions, protocol="session_suffix", config=EvaluateConfig())
+    got = {
+        r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
+        for r in split.collect()
+    }
+    assert got == {"s1": (["i0", "i1", "i2"], ["i3", "i4"]), "s2": (["j0", "j1", "j2"], [])}
+
+
+def test_auto_protocol_says_why_when_too_few_users(spark: SparkSession) -> None:
+    # 3 users with history and future; sessions too short for session_suffix.
+    rows = [
+        (f"s{u}{d}", f"u{u}", [ev(d * 1440 + u, f"i{u}{d}")]) for u in range(3) for d in range(2)
+    ] + [(f"t{u}", f"v{u}", [ev(u, "x")]) for u in range(10)]
+    sessions = sessions_frame(spark, rows)
+    choice = choose_protocol(sessions, unit="user", config=EvaluateConfig(holdout_days=0.5))
+    assert choice.protocol is None
+    assert choice.reason == (
+        "not enough users for protocol future: 3 found, 30 needed; "
+        "not enough users for protocol session_suffix: 0 found, 30 needed"
+    )
+    relaxed = EvaluateConfig(holdout_days=0.5, min_protocol_users=3)
+    chosen = choose_protocol(sessions, unit="user", config=relaxed)
+    assert (chosen.protocol, chosen.scored_units) == ("future", 3)
+
+
+# ------------------------------------------------------------------------ scoring
+
+
+def test_grouped_auc_matches_scikit_learn() -> None:
+    table = [(0.5, 2, 1), (0.1, 1, 3), (0.9, 0, 2)]
+    scores, labels = [], []
+    for score, pos, neg in table:
+        scores += [score] * (pos + neg)
+        labels += [1] * pos + [0] * neg
+    assert grouped_auc(table) == pytest.approx(roc_auc_score(labels, scores))
+    assert grouped_auc([(0.3, 0, 4)]) is None
+
+
+def test_best_jaccard_and_clusterboot_labels() -> None:
+    table = np.array([[8.0, 2.0], [0.0, 10.0], [0.0, 0.0]])
+    # row 0: 8 / (10 + 8 - 8) = 0.8; row 1: 10 / (10 + 12 - 10) = 10/12; row 2: no points
+    best = best_jaccard(table)
+    assert best[:2] == pytest.approx([0.8, 10 / 12]) and np.isnan(best[2])
+    assert [jaccard_label(v) for v in (0.8, 0.6, 0.4, None)] == [
+        "stable",
+        "doubtful",
+        "dissolved",
+        "-",
+    ]
+
+
+def test_future_scores_hand_computed(spark: SparkSession) -> None:
+    # Segment 0 (u1, u2) viewed A three times and B once; segment 1 (u3) viewed C five times.
+    history = spark.createDataFrame(
+        [
+            ("u1", [ev(0, "A"), ev(1, "A"), ev(2, "B", kind="purchase")]),
+            ("u2", [ev(0, "A")]),
+            ("u3", [ev(0, "C")] * 5),
+        ],
+        f"id string, events array<{EVENT}>",
+    )
+    targets = spark.createDataFrame(
+        [("u1", ["B", "Z"], ["c"], True), ("u2", ["C"], ["c"], False), ("u3", ["C"], ["c"], True)],
+        "id string, future_items array<string>, future_categories array<string>, "
+        "future_purchase boolean",
+    )
+    segments = spark.createDataFrame(
+        [("m", "u1", 0), ("m", "u2", 0), ("m", "u3", 1)]
+        + [("global_baseline", u, 0) for u in ("u1", "u2", "u3")],
+        "method string, id string, segment int",
+    )
+    scores = score_future(segments, history, targets, buckets=1)
+    n, hits, ndcg, _, _ = scores.per_bucket["m"][0]
+    # top 20 of segment 0: A (3), B (1); of segment 1: C.  u1: B at rank 2 -> hit, DCG 1/log2(3),
+    # ideal DCG over 2 items 1 + 1/log2(3); u2: C not in segment 0 -> miss; u3: C at rank 1.
+    assert (n, hits) == (3, 2)
+    assert ndcg == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)) + 0 + 1)
+    # Segment conversion in history: segment 0 = 1/2 (u1 bought), segment 1 = 0.
+    assert sorted(scores.auc_tables["m"]) == [(0.0, 1, 0), (0.5, 1, 1)]
+    metrics, skipped = future_metrics(scores, resamples=200, seed=1)
+    assert metrics["m"]["future_item_hit_rate_at_20"] == pytest.approx(2 / 3)
+    # Global ranking: C (5), A (3), B (1): every user's future item is in its top 20.
+    assert metrics["global_baseline"]["future_item_hit_rate_at_20"] == 1.0
+    assert metrics["m"]["future_item_hit_rate_at_20_lift"] == pytest.approx(2 / 3)
+    # AUC of scores (u1: 0.5 buys, u2: 0.5 does not, u3: 0.0 buys): pairs (u1,u2) tie,
+    # (u3,u2) loss -> 0.5 / 2
+    assert metrics["m"]["future_purchase_auc"] == pytest.approx(0.25)
+    assert skipped[("m", "future_category_hit_rate_at_10")].startswith(
+        "the history has 1 categories"
+    )
+    for values in metrics.values():
+        assert all(np.isfinite(v) for v in values.values())
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_pair_methods() -> None:
+    rng = np.random.default_rng(0)
+    buckets = 200
+    global_hits = rng.binomial(5, 0.3, buckets).astype(float)
+    better = np.minimum(global_hits + rng.binomial(5, 0.3, buckets), 5.0)
+    table = lambda hits: np.column_stack(  # noqa: E731
+        [np.full(buckets, 5.0), hits, hits / 2, np.zeros(buckets), np.zeros(buckets)]
+    )
+    scores = FutureScores(
+        {"embedding": table(better), "global_baseline": table(global_hits)}, {}, 50
+    )
+    metrics, _ = future_metrics(scores, resamples=500, seed=3)
+    emb = metrics["embedding"]
+    assert emb["future_item_hit_rate_at_20_ci_low"] < emb["future_item_hit_rate_at_20"]
+    assert emb["future_item_hit_rate_at_20"] < emb["future_item_hit_rate_at_20_ci_high"]
+    assert emb["future_item_hit_rate_at_20_lift_ci_low"] > 1.0
+    assert emb["future_item_hit_rate_at_20_diff_best_baseline_ci_low"] > 0.0
+    assert emb["future_users"] == 1000.0
+
+
+# ------------------------------------------------------------------------ no leakage
+
+
+def _history_and_targets(
+    sessions: DataFrame, config: EvaluateConfig
+) -> tuple[DataFrame, DataFrame]:
+    cutoff = future_cutoff(sessions, config)
+    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff)
+    return history_units(split, unit="user", sessionize=SessionizeConfig()), future_targets(
+        split, unit="user"
+    )
+
+
+def _shop(spark: SparkSession, *, future_category: str | None = None) -> DataFrame:
+    """Three groups of 20 users; each user has 4 history days and one future day."""
+    rows = []
+    groups = (("electronics.phone", "p"), ("apparel.shoes", "s"), ("kids.toys", "t"))
+    for g, (category, prefix) in enumerate(groups):
+        for u in range(20):
+            user = f"{prefix}{u:02d}"
+            for day in range(5):
+                item = f"{prefix}-{(u + day * 3) % 20}"
+                kind = "purchase" if (u + day) % 4 == 0 else "view"
+                cat = future_category if (day == 4 and future_category) else category
+                start = day * 1440 + g * 10 + u
+                rows.append(
+                    (
+                        f"{user}-{day}",
+                        user,
+                        [
+                            ev(start, item, cat, kind),
+                            ev(start + 1, f"{prefix}-{(u + day) % 20}", cat),
+                        ],
+                    )
+                )
+    return sessions_frame(spark, rows)
+
+
+def test_no_future_event_reaches_a_fitted_artefact(spark: SparkSession) -> None:
+    config = EvaluateConfig(holdout_days=1.0)
+    original = _shop(spark)
+    perturbed = _shop(spark, future_category="garden.tools").withColumn(
+        "events",
+        F.transform(
+            "events",
+            lambda e: e.withField(
+                "item_id",
+                F.when(e["ts"] >= F.lit(T0 + timedelta(days=4)), F.lit("zz")).otherwise(
+                    e["item_id"]
+                ),
+            ),
+        ),
+    )
+    history_a, targets_a = _history_and_targets(original, config)
+    history_b, targets_b = _history_and_targets(perturbed, config)
+    assert targets_a.exceptAll(targets_b).count() > 0  # the future did change
+    assertDataFrameEqual(history_a, history_b)
+    # Every method's fit reads history units only (jobs.evaluation.backtest); its artefacts are
+    # then the same: the TF-IDF vocabulary, IDF and weights, and the K-Means segments of the
+    # classic and the hand-built baselines.
+    edges = (20.0, 60.0, 200.0, 600.0)
+    a = tfidf_features(history_a, method="tfidf_tokens_baseline", config=config, edges=edges)
+    b = tfidf_features(history_b, method="tfidf_tokens_baseline", config=config, edges=edges)
+    assertDataFrameEqual(a, b)
+    cluster = AppConfig().cluster
+    for fit in (
+        lambda h: tfidf_segments(
+            h, method="tfidf_baseline", k=3, config=config, cluster=cluster, edges=edges
+        ),
+        lambda h: aggregate_segments(h, k=3, config=config, cluster=cluster),
+    ):
+        assertDataFrameEqual(fit(history_a), fit(history_b))
+
+
+# ------------------------------------------------------------------------ known answers
+
+
+def _known_answer(spark: SparkSession, *, informative: bool):  # type: ignore[no-untyped-def]
+    """60 users in 3 groups by category; history days 0-3, the future on day 4.  Informative:
+    each user's future item comes from their group's 20 items; otherwise from all 60."""
+    rng = np.random.default_rng(11)
+    groups = (("electronics.smartphone", "p"), ("apparel.shoes", "s"), ("kids.toys", "t"))
+    rows = []
+    for category, prefix in groups:
+        for u in range(20):
+            user = f"{prefix}{u:02d}"
+            for day in range(4):
+                events = [
+                    ev(day * 1440 + u + i, f"{prefix}-{rng.integers(20)}", category)
+                    for i in range(3)
+                ]
+                rows.append((f"{user}-{day}", user, events))
+            if informative:
+                item, cat = f"{prefix}-{rng.integers(20)}", category
+            else:
+                other = groups[rng.integers(3)]
+                item, cat = f"{other[1]}-{rng.integers(20)}", other[0]
+            rows.append((f"{user}-4", user, [ev(4 * 1440 + u, item, cat)]))
+    return sessions_frame(spark, rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("informative", [True, False])
+def test_known_answers(spark: SparkSession, informative: bool) -> None:
+    from udfs.encoder import packaged_minilm_path
+
+    sessions = _known_answer(spark, informative=informative)
+    base = AppConfig()
+    config = dataclasses.replace(
+        base,
+        evaluate=dataclasses.replace(base.evaluate, holdout_days=0.5, bootstrap_resamples=1000),
+        encoder=dataclasses.replace(base.encoder, batch_size=32),
+    )
+    known = spark.createDataFrame([], "id string, content_hash string, embedding array<float>")
+    units = sessions.select(F.col("user_id").alias("id")).distinct()
+    result = run_backtest(
+        sessions,
+        unit="user",
+        units=units,
+        k=3,
+        config=config,
+        embedding=EmbeddingSource(str(packaged_minilm_path()), known),
+    )
+    assert result.protocol == "future" and result.scored_units == 60
+    lifts = {
+        m: (
+            v["future_item_hit_rate_at_20_lift_ci_low"],
+            v["future_item_hit_rate_at_20_lift_ci_high"],
+        )
+        for m, v in result.metrics.items()
+        if m != "global_baseline"
+    }
+    if informative:
+        assert lifts["embedding"][0] > 1.0, lifts
+        assert lifts["random_baseline"][0] <= 1.0 <= lifts["random_baseline"][1], lifts
+    else:
+        for method, (low, high) in lifts.items():
+            assert low <= 1.0 <= high, (method, low, high)
+    for values in result.metrics.values():
+        assert all(np.isfinite(v) for v in values.values())

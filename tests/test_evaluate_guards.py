@@ -1,0 +1,188 @@
+"""Evaluation guards: nothing non-finite is stored, the Delta log stays valid JSON, report cells
+are escaped, the latest run is the most recently created, a rerun replaces its own rows, and
+ground truth is used only when it applies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from jobs import evaluate
+from jobs.core.config import AppConfig
+from jobs.core.lake import Lake
+from jobs.core.metrics import Metric, record_metrics
+from jobs.core.tables import CLUSTER_ASSIGNMENTS, CLUSTER_METRICS
+from jobs.evaluation.backtest import Backtest
+from jobs.evaluation.external import external_metrics
+from jobs.evaluation.internal import internal_metrics
+from jobs.evaluation.report import cell, write_report
+
+
+def _refuse(token: str) -> None:
+    raise AssertionError(f"invalid JSON constant {token}")
+
+
+def test_duplicate_points_give_no_infinite_metric(spark: SparkSession) -> None:
+    # Every cluster collapses onto one point: within-cluster dispersion 0, CH would be infinite.
+    rows = [([1.0, 0.0], 0)] * 5 + [([0.0, 1.0], 1)] * 5 + [([0.6, 0.8], 2)] * 5
+    df = spark.createDataFrame(rows, "embedding array<double>, cluster_id int")
+    values, skipped = internal_metrics(df, sample=100, seed=1)
+    assert all(math.isfinite(v) for v in values.values())
+    assert "calinski_harabasz" not in values
+    assert skipped["calinski_harabasz"].startswith("every point sits on its centroid")
+    assert values["sse"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_cluster_and_zero_vectors_are_not_applicable(spark: SparkSession) -> None:
+    one = spark.createDataFrame(
+        [([1.0, 0.0], 0), ([0.0, 1.0], 0)], "embedding array<double>, cluster_id int"
+    )
+    values, skipped = internal_metrics(one, sample=10, seed=1)
+    assert set(values) == {"sse", "size_min_share", "size_max_share", "size_entropy"}
+    assert skipped["silhouette_cosine"] == "a single cluster"
+    zeros = spark.createDataFrame(
+        [([0.0, 0.0], 0), ([1.0, 0.0], 0), ([0.0, 1.0], 1), ([0.0, 2.0], 1)],
+        "embedding array<double>, cluster_id int",
+    )
+    values, skipped = internal_metrics(zeros, sample=10, seed=1)
+    assert "silhouette_cosine" not in values
+    assert skipped["silhouette_cosine"] == "1 all-zero vectors have no direction"
+    assert all(math.isfinite(v) for v in values.values())
+
+
+def test_metrics_table_refuses_non_finite_values(spark: SparkSession, lake: Lake) -> None:
+    bad = Metric("embedding", "calinski_harabasz", float("inf"), 3, "user", "v1", "cpu", 10)
+    with pytest.raises(ValueError, match="calinski_harabasz is inf: not recorded"):
+        record_metrics(spark, lake, "r1", [bad])
+    assert not lake.exists(CLUSTER_METRICS)
+
+
+def test_delta_log_stays_valid_json_with_non_finite_data(spark: SparkSession, lake: Lake) -> None:
+    # A table holding infinities and NaN (user data can): the file statistics must stay JSON.
+    df = spark.createDataFrame(
+        [
+            ("r1", "embedding", metric, value, 3, "user", "v", "cpu", 1)
+            for metric, value in (("m", float("inf")), ("n", float("nan")), ("o", float("-inf")))
+        ],
+        "run_id string, method string, metric string, value double, k int, unit string, "
+        "model_version string, backend string, sample_size long",
+    ).withColumn("created_at", F.current_timestamp())
+    lake.overwrite_partitions(CLUSTER_METRICS, df, {"run_id": ["r1"]})
+    log_dir = Path(lake.location(CLUSTER_METRICS).describe()) / "_delta_log"
+    entries = [line for f in sorted(log_dir.glob("*.json")) for line in f.read_text().splitlines()]
+    stats = []
+    for line in entries:
+        action = json.loads(line, parse_constant=_refuse)
+        if "add" in action and action["add"].get("stats"):
+            stats.append(json.loads(action["add"]["stats"], parse_constant=_refuse))
+    assert stats and all("value" not in s["minValues"] for s in stats)
+    # No statistic hides the file from a filter on the column: +inf and NaN (Spark orders NaN
+    # above every number) are both found.
+    assert lake.read(CLUSTER_METRICS).where(F.col("value") > 1e300).count() == 2
+
+
+def test_report_cells_keep_their_columns(tmp_path: Path) -> None:
+    assert cell("home|garden") == "home&#124;garden"
+    assert cell("sports\nrunning") == "sports<br>running"
+    profiles = pd.DataFrame(
+        [
+            {
+                "cluster_id": 0,
+                "size": 3,
+                "share": 1.0,
+                "conversion_rate": float("nan"),
+                "cart_rate": 0.0,
+                "mean_events_per_session": 2.0,
+                "top_categories": [
+                    {"rank": 1, "value": "home|garden", "share": 0.5, "lift": 1.0},
+                    {"rank": 2, "value": "sports\nrunning", "share": 0.5, "lift": 1.0},
+                ],
+                "stability_jaccard": 0.8,
+            }
+        ]
+    )
+    path = write_report(
+        tmp_path,
+        run_id="r|1",
+        k=1,
+        rows=3,
+        unit="user",
+        model_version="v",
+        metrics={"embedding": {"sse": 1.0}},
+        not_applicable={("embedding", "future_*"): "a | b\nc"},
+        backtest=Backtest(None, "not enough users for protocol future: 3 found, 30 needed"),
+        sweep=pd.DataFrame({"k": [1], "sse": [1.0], "silhouette_sqeuclidean": [0.0]}),
+        profiles=profiles,
+        sample_points=np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
+        sample_labels=np.array([0, 0, 0]),
+    )
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| cluster |"))
+    row = lines[header + 2]
+    assert row.count("|") == lines[header].count("|")
+    assert "home&#124;garden" in row and "sports<br>running" in row
+    assert "No recommendation: not enough users for protocol future: 3 found, 30 needed." in (
+        path.read_text()
+    )
+
+
+def _metric_row(run: str, metric: str, backend: str) -> Metric:
+    return Metric("embedding", metric, 1.0, 3, "user", "v1", backend, 10)
+
+
+def test_latest_run_is_the_most_recently_created(spark: SparkSession, lake: Lake) -> None:
+    assignments = spark.createDataFrame(
+        [(run, "user", "u1", "u1", 0, 0.0) for run in ("zz-old", "aa-new")],
+        "run_id string, unit string, id string, user_id string, cluster_id int, distance double",
+    )
+    lake.overwrite_partitions(CLUSTER_ASSIGNMENTS, assignments, {"run_id": ["zz-old", "aa-new"]})
+    record_metrics(spark, lake, "zz-old", [_metric_row("zz-old", "sse", "cpu")])
+    time.sleep(1.1)  # created_at has its own, later, timestamp
+    record_metrics(spark, lake, "aa-new", [_metric_row("aa-new", "sse", "cpu")])
+    assert evaluate._latest_cluster_run(lake) == "aa-new"  # not the largest id string
+
+
+def test_rerun_replaces_the_runs_rows_whatever_their_backend(
+    spark: SparkSession, lake: Lake
+) -> None:
+    record_metrics(spark, lake, "r1", [_metric_row("r1", "sse", "gpu")])  # the cluster stage's
+    record_metrics(spark, lake, "r1", [_metric_row("r1", "davies_bouldin", "cpu")])
+    replace = ~(F.col("metric") == "sse")
+    record_metrics(spark, lake, "r1", [_metric_row("r1", "davies_bouldin", "gpu")], replace=replace)
+    rows = {(r["metric"], r["backend"]) for r in lake.read(CLUSTER_METRICS).collect()}
+    assert rows == {("sse", "gpu"), ("davies_bouldin", "gpu")}
+
+
+def test_ground_truth_only_when_configured_or_generated(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    truth = tmp_path / "personas.csv"
+    truth.write_text("user_id,persona\nu1,a\n")
+    base = AppConfig()
+    generated = dataclasses.replace(
+        base, generate=dataclasses.replace(base.generate, ground_truth_path=str(truth))
+    )
+    assert evaluate._ground_truth(spark, generated) is not None  # the generator's own source
+    other = dataclasses.replace(
+        generated,
+        ingest=dataclasses.replace(
+            base.ingest, source=dataclasses.replace(base.ingest.source, name="rees46")
+        ),
+    )
+    assert evaluate._ground_truth(spark, other) is None  # the demo's personas are not its truth
+    explicit = dataclasses.replace(
+        other, evaluate=dataclasses.replace(base.evaluate, ground_truth_path=str(truth))
+    )
+    labels = evaluate._ground_truth(spark, explicit)
+    assert labels is not None
+    clustered = spark.createDataFrame([("u9", 0)], "user_id string, cluster_id int")
+    assert external_metrics(clustered, labels) == {}  # matches no user: skipped, no crash
