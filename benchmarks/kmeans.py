@@ -47,24 +47,35 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(size=(args.k, args.dim)).astype(np.float32)
     labels = rng.integers(0, args.k, args.rows)
-    points = centres[labels] + rng.normal(scale=0.6, size=(args.rows, args.dim)).astype(
-        np.float32
-    )
+    points = centres[labels] + rng.normal(scale=0.6, size=(args.rows, args.dim)).astype(np.float32)
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-kmeans-"))
     flat = pa.array(points.reshape(-1))
     column = pa.FixedSizeListArray.from_arrays(flat, args.dim).cast(pa.list_(pa.float32()))
-    pq.write_table(pa.table({"embedding": column}), workdir / "points.parquet",
-                   row_group_size=20_000)
+    pq.write_table(
+        pa.table({"embedding": column}), workdir / "points.parquet", row_group_size=20_000
+    )
 
     started = time.perf_counter()
-    sk = SkKMeans(n_clusters=args.k, init="k-means++", n_init=1, max_iter=args.max_iter,
-                  tol=args.tol, random_state=args.seed, algorithm="lloyd").fit(points)
+    sk = SkKMeans(
+        n_clusters=args.k,
+        init="k-means++",
+        n_init=1,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        random_state=args.seed,
+        algorithm="lloyd",
+    ).fit(points)
     sk_s = time.perf_counter() - started
 
     cores = os.cpu_count() or 2
-    spark = get_spark(SparkConfig(master=f"local[{cores}]", driver_memory="8g",
-                                  extra={"spark.ui.showConsoleProgress": "false"}))
+    spark = get_spark(
+        SparkConfig(
+            master=f"local[{cores}]",
+            driver_memory="8g",
+            extra={"spark.ui.showConsoleProgress": "false"},
+        )
+    )
     frame = (
         spark.read.parquet(str(workdir / "points.parquet"))
         .select(array_to_vector(F.col("embedding")).alias("features"))
@@ -73,23 +84,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     frame.count()
     started = time.perf_counter()
-    model = KMeans(k=args.k, maxIter=args.max_iter, tol=args.tol, seed=args.seed,
-                   initMode="k-means||").fit(frame)
+    model = KMeans(
+        k=args.k, maxIter=args.max_iter, tol=args.tol, seed=args.seed, initMode="k-means||"
+    ).fit(frame)
     mllib_s = time.perf_counter() - started
     mllib_cost = float(model.summary.trainingCost)
     iterations = int(model.summary.numIter)
     spark.stop()
 
-    print(f"\n{args.rows:,} x {args.dim} float32 unit vectors, k={args.k}, max_iter "
-          f"{args.max_iter}, tol {args.tol}, {cores} cores")
-    print(f"scikit-learn KMeans (k-means++, lloyd):  {sk_s:7.1f}s  inertia {sk.inertia_:,.1f}"
-          f"  ({sk.n_iter_} iterations)")
-    print(f"Spark MLlib KMeans (k-means||):          {mllib_s:7.1f}s  cost    {mllib_cost:,.1f}"
-          f"  ({iterations} iterations)")
-    print(f"ratio MLlib/scikit-learn fit time: {mllib_s / sk_s:.2f}x; cost ratio "
-          f"{mllib_cost / sk.inertia_:.4f}")
-    print(json.dumps({"rows": args.rows, "sklearn_s": sk_s, "mllib_s": mllib_s,
-                      "sklearn_inertia": float(sk.inertia_), "mllib_cost": mllib_cost}))
+    print(
+        f"\n{args.rows:,} x {args.dim} float32 unit vectors, k={args.k}, max_iter "
+        f"{args.max_iter}, tol {args.tol}, {cores} cores"
+    )
+    print(
+        f"scikit-learn KMeans (k-means++, lloyd):  {sk_s:7.1f}s  inertia {sk.inertia_:,.1f}"
+        f"  ({sk.n_iter_} iterations)"
+    )
+    print(
+        f"Spark MLlib KMeans (k-means||):          {mllib_s:7.1f}s  cost    {mllib_cost:,.1f}"
+        f"  ({iterations} iterations)"
+    )
+    print(
+        f"ratio MLlib/scikit-learn fit time: {mllib_s / sk_s:.2f}x; cost ratio "
+        f"{mllib_cost / sk.inertia_:.4f}"
+    )
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "sklearn_s": sk_s,
+                "mllib_s": mllib_s,
+                "sklearn_inertia": float(sk.inertia_),
+                "mllib_cost": mllib_cost,
+            }
+        )
+    )
     return 0
 
 
