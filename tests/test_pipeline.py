@@ -196,6 +196,7 @@ def test_stage_selection() -> None:
         select_stages("sessionize", "generate")
 
 
+@pytest.mark.slow  # the whole pipeline in a subprocess with its own JVM (about 2 minutes)
 def test_cli_runs_the_pipeline_and_prints_counts_and_tables(tmp_path: Path) -> None:
     overrides = [
         "generate.n_users=150",
