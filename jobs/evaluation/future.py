@@ -264,9 +264,8 @@ def future_metrics(
                 low, high = interval
                 out[method]["future_item_hit_rate_at_20_lift_ci_low"] = low
                 out[method]["future_item_hit_rate_at_20_lift_ci_high"] = high
-    others = [m for m in boot if m != "embedding"]
-    if "embedding" in boot and others:
-        best = max(others, key=lambda m: (out[m]["future_item_hit_rate_at_20"], m))
+    best = best_other(out)  # every method with a hit rate has its resamples in boot
+    if "embedding" in boot and best is not None:
         emb = out["embedding"]
         emb["future_item_hit_rate_at_20_diff_best_baseline"] = (
             emb["future_item_hit_rate_at_20"] - out[best]["future_item_hit_rate_at_20"]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jobs.evaluation.future import best_other
 from jobs.evaluation.stability import jaccard_label
 
 #: Metrics shown in the comparison table, with the direction that is better.
@@ -199,14 +200,12 @@ def verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> str
     if getattr(backtest, "protocol", None) is None:
         reason = getattr(backtest, "reason", "")
         return f"No recommendation: {reason}." if reason else None
-    scored = {m: v for m, v in metrics.items() if "future_item_hit_rate_at_20" in v}
-    others = [m for m in scored if m != "embedding"]
-    if not others:
+    best = best_other(metrics)
+    if best is None:
         return None
-    best = max(others, key=lambda m: (scored[m]["future_item_hit_rate_at_20"], m))
-    theirs = scored[best]["future_item_hit_rate_at_20"]
-    emb = scored.get("embedding")
-    if emb is None:
+    theirs = metrics[best]["future_item_hit_rate_at_20"]
+    emb = metrics.get("embedding")
+    if emb is None or "future_item_hit_rate_at_20" not in emb:
         return (
             f"Use `{best}` (item hit-rate@20 {theirs:.3f}): the embedding could not be scored "
             "on this data."
