@@ -1,8 +1,17 @@
-"""Benchmark: the bare encoder core vs the same encoder inside the Spark pandas UDF.
+"""Benchmark: the encoder's numeric paths, and the bare encoder core vs the same encoder inside
+the Spark pandas UDF.
 
-Same rows (user sequences rendered from generated data), same model, batch size and machine:
+Same rows (user or session sequences rendered from generated data), same model, batch size and
+machine:
 
-* **bare**: ``Encoder.encode`` in this process with torch using all local cores;
+* **fp32**: the encoder as it ran before distinct-text reuse and CPU bf16 (every row encoded,
+  fp32): ``encode_ids(tokenize(texts))`` with ``encoder.precision=fp32``;
+* **fp32 + dedup**: ``Encoder.encode`` (each distinct text once), fp32;
+* **bf16 + dedup**: ``Encoder.encode`` with ``torch.autocast(cpu, bfloat16)``, the default
+  (``precision: auto``) on CPUs with native bf16 (skipped elsewhere, and said so);
+  the cosine of each row's vector to fp32's is printed (min and mean; target >= 0.99 on every
+  row), and the speedup of the default path over fp32 (target >= 2.0);
+* **bare**: ``Encoder.encode`` in this process with torch using all local cores (default path);
 * **udf**: ``embedding_udf`` on ``local[N]`` (N tasks, one torch thread each), results written to
   Spark's ``noop`` sink so only the computation and the Arrow round trip are timed.  The first UDF
   job ("cold") includes loading the model in each Python worker; the second ("warm") reuses the
@@ -12,6 +21,7 @@ Prints sequences/s and tokens/s of each, the warm UDF / bare ratio (target:
 >= 0.9) and peak resident memory.  Usage::
 
     python benchmarks/embed.py [--rows 4096] [--batch-size 128] [--max-length 128] [--kind text]
+                               [--unit user|session]
 """
 
 from __future__ import annotations
@@ -50,8 +60,11 @@ def _python_worker_peak_rss_mb() -> float:
     return peak
 
 
-def rendered_sequences(rows: int, encoder: EncoderConfig, workdir: Path) -> list[str]:
-    """Render user sequences of generated data with the pipeline's own transforms."""
+def rendered_sequences(
+    rows: int, encoder: EncoderConfig, workdir: Path, unit: str = "user"
+) -> list[str]:
+    """Render user (or session) sequences of generated data with the pipeline's own
+    transforms."""
     from jobs import ingest, sessionize
     from jobs.core.lake import Lake
     from jobs.core.session import get_spark
@@ -66,7 +79,8 @@ def rendered_sequences(rows: int, encoder: EncoderConfig, workdir: Path) -> list
         base,
         generate=dataclasses.replace(
             base.generate,
-            n_users=max(200, rows // 2),
+            # More users than rows: a share are bots (excluded) or have no events.
+            n_users=max(200, rows + rows // 2),
             output_dir=str(workdir / "raw"),
             ground_truth_path=str(workdir / "truth.csv"),
         ),
@@ -82,16 +96,15 @@ def rendered_sequences(rows: int, encoder: EncoderConfig, workdir: Path) -> list
     sessionize.run(spark, lake, config, run_id="bench")
     texts = [
         r[0]
-        for r in lake.read("user_sequences")
-        .transform(select_units, unit="user", include_bots=False)
+        for r in lake.read("user_sequences" if unit == "user" else "sessions")
+        .transform(select_units, unit=unit, include_bots=False)
         .transform(render_sequences, config=encoder)
         .select("rendered")
         .orderBy("id")
         .limit(rows)
         .collect()
     ]
-    while len(texts) < rows:  # repeat when the generated data has fewer users than rows
-        texts.extend(texts[: rows - len(texts)])
+    # Never padded with repeats: they would flatter the distinct-text reuse.
     return texts
 
 
@@ -102,18 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--kind", default="text", choices=["text"])
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--unit", default="user", choices=["user", "session"])
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
 
     from jobs.core.session import get_spark
-    from udfs.encoder import load_encoder, resolve_model_path
+    from udfs.encoder import cpu_has_native_bf16, load_encoder, resolve_model_path
     from udfs.spark_udf import embedding_udf
 
     encoder_config = EncoderConfig(
         kind=args.kind, max_length=args.max_length, batch_size=args.batch_size, device="cpu"
     )
+    fp32_config = dataclasses.replace(encoder_config, precision="fp32")
     workdir = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     spark = get_spark(
         SparkConfig(
@@ -122,9 +137,24 @@ def main(argv: list[str] | None = None) -> int:
             extra={"spark.ui.showConsoleProgress": "false"},
         )
     )
-    texts = rendered_sequences(args.rows, encoder_config, workdir)
+    texts = rendered_sequences(args.rows, encoder_config, workdir, args.unit)
 
-    # ---- bare core
+    # ---- numeric paths, bare core, side by side on the same rows
+    def timed(config: EncoderConfig, *, dedup: bool) -> tuple[float, np.ndarray]:
+        encoder = load_encoder(config, device="cpu", num_threads=args.cores)
+        run = encoder.encode if dedup else (lambda t: encoder.encode_ids(encoder.tokenize(t)))
+        run(texts[: args.batch_size])  # warm-up: first-call allocations
+        started = time.perf_counter()
+        vectors = run(texts)
+        return time.perf_counter() - started, vectors
+
+    fp32_s, fp32_vectors = timed(fp32_config, dedup=False)
+    dedup_s, dedup_vectors = timed(fp32_config, dedup=True)
+    native_bf16 = cpu_has_native_bf16()
+    if native_bf16:
+        bf16_s, bf16_vectors = timed(
+            dataclasses.replace(encoder_config, precision="bf16"), dedup=True
+        )
     encoder = load_encoder(encoder_config, device="cpu", num_threads=args.cores)
     tokens = sum(len(ids) for ids in encoder.tokenize(texts))
     encoder.encode(texts[: args.batch_size])  # warm-up: first-call allocations
@@ -163,11 +193,35 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(texts)
     ratio = bare_s / warm_s
+    distinct = len(set(texts))
     print(
-        f"\n{n:,} user sequences, {tokens:,} tokens (mean {tokens / n:.0f}), model "
-        f"all-MiniLM-L6-v2, batch {args.batch_size}, max_length {args.max_length}, "
-        f"{args.cores} CPU cores, torch {torch.__version__}"
+        f"\n{n:,} {args.unit} sequences ({distinct:,} distinct), {tokens:,} tokens "
+        f"(mean {tokens / n:.0f}), model all-MiniLM-L6-v2, batch {args.batch_size}, max_length "
+        f"{args.max_length}, {args.cores} CPU cores, torch {torch.__version__}"
     )
+    exact = float(np.abs(dedup_vectors - fp32_vectors).max())
+    print(f"fp32:            {n / fp32_s:8.1f} seq/s  ({fp32_s:.1f}s)")
+    print(
+        f"fp32 + dedup:    {n / dedup_s:8.1f} seq/s  ({dedup_s:.1f}s)  speedup "
+        f"{fp32_s / dedup_s:.2f}  max abs difference to fp32 {exact:.1e}"
+    )
+    result = {"fp32_s": fp32_s, "dedup_s": dedup_s, "dedup_max_abs_diff": exact}
+    if native_bf16:
+        cosine = (bf16_vectors * fp32_vectors).sum(axis=1)
+        print(
+            f"bf16 + dedup:    {n / bf16_s:8.1f} seq/s  ({bf16_s:.1f}s)  speedup "
+            f"{fp32_s / bf16_s:.2f}  (target >= 2.0)  cosine to fp32 min {cosine.min():.5f} "
+            f"mean {cosine.mean():.5f} (target >= 0.99 on every row)"
+        )
+        result.update(
+            bf16_s=bf16_s,
+            speedup=fp32_s / bf16_s,
+            cosine_min=float(cosine.min()),
+            cosine_mean=float(cosine.mean()),
+        )
+    else:
+        print("bf16 + dedup:    skipped: this CPU has no native bf16 (precision auto runs fp32)")
+        result.update(speedup=fp32_s / dedup_s)
     print(
         f"bare encode():   {n / bare_s:8.1f} seq/s  {tokens / bare_s:10,.0f} tokens/s  "
         f"({bare_s:.1f}s)  peak RSS {bare_rss:,.0f} MB"
@@ -194,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_rss_mb": bare_rss,
                 "worker_rss_mb": worker_rss,
                 "bare_dim": int(bare_vectors.shape[1]),
+                **result,
             }
         )
     )

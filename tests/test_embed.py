@@ -102,11 +102,14 @@ def test_udf_vectors_equal_the_core_for_the_same_rows(
         .transform(render_sequences, config=small_lake.encoder)
         .repartition(3)  # several tasks, so several batches and worker encoders
     )
-    model_dir = str(resolve_model_path(small_lake.encoder))
+    # fp32: bf16 results depend (by ~1e-3) on which rows share a batch, and the UDF's batches
+    # are not the core's.
+    encoder = dataclasses.replace(small_lake.encoder, precision="fp32")
+    model_dir = str(resolve_model_path(encoder))
     rows = rendered.select(
-        "id", "rendered", embedding_udf(small_lake.encoder, model_dir)("rendered").alias("v")
+        "id", "rendered", embedding_udf(encoder, model_dir)("rendered").alias("v")
     ).collect()
-    core = load_encoder(small_lake.encoder, device="cpu")
+    core = load_encoder(encoder, device="cpu")
     expected = core.encode([r["rendered"] for r in rows])
     got = np.array([r["v"] for r in rows], dtype=np.float32)
     assert got.shape == expected.shape == (120, 384)
@@ -209,5 +212,8 @@ def test_incremental_embed_encodes_only_changed_sequences(
     fresh = {r["id"]: r for r in lake.read("embeddings").collect()}
     assert set(fresh) == set(rows)
     for key, row in rows.items():
-        np.testing.assert_allclose(row["embedding"], fresh[key]["embedding"], atol=1e-5)
+        # Equal up to the numeric path: with bf16 (the CPU default where the CPU has it) a
+        # vector moves by ~1e-3 with the rows that share its batch; fp32 agrees to 1e-5.
+        cosine = float(np.dot(row["embedding"], fresh[key]["embedding"]))
+        assert cosine >= 0.9999, (key, cosine)
         assert row["content_hash"] == fresh[key]["content_hash"]

@@ -12,6 +12,8 @@ import pytest
 from jobs.core.config import EncoderConfig, TrainEncoderConfig
 from udfs.encoder import (
     Encoder,
+    autocast_dtype,
+    cpu_has_native_bf16,
     load_encoder,
     model_version,
     packaged_minilm_path,
@@ -29,7 +31,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def text_encoder() -> Encoder:
-    return load_encoder(EncoderConfig(max_length=64, batch_size=64), device="cpu")
+    # fp32: compared with sentence-transformers' fp32 reference at 1e-5.
+    return load_encoder(EncoderConfig(max_length=64, batch_size=64, precision="fp32"), device="cpu")
 
 
 def test_shape_dtype_and_unit_norm(text_encoder: Encoder) -> None:
@@ -64,6 +67,39 @@ def test_deterministic_and_batch_size_independent(text_encoder: Encoder) -> None
     np.testing.assert_array_equal(first, text_encoder.encode(many))
     single = dataclasses.replace(text_encoder, batch_size=1).encode(many)
     np.testing.assert_allclose(first, single, atol=1e-5)
+
+
+def test_repeated_texts_are_encoded_once_and_fanned_out(text_encoder: Encoder) -> None:
+    texts = [TEXTS[i % 3] for i in range(12)] + [TEXTS[4]]
+    seen: list[int] = []
+    original = text_encoder.encode_ids
+    counting = dataclasses.replace(text_encoder)
+    counting.encode_ids = lambda ids: seen.append(len(ids)) or original(ids)  # type: ignore[method-assign]
+    vectors = counting.encode(texts)
+    assert seen == [4]  # four distinct texts reached the model
+    np.testing.assert_array_equal(vectors[0], vectors[3])
+    np.testing.assert_allclose(vectors, original(text_encoder.tokenize(texts)), atol=1e-5)
+
+
+def test_precision_choice_by_device_and_cpu() -> None:
+    import torch
+
+    assert autocast_dtype("fp32", "cuda:0") is None and autocast_dtype("fp32", "cpu") is None
+    assert autocast_dtype("auto", "cuda:0") is torch.bfloat16
+    assert autocast_dtype("fp16", "cuda:0") is torch.float16
+    assert autocast_dtype("fp16", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+    native = cpu_has_native_bf16()
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if native else None)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_cpu_bf16_agrees_with_fp32(text_encoder: Encoder) -> None:
+    many = [f"view category{i % 17} brand{i % 5} {'mid ' * (i % 9)}" for i in range(64)] + TEXTS
+    bf16 = load_encoder(EncoderConfig(max_length=64, batch_size=64, precision="auto"), device="cpu")
+    assert bf16.autocast_dtype is not None
+    cosine = (bf16.encode(many) * text_encoder.encode(many)).sum(axis=1)
+    assert cosine.min() >= 0.999
 
 
 def test_long_sequences_keep_their_most_recent_events(text_encoder: Encoder) -> None:

@@ -262,7 +262,7 @@ class EncoderConfig:
     batch_size: int = 128
     #: auto | cpu | cuda.  auto takes the task's GPU when Spark assigned one.
     device: Device = "auto"
-    #: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.
+    #: auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16.
     precision: Precision = "auto"
     #: Render item ids too (only useful when items recur across users).
     include_item_ids: bool = False
