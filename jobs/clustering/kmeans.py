@@ -97,7 +97,9 @@ def pick_k(sweep: list[tuple[int, float, float]], criterion: str) -> int:
 
 def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
     """An unfitted K-Means of ``backend`` (``gpu``: spark-rapids-ml on the array column;
-    ``cpu``: MLlib's k-means|| on :data:`FEATURES`) predicting :data:`PREDICTION`."""
+    ``cpu``: MLlib's k-means|| on :data:`FEATURES`, with the block solver: the same centres as
+    the row solver, about 1.5-2x faster on dense vectors; Spark >= 3.4) predicting
+    :data:`PREDICTION`."""
     if backend == "gpu":
         from spark_rapids_ml.clustering import KMeans as GpuKMeans
 
@@ -116,6 +118,7 @@ def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
         featuresCol=FEATURES,
         predictionCol=PREDICTION,
         initMode="k-means||",
+        solver="block",
     )
 
 
