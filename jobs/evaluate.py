@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,19 +252,25 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         rows.select("id"), "id"
     )
     truth = _ground_truth(spark, config)
+    # The encoder as embed resolved it (encoder.kind auto decides on the same table).
+    encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
+    resolved = dataclasses.replace(config, encoder=encoder)
     try:
-        results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
-        # The encoder as embed resolved it (encoder.kind auto decides on the same table).
-        encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
-        resolved = dataclasses.replace(config, encoder=encoder)
-        backtest = run_backtest(
-            lake.read(SESSIONS),
-            unit=unit,
-            units=rows.select("id"),
-            k=k,
-            config=resolved,
-            embedding=_embedding_source(lake, resolved, target),
-        )
+        # The backtest and the same-rows metrics share nothing but their inputs: their Spark
+        # jobs run side by side (a second driver thread fills the gaps between small jobs;
+        # every fit is seeded, so the numbers do not depend on the interleaving).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest") as pool:
+            pending = pool.submit(
+                run_backtest,
+                lake.read(SESSIONS),
+                unit=unit,
+                units=rows.select("id"),
+                k=k,
+                config=resolved,
+                embedding=_embedding_source(lake, resolved, target),
+            )
+            results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
+            backtest = pending.result()
         sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
     finally:
         rows.unpersist()

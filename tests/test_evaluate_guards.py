@@ -59,6 +59,29 @@ def test_one_cluster_and_zero_vectors_are_not_applicable(spark: SparkSession) ->
     assert all(math.isfinite(v) for v in values.values())
 
 
+def test_cosine_silhouette_of_unit_vectors_is_the_squared_euclidean_one(
+    spark: SparkSession,
+) -> None:
+    # Measured once for unit vectors; it must equal what Spark's evaluator says for cosine.
+    from jobs.evaluation.internal import silhouette
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[:3] * 3, 20, axis=0)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    rows = [([float(x) for x in p], i // 20) for i, p in enumerate(unit)]
+    df = spark.createDataFrame(rows, "embedding array<double>, cluster_id int")
+    values, _ = internal_metrics(df, sample=100, seed=1)
+    assert values["silhouette_cosine"] == pytest.approx(silhouette(df, distance="cosine"), abs=1e-9)
+    # Not unit vectors: both are measured, and they differ.
+    scaled = spark.createDataFrame(
+        [([float(x) * (1 + i % 3) for x in p], i // 20) for i, p in enumerate(points)],
+        "embedding array<double>, cluster_id int",
+    )
+    values, _ = internal_metrics(scaled, sample=100, seed=1)
+    assert values["silhouette_cosine"] == pytest.approx(silhouette(scaled, distance="cosine"))
+    assert values["silhouette_cosine"] != pytest.approx(values["silhouette_sqeuclidean"])
+
+
 def test_metrics_table_refuses_non_finite_values(spark: SparkSession, lake: Lake) -> None:
     bad = Metric("embedding", "calinski_harabasz", float("inf"), 3, "user", "v1", "cpu", 10)
     with pytest.raises(ValueError, match="calinski_harabasz is inf: not recorded"):

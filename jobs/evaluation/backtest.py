@@ -9,6 +9,7 @@ writes the results.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,8 +116,12 @@ def run_backtest(
     try:
         for method, fit in _fitters(config, k, embedding).items():
             try:
+                started = time.perf_counter()
                 segments = fit(history).select(F.lit(method).alias("method"), "id", SEGMENT)
                 fitted.append(segments.localCheckpoint(eager=True))
+                log.info(
+                    "backtest: %s fitted on history in %.1fs", method, time.perf_counter() - started
+                )
             except NotApplicable as reason:
                 log.warning("%s not applicable: %s", method, reason)
                 skipped[(method, "*")] = str(reason)

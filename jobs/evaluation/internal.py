@@ -21,6 +21,10 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+#: A vector counts as unit length when its squared norm is within this of 1 (float32 vectors
+#: normalised by the encoder are within about 1e-7).
+UNIT_TOLERANCE = 1e-5
+
 
 @dataclass(frozen=True)
 class ClusterAggregates:
@@ -32,6 +36,8 @@ class ClusterAggregates:
     squared_norms: np.ndarray  # (k,) sums of ||x||^2
     #: Rows whose vector is all zeros (no direction: the cosine silhouette is undefined).
     zero_vectors: int = 0
+    #: Rows whose squared norm differs from 1 by more than :data:`UNIT_TOLERANCE`.
+    non_unit_vectors: int = 0
 
     @property
     def centroids(self) -> np.ndarray:
@@ -56,6 +62,7 @@ def cluster_aggregates(
             F.count(F.lit(1)).alias("n"),
             F.sum(squared).alias("sq"),
             F.count(F.when(squared == 0, 1)).alias("zeros"),
+            F.count(F.when(F.abs(squared - 1.0) > UNIT_TOLERANCE, 1)).alias("non_unit"),
             F.max(F.size(features)).alias("d"),
         )
         .orderBy(cluster)
@@ -80,6 +87,7 @@ def cluster_aggregates(
         sums=sums,
         squared_norms=np.array([r["sq"] for r in rows], dtype=np.float64),
         zero_vectors=sum(int(r["zeros"]) for r in rows),
+        non_unit_vectors=sum(int(r["non_unit"]) for r in rows),
     )
 
 
@@ -193,6 +201,8 @@ def internal_metrics(
     centroid (clusters collapsed onto duplicate points: the ratio is infinite); Davies-Bouldin
     when centroids coincide; ``silhouette_exact_sample`` (scikit-learn, Euclidean, on
     :func:`sample_rows`) when the sample has a single cluster or no more rows than clusters.
+    For unit vectors (every embedding) the cosine silhouette equals the squared-Euclidean one
+    and is not measured twice.
     """
     from sklearn.metrics import silhouette_score
 
@@ -222,7 +232,7 @@ def internal_metrics(
     }
     if agg.zero_vectors:
         skipped["silhouette_cosine"] = f"{agg.zero_vectors:,} all-zero vectors have no direction"
-    else:
+    elif agg.non_unit_vectors:
         candidates["silhouette_cosine"] = (
             lambda: silhouette(df, distance="cosine"),
             "undefined on these points",
@@ -233,6 +243,11 @@ def internal_metrics(
             values[name] = value
         else:
             skipped[name] = reason
+    if not agg.zero_vectors and not agg.non_unit_vectors and "silhouette_sqeuclidean" in values:
+        # Unit vectors: ||x - y||^2 = 2 (1 - cos(x, y)), so every dissimilarity of the squared
+        # Euclidean silhouette is twice the cosine one and the two silhouettes (ratios of such
+        # means) are equal; measured once instead of twice (Spark's evaluator makes two passes).
+        values["silhouette_cosine"] = values["silhouette_sqeuclidean"]
     rows = sample_rows(df, sample=sample, seed=seed)
     labels = np.array([r["cluster_id"] for r in rows])
     if len(set(labels)) > 1 and len(rows) > len(set(labels)):

@@ -4,6 +4,9 @@ rows and k, plus the stability of the embedding's segments."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from pyspark import StorageLevel
@@ -47,21 +50,25 @@ def same_rows_metrics(
     results: dict[str, dict[str, float]] = {}
     skipped: dict[tuple[str, str], str] = {}
     units = sequences.select("id", "user_id", "events").persist(StorageLevel.MEMORY_AND_DISK)
+    if truth is not None:
+        truth = truth.localCheckpoint(eager=True)  # read and pseudonymised once, not per method
     fits = {
         method: fit
         for method, fit in baseline_fitters(config, k).items()
         if method != "global_baseline"  # one segment: nothing to measure on the same rows
     }
-    try:
-        run = rows.select("id", F.col("cluster_id").alias(SEGMENT))
-        for method, fit in {"embedding": lambda _: run, **fits}.items():
-            try:
-                segments = fit(units).localCheckpoint(eager=True)
-            except NotApplicable as reason:
-                skipped[(method, "*")] = str(reason)
-                continue
-            # Read by five metric passes: joined once.
-            labelled = _method_rows(rows, segments).persist(StorageLevel.MEMORY_AND_DISK)
+    run = rows.select("id", F.col("cluster_id").alias(SEGMENT))
+
+    def measure(method: str, fit: Callable[[DataFrame], DataFrame]) -> None:
+        started = time.perf_counter()
+        try:
+            segments = fit(units).localCheckpoint(eager=True)
+        except NotApplicable as reason:
+            skipped[(method, "*")] = str(reason)
+            return
+        # Read by five metric passes: joined once.
+        labelled = _method_rows(rows, segments).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
             values, reasons = internal_metrics(
                 labelled, sample=cfg.silhouette_sample, seed=cfg.seed
             )
@@ -73,21 +80,48 @@ def same_rows_metrics(
                         "the ground truth matches no clustered user: external metrics skipped"
                     )
                 values.update(external)
+        finally:
             labelled.unpersist()
-            results[method] = values
+        results[method] = values
+        log.info(
+            "same rows: %s fitted and measured in %.1fs", method, time.perf_counter() - started
+        )
+
+    stability: dict[str, float] = {}
+    jaccard: dict[int, float] = {}
+
+    def measure_stability() -> None:
+        started = time.perf_counter()
+        if cfg.stability_seeds > 0:
+            seeds = refit_seeds(cluster.seed, cfg.stability_seeds)
+            stability.update(stability_metrics(rows, k=k, cluster=cluster, seeds=seeds))
+        if cfg.stability_bootstraps > 0:
+            jaccard.update(
+                segment_jaccard(
+                    rows, k=k, cluster=cluster, bootstraps=cfg.stability_bootstraps, seed=cfg.seed
+                )
+            )
+        log.info("same rows: stability refits in %.1fs", time.perf_counter() - started)
+
+    try:
+        # Independent fits and metric passes, two at a time: on small data Spark's per-job
+        # overhead dominates, and a second driver thread keeps the executors busy meanwhile.
+        # Every fit is seeded, so the values do not depend on the interleaving.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="same-rows") as pool:
+            tasks = [pool.submit(measure_stability)]
+            tasks += [
+                pool.submit(measure, method, fit)
+                for method, fit in {"embedding": lambda _: run, **fits}.items()
+            ]
+            for task in tasks:
+                task.result()
     finally:
         units.unpersist()
+    results = {m: results[m] for m in ("embedding", *fits) if m in results}
     skipped[("global_baseline", "internal")] = "one segment: partition metrics do not apply"
     emb = results["embedding"]
-    if cfg.stability_seeds > 0:
-        seeds = refit_seeds(cluster.seed, cfg.stability_seeds)
-        emb.update(stability_metrics(rows, k=k, cluster=cluster, seeds=seeds))
-    jaccard: dict[int, float] = {}
-    if cfg.stability_bootstraps > 0:
-        jaccard = segment_jaccard(
-            rows, k=k, cluster=cluster, bootstraps=cfg.stability_bootstraps, seed=cfg.seed
-        )
-        if jaccard:
-            emb["segment_jaccard_mean"] = float(np.mean(list(jaccard.values())))
-            emb["segment_jaccard_min"] = float(min(jaccard.values()))
+    emb.update(stability)
+    if jaccard:
+        emb["segment_jaccard_mean"] = float(np.mean(list(jaccard.values())))
+        emb["segment_jaccard_min"] = float(min(jaccard.values()))
     return results, skipped, jaccard
