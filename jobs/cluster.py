@@ -27,6 +27,7 @@ from jobs.clustering.kmeans import (
     assign_distances,
     candidate_ks,
     centroid_frame,
+    distinct_vectors,
     kmeans_estimator,
     latest_model_version,
     load_model,
@@ -77,8 +78,6 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
     )
     try:
         n = rows.count()
-        if n < max(candidates):
-            raise ValueError(f"{n} rows cannot make {max(candidates)} clusters")
         sweep: list[tuple[int, float, float]] = []
         if cfg.assign_with_model:
             model = load_model(cfg.assign_with_model)
@@ -87,11 +86,20 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             chosen_k, model_path = len(model.clusterCenters()), cfg.assign_with_model
             best = model
         else:
-            backend, reason = resolve_backend(spark, cfg.backend)
-            log.info("K-Means backend %s (%s); k candidates %s", backend, reason, candidates)
+            candidates = _fittable_ks(candidates, distinct_vectors(rows, at_most=max(candidates)))
+            backend, reason = resolve_backend(spark, cfg.backend, cfg.algorithm)
+            log.info(
+                "%s backend %s (%s); k candidates %s", cfg.algorithm, backend, reason, candidates
+            )
             models: dict[int, Any] = {}
-            for k in candidates:
-                model = kmeans_estimator(backend, k, cfg).fit(rows)
+            for wanted in candidates:
+                model = kmeans_estimator(backend, wanted, cfg).fit(rows)
+                # k is what was fitted: the number of centroids written, never the request.
+                k = len(model.clusterCenters())
+                if k != wanted:
+                    log.warning("k=%d asked, %d clusters found: recorded as k=%d", wanted, k, k)
+                if k in models:
+                    continue
                 assigned = model.transform(rows)
                 centroids = centroid_frame(spark, model, assigned)
                 sse = (
@@ -152,6 +160,29 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
         model_path=model_path,
         sweep=tuple(sweep),
     )
+
+
+def _fittable_ks(candidates: tuple[int, ...], distinct: int) -> tuple[int, ...]:
+    """The candidate ks that ``distinct`` distinct embeddings can support (K-Means cannot make
+    more clusters than distinct points); when none can, k = ``distinct`` (>= 2).  Logged;
+    ``ValueError`` when fewer than two distinct embeddings exist."""
+    if distinct >= max(candidates):
+        return candidates
+    if distinct == 0:
+        raise ValueError("there are no embeddings to cluster: run the embed stage first")
+    if distinct < 2:
+        raise ValueError(
+            "every embedding is identical (1 distinct vector): there is nothing to cluster; "
+            "check the embed stage's input"
+        )
+    fittable = tuple(k for k in candidates if k <= distinct) or (distinct,)
+    log.warning(
+        "only %d distinct embeddings (identical sequences): cluster.k %s reduced to %s",
+        distinct,
+        list(candidates),
+        list(fittable),
+    )
+    return fittable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

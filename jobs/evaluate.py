@@ -331,6 +331,13 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
             .collect()
         ]
     )
+    centres = (
+        lake.read(CLUSTER_CENTROIDS)
+        .where(F.col("run_id") == cluster_run)
+        .orderBy("cluster_id")
+        .select("cluster_id", "centroid")
+        .collect()
+    )
     report = write_report(
         Path(cfg.report_dir) / cluster_run,
         run_id=cluster_run,
@@ -345,6 +352,8 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         profiles=lake.read(CLUSTER_PROFILES).where(F.col("run_id") == cluster_run).toPandas(),
         sample_points=np.array([r["embedding"] for r in sample], dtype=np.float64),
         sample_labels=np.array([r["cluster_id"] for r in sample]),
+        centroids=np.array([r["centroid"] for r in centres], dtype=np.float64),
+        centroid_ids=[int(r["cluster_id"]) for r in centres],
     )
     log.info("report written to %s", report)
     return EvaluateResult(

@@ -152,6 +152,79 @@ def test_assign_only_with_a_saved_model(
     assert assignments(lake, "assign") == assignments(lake, "fit")
 
 
+def test_bisecting_kmeans_recovers_the_blobs_and_reloads(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    config, _points, labels = blob_lake
+    lake = Lake(spark, config.lake)
+    bisecting = dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, algorithm="bisecting_kmeans")
+    )
+    result = cluster.run(spark, lake, bisecting, run_id="bis")
+    got = assignments(lake, "bis")
+    assert adjusted_rand_score(labels, [got[f"u{i:04d}"] for i in range(N)]) >= 0.95
+    assert (result.k, result.backend) == (K_TRUE, "cpu")
+    assert lake.read("cluster_centroids").where("run_id = 'bis'").count() == K_TRUE
+    reuse = dataclasses.replace(
+        bisecting,
+        cluster=dataclasses.replace(bisecting.cluster, assign_with_model=result.model_path),
+    )
+    cluster.run(spark, lake, reuse, run_id="bis-again")
+    assert assignments(lake, "bis-again") == got
+
+
+def test_fewer_distinct_points_than_k_reduces_k_and_records_what_was_fitted(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 40 rows but only 3 distinct vectors (identical sequences): k=6 cannot be made.
+    config = dataclasses.replace(
+        AppConfig(),
+        lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
+        cluster=ClusterConfig(k=(2, 6), model_root=str(tmp_path / "models"), backend="cpu"),
+    )
+    vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    rows = [
+        (
+            "user",
+            f"u{i:02d}",
+            f"u{i:02d}",
+            vectors[i % 3],
+            "h",
+            "s",
+            "v",
+            "r0",
+            datetime(2024, 3, 1),
+        )
+        for i in range(40)
+    ]
+    frame = spark.createDataFrame(rows, contract_of(EMBEDDINGS).schema)
+    lake = Lake(spark, config.lake)
+    lake.overwrite_partitions(EMBEDDINGS, frame, {"unit": ["user"], "model_version": ["v"]})
+    with caplog.at_level("WARNING", logger="jobs.cluster"):
+        result = cluster.run(spark, lake, config, run_id="dup")
+    assert "only 3 distinct embeddings" in caplog.text
+    assert [k for k, _, _ in result.sweep] == [2]
+    only_big = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=6))
+    result = cluster.run(spark, lake, only_big, run_id="dup6")
+    assert result.k == 3 and len(result.sizes) == 3
+    centroids = lake.read("cluster_centroids").where("run_id = 'dup6'").count()
+    recorded = {r["k"] for r in lake.read("cluster_metrics").where("run_id = 'dup6'").collect()}
+    assert centroids == 3 and recorded == {3}
+    same = dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, model_version=None, k=2)
+    )
+    one = spark.createDataFrame(
+        [
+            ("user", f"w{i}", f"w{i}", [1.0, 0.0, 0.0], "h", "s", "v1", "r0", datetime(2024, 3, 2))
+            for i in range(5)
+        ],
+        contract_of(EMBEDDINGS).schema,
+    )
+    lake.overwrite_partitions(EMBEDDINGS, one, {"unit": ["user"], "model_version": ["v1"]})
+    with pytest.raises(ValueError, match="every embedding is identical"):
+        cluster.run(spark, lake, same, run_id="one")
+
+
 def test_pick_k_rules() -> None:
     sweep = [(2, 100.0, 0.3), (3, 40.0, 0.6), (4, 35.0, 0.5), (5, 33.0, 0.4)]
     assert pick_k(sweep, "silhouette") == 3
@@ -164,9 +237,12 @@ def test_invalid_settings_are_refused_when_the_config_loads() -> None:
         ("cluster.k=1", "cluster.k must be at least 2"),
         (f"cluster.seed={2**32}", "32 bits"),
         ("cluster.criterion=gap", "key 'cluster.criterion' must be one of silhouette, elbow"),
+        ("cluster.algorithm=dbscan", "key 'cluster.algorithm' must be one of kmeans"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config([], [bad])
+    with pytest.raises(ConfigError, match="bisecting_kmeans runs on Spark MLlib only"):
+        load_config([], ["cluster.algorithm=bisecting_kmeans", "cluster.backend=gpu"])
 
 
 @pytest.mark.gpu

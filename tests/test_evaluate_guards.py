@@ -156,6 +156,51 @@ def test_report_cells_keep_their_columns(tmp_path: Path) -> None:
     assert "No recommendation: not enough users for protocol future: 3 found, 30 needed." in (
         path.read_text()
     )
+    assert "dendrogram.png" not in path.read_text()  # one segment: nothing to draw
+
+
+def test_report_draws_the_centroid_dendrogram(tmp_path: Path) -> None:
+    from jobs.evaluation.report import centroid_linkage, nearest_segments
+
+    centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 1.0], [10.0, 2.0]])
+    ids = [3, 5, 7, 9]
+    assert nearest_segments(centroids, ids) == (3, 7, pytest.approx(1.0))
+    merges = centroid_linkage(centroids)
+    assert merges.shape == (3, 4) and merges[0, 2] == pytest.approx(1.0)
+    profiles = pd.DataFrame(
+        [
+            {
+                "cluster_id": c,
+                "size": 1,
+                "share": 0.25,
+                "conversion_rate": 0.0,
+                "cart_rate": 0.0,
+                "mean_events_per_session": 1.0,
+                "stability_jaccard": None,
+                "top_categories": [{"rank": 1, "value": f"c{c}", "share": 1.0, "lift": 4.0}],
+            }
+            for c in ids
+        ]
+    )
+    path = write_report(
+        tmp_path,
+        run_id="r",
+        k=4,
+        rows=4,
+        unit="user",
+        model_version="v",
+        metrics={"embedding": {"sse": 1.0}},
+        not_applicable={},
+        backtest=Backtest(None, "too few users"),
+        sweep=pd.DataFrame({"k": [4], "sse": [1.0], "silhouette_sqeuclidean": [0.5]}),
+        profiles=profiles,
+        sample_points=centroids,
+        sample_labels=np.array(ids),
+        centroids=centroids,
+        centroid_ids=ids,
+    )
+    assert (tmp_path / "dendrogram.png").stat().st_size > 0
+    assert "Nearest segments: 3 and 7 (centroid distance 1.000)" in path.read_text()
 
 
 def _metric_row(run: str, metric: str, backend: str) -> Metric:

@@ -3,8 +3,9 @@ stability refits).
 
 Backends with the same parameters: ``gpu`` is ``spark_rapids_ml.clustering.KMeans`` (cuML),
 fed the ``array<float>`` column as is; ``cpu`` is ``pyspark.ml.clustering.KMeans`` (k-means||),
-fed vectors from ``array_to_vector``.  Embeddings are L2-normalised, so Euclidean K-Means
-approximates cosine clustering.
+fed vectors from ``array_to_vector``.  ``cluster.algorithm: bisecting_kmeans`` is MLlib's
+``BisectingKMeans`` (divisive hierarchical K-Means, Steinbach, Karypis and Kumar, 2000; CPU
+only).  Embeddings are L2-normalised, so Euclidean K-Means approximates cosine clustering.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ PREDICTION = "cluster_id"
 # ==================================================================== backend choice
 
 
-def resolve_backend(spark: SparkSession, requested: str) -> tuple[str, str]:
+def resolve_backend(
+    spark: SparkSession, requested: str, algorithm: str = "kmeans"
+) -> tuple[str, str]:
     """``gpu`` or ``cpu`` for ``requested``, with the reason (``auto`` logs it)."""
     if requested == "cpu":
         return "cpu", "cluster.backend=cpu"
+    if algorithm == "bisecting_kmeans":
+        return "cpu", "bisecting K-Means runs on Spark MLlib"
     try:
         import spark_rapids_ml.clustering  # noqa: F401
 
@@ -96,10 +101,22 @@ def pick_k(sweep: list[tuple[int, float, float]], criterion: str) -> int:
 
 
 def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
-    """An unfitted K-Means of ``backend`` (``gpu``: spark-rapids-ml on the array column;
+    """An unfitted K-Means of ``backend`` and ``config.algorithm`` (``bisecting_kmeans``:
+    MLlib's ``BisectingKMeans`` on :data:`FEATURES`, whatever the backend; ``gpu``:
+    spark-rapids-ml on the array column;
     ``cpu``: MLlib's k-means|| on :data:`FEATURES`, with the block solver: the same centres as
     the row solver, about 1.5-2x faster on dense vectors; Spark >= 3.4) predicting
     :data:`PREDICTION`."""
+    if config.algorithm == "bisecting_kmeans":
+        from pyspark.ml.clustering import BisectingKMeans
+
+        return BisectingKMeans(
+            k=k,
+            maxIter=config.max_iter,
+            seed=config.seed,
+            featuresCol=FEATURES,
+            predictionCol=PREDICTION,
+        )
     if backend == "gpu":
         from spark_rapids_ml.clustering import KMeans as GpuKMeans
 
@@ -155,12 +172,24 @@ def latest_model_version(embeddings: DataFrame, unit: str) -> str:
 
 
 def load_model(path: str) -> Any:
-    """A saved K-Means model of either backend."""
-    from pyspark.ml.clustering import KMeansModel
+    """A saved model of either backend or algorithm (Spark ML checks the class recorded in the
+    model's metadata, so the wrong loader fails and the next one is tried)."""
+    from pyspark.ml.clustering import BisectingKMeansModel, KMeansModel
 
+    failure: Exception | None = None
+    for loader in (KMeansModel, BisectingKMeansModel):
+        try:
+            return loader.load(path)
+        except Exception as exc:  # not this class (or not this backend)
+            failure = exc
     try:
-        return KMeansModel.load(path)
-    except Exception:
         from spark_rapids_ml.clustering import KMeansModel as GpuKMeansModel
+    except ImportError:
+        raise ValueError(f"no MLlib K-Means or bisecting K-Means model at {path}") from failure
+    return GpuKMeansModel.load(path)
 
-        return GpuKMeansModel.load(path)
+
+def distinct_vectors(rows: DataFrame, *, at_most: int) -> int:
+    """How many distinct ``embedding`` values ``rows`` has, counted up to ``at_most`` (one
+    bounded job: K-Means cannot make more clusters than distinct points)."""
+    return int(rows.select("embedding").distinct().limit(at_most).count())

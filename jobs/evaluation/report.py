@@ -114,6 +114,46 @@ def plot_projection(points: np.ndarray, labels: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def centroid_linkage(centroids: np.ndarray) -> np.ndarray:
+    """Average-linkage agglomeration of the k centroids (``centroids``: (k, d)) by Euclidean
+    distance: scipy's (k - 1, 4) linkage matrix (merged ids, distance, size).  Needs k >= 2."""
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(np.asarray(centroids, dtype=np.float64), method="average", metric="euclidean")
+
+
+def nearest_segments(centroids: np.ndarray, cluster_ids: Sequence[int]) -> tuple[int, int, float]:
+    """The two segments whose centroids are closest (Euclidean) and their distance."""
+    points = np.asarray(centroids, dtype=np.float64)
+    gaps = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    i, j = np.unravel_index(int(np.argmin(gaps)), gaps.shape)
+    a, b = sorted((int(cluster_ids[i]), int(cluster_ids[j])))
+    return a, b, float(gaps[i, j])
+
+
+def plot_dendrogram(centroids: np.ndarray, cluster_ids: Sequence[int], path: Path) -> None:
+    """Dendrogram of the segments' centroids (:func:`centroid_linkage`): which segments are
+    near each other, leaves labelled by cluster id."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    dendrogram(
+        centroid_linkage(centroids),
+        labels=[str(c) for c in cluster_ids],
+        ax=ax,
+        color_threshold=0,
+        above_threshold_color="#4c72b0",
+    )
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("centroid distance (average linkage)")
+    ax.set_title("How near the segments are to each other")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_top_categories(profiles: pd.DataFrame, path: Path) -> None:
     """Heat map: share of each cluster's events in the categories that top any cluster."""
     plt = _plt()
@@ -315,6 +355,8 @@ def write_report(
     profiles: pd.DataFrame,
     sample_points: np.ndarray,
     sample_labels: np.ndarray,
+    centroids: np.ndarray | None = None,
+    centroid_ids: Sequence[int] = (),
 ) -> Path:
     """Render the plots and ``report.md`` into ``out_dir`` (created if missing); returns the
     report's path.
@@ -322,13 +364,25 @@ def write_report(
     ``metrics``: method -> metric -> value; ``not_applicable``: (method, metric) -> reason;
     ``backtest``: a :class:`jobs.evaluation.backtest.Backtest`; ``sweep``: :func:`sweep_frame`;
     ``profiles``: the run's ``cluster_profiles`` rows; ``sample_points`` (m, d) and
-    ``sample_labels`` (m,): the sample projected in ``projection.png``.
+    ``sample_labels`` (m,): the sample projected in ``projection.png``; ``centroids`` (k, d)
+    and ``centroid_ids`` (k,): the run's centroids, drawn as ``dendrogram.png`` (k >= 2).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_k_sweep(sweep, out_dir / "k_sweep.png")
     plot_sizes(profiles, out_dir / "cluster_sizes.png")
     plot_projection(sample_points, sample_labels, out_dir / "projection.png")
     plot_top_categories(profiles, out_dir / "top_categories.png")
+    near_lines: list[str] = []
+    if centroids is not None and len(centroid_ids) >= 2:
+        plot_dendrogram(centroids, centroid_ids, out_dir / "dendrogram.png")
+        a, b, gap = nearest_segments(centroids, centroid_ids)
+        near_lines = [
+            f"Nearest segments: {a} and {b} (centroid distance {gap:.3f}); the dendrogram "
+            "merges the segments in order of nearness (average linkage).",
+            "",
+            "![centroid dendrogram](dendrogram.png)",
+            "",
+        ]
     profile_lines = [
         "| cluster | size | share | conversion | cart rate | events/session | "
         "stability (Jaccard) | top categories (lift) |",
@@ -391,6 +445,7 @@ def write_report(
             "",
             "![cluster sizes](cluster_sizes.png)",
             "",
+            *near_lines,
             "![top categories](top_categories.png)",
             "",
             "![projection](projection.png)",

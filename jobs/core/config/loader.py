@@ -77,6 +77,11 @@ def check_combinations(config: AppConfig) -> None:
         raise ConfigError(f"cluster.k must be at least 2 (each candidate), got {config.cluster.k}")
     if not 0 <= config.cluster.seed < 2**32:
         raise ConfigError(f"cluster.seed must fit in 32 bits (cuML), got {config.cluster.seed}")
+    if config.cluster.algorithm == "bisecting_kmeans" and config.cluster.backend == "gpu":
+        raise ConfigError(
+            "cluster.algorithm=bisecting_kmeans runs on Spark MLlib only (spark-rapids-ml has no "
+            "bisecting K-Means): use cluster.backend=auto or cpu"
+        )
     if config.encoder.max_length < 8:
         raise ConfigError(f"encoder.max_length must be at least 8, got {config.encoder.max_length}")
     if config.encoder.batch_size < 1:

@@ -27,6 +27,7 @@ Unit = Literal["user", "session"]
 TrainMode = Literal["mlm", "contrastive"]
 Criterion = Literal["silhouette", "elbow"]
 ClusterBackend = Literal["auto", "gpu", "cpu"]
+ClusterAlgorithm = Literal["kmeans", "bisecting_kmeans"]
 Protocol = Literal["auto", "future", "session_suffix"]
 
 
@@ -323,6 +324,9 @@ class ClusterConfig:
     tol: float = 1e-4
     #: Must fit in 32 bits, as cuML requires.
     seed: int = 42
+    #: kmeans (Lloyd, k-means|| start) | bisecting_kmeans (divisive hierarchical: MLlib's
+    #: BisectingKMeans, CPU only).  Every refit in evaluate uses the same algorithm.
+    algorithm: ClusterAlgorithm = "kmeans"
     #: auto | gpu (spark-rapids-ml) | cpu (Spark MLlib).  auto uses the GPU when cuML imports and
     #: executors have GPUs.
     backend: ClusterBackend = "auto"
