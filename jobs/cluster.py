@@ -92,8 +92,10 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
                 "%s backend %s (%s); k candidates %s", cfg.algorithm, backend, reason, candidates
             )
             models: dict[int, Any] = {}
+            starts: dict[int, Any] = {}
             for wanted in candidates:
-                model = kmeans_estimator(backend, wanted, cfg).fit(rows)
+                estimator = kmeans_estimator(backend, wanted, cfg)
+                model = estimator.fit(rows)
                 # k is what was fitted: the number of centroids written, never the request.
                 k = len(model.clusterCenters())
                 if k != wanted:
@@ -111,6 +113,17 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
                 log.info("k=%d: sse %.2f, silhouette %.4f", k, sse, silhouette)
                 sweep.append((k, float(sse), silhouette))
                 models[k] = model
+                start = getattr(estimator, "last_start", None)
+                if start is not None:
+                    starts[k] = start
+                    log.info(
+                        "k=%d: k-means++ start on %d sampled rows, restart costs %s (lowest "
+                        "kept), %d Lloyd passes on all rows",
+                        k,
+                        start.sample_rows,
+                        ", ".join(f"{c:.2f}" for c in start.restart_costs),
+                        start.lloyd_passes,
+                    )
             chosen_k = pick_k(sweep, cfg.criterion)
             best = models[chosen_k]
             model_path = f"{cfg.model_root.rstrip('/')}/{run_id}"
@@ -123,6 +136,14 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
                     Metric("embedding", name, value, k, unit, version, backend, n)
                     for k, sse, silhouette in sweep
                     for name, value in (("sse", sse), ("silhouette_sqeuclidean", silhouette))
+                ]
+                + [
+                    Metric("embedding", name, value, k, unit, version, backend, s.sample_rows)
+                    for k, s in starts.items()
+                    for name, value in (
+                        ("restart_cost", s.chosen_cost),
+                        ("restart_cost_spread", s.cost_spread),
+                    )
                 ],
             )
         assigned = best.transform(rows)

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 #: ``ingest.source.name`` of the generator's data: the only source whose personas are truth.
 GENERATOR_SOURCE = "synthetic"
 #: Metrics the cluster stage records for every candidate k (its sweep); evaluate keeps them.
-CLUSTER_STAGE_METRICS = ("sse", "silhouette_sqeuclidean")
+CLUSTER_STAGE_METRICS = ("sse", "silhouette_sqeuclidean", "restart_cost", "restart_cost_spread")
 
 
 @dataclass(frozen=True)

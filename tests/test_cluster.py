@@ -101,10 +101,9 @@ def test_rerunning_a_run_replaces_its_rows(
     assert lake.read("cluster_centroids").count() == K_TRUE
     metrics = lake.read("cluster_metrics").collect()
     assert sorted((m["metric"], m["k"]) for m in metrics) == [
-        ("silhouette_sqeuclidean", 4),
-        ("silhouette_sqeuclidean", 5),
-        ("sse", 4),
-        ("sse", 5),
+        (name, k)
+        for name in ("restart_cost", "restart_cost_spread", "silhouette_sqeuclidean", "sse")
+        for k in (4, 5)
     ]
 
 
@@ -122,7 +121,9 @@ def test_sweep_picks_the_true_k_and_records_every_candidate(
         assert result.k == K_TRUE, (criterion, result.sweep)
     metrics = lake.read("cluster_metrics").where("run_id = 'sweep-silhouette'").collect()
     assert {(m["metric"], m["k"]) for m in metrics} == {
-        (name, k) for name in ("sse", "silhouette_sqeuclidean") for k in range(3, 9)
+        (name, k)
+        for name in ("sse", "silhouette_sqeuclidean", "restart_cost", "restart_cost_spread")
+        for k in range(3, 9)
     }
     assert {m["method"] for m in metrics} == {"embedding"}
     assert all(m["sample_size"] == N and m["model_version"] == "v-blobs" for m in metrics)
@@ -268,3 +269,58 @@ def test_gpu_centres_match_cpu(
     )
     np.testing.assert_allclose(np.array(cpu_centres), np.array(gpu_centres), atol=0.02)
     assert sorted(cpu.sizes) == sorted(gpu.sizes)
+
+
+def test_restarts_keep_the_lowest_cost_start() -> None:
+    from sklearn.cluster import KMeans as SkKMeans
+
+    from jobs.clustering.kmeans import _kmeans_pp_restarts
+
+    rng = np.random.default_rng(5)
+    # Uneven blobs where k-means++ seeds disagree: restarts find different costs.
+    points = np.vstack([rng.normal(loc, 1.0, size=(60, 2)) for loc in (0, 4, 8, 30, 31)])
+    settings = ClusterConfig(k=4, n_init=6, seed=11)
+    centres, costs = _kmeans_pp_restarts(points, k=4, config=settings)
+    assert len(costs) == 6 and len(set(np.round(costs, 6))) > 1
+    labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    kept = sum(((points[labels == c] - centres[c]) ** 2).sum() for c in range(len(centres)))
+    assert kept == pytest.approx(min(costs), rel=1e-6)
+    each = [
+        SkKMeans(n_clusters=4, n_init=1, random_state=11 + i, max_iter=50, tol=1e-4)
+        .fit(points)
+        .inertia_
+        for i in range(6)
+    ]
+    assert costs == pytest.approx(each)
+
+
+def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSession) -> None:
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+    from sklearn.cluster import KMeans as SkKMeans
+
+    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans, _model_with_centres
+
+    points, labels = blobs(seed=3)
+    frame = spark.createDataFrame(
+        [(f"u{i}", [float(x) for x in p]) for i, p in enumerate(points)],
+        "id string, e array<double>",
+    ).select("id", array_to_vector(F.col("e")).alias(FEATURES))
+    # The start sees 100 of the 500 rows: Lloyd passes on all rows finish the job.
+    estimator = SampledStartKMeans(k=K_TRUE, config=ClusterConfig(k=K_TRUE, init_sample=100))
+    model = estimator.fit(frame)
+    start = estimator.last_start
+    assert start is not None and start.sample_rows <= 100 and start.lloyd_passes >= 1
+    assert len(start.restart_costs) == 3 and start.chosen_cost == min(start.restart_costs)
+    predicted = {r["id"]: r["cluster_id"] for r in model.transform(frame).collect()}
+    assigned = np.array([predicted[f"u{i}"] for i in range(N)])
+    assert adjusted_rand_score(labels, assigned) >= 0.95
+    centres = np.array(model.clusterCenters())
+    cost = ((points - centres[assigned]) ** 2).sum()
+    reference = SkKMeans(n_clusters=K_TRUE, n_init=1, random_state=0).fit(points).inertia_
+    assert cost <= reference * 1.01
+    # The wrapper model holds exactly the centres it was given.
+    again = _model_with_centres(spark, centres, seed=1)
+    np.testing.assert_allclose(
+        np.sort(np.array(again.clusterCenters()), axis=0), np.sort(centres, axis=0)
+    )

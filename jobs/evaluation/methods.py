@@ -28,7 +28,13 @@ from dataclasses import replace
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.clustering.kmeans import FEATURES, PREDICTION, kmeans_estimator, with_features
+from jobs.clustering.kmeans import (
+    FEATURES,
+    PREDICTION,
+    SingleCluster,
+    kmeans_estimator,
+    with_features,
+)
 from jobs.core.config import AppConfig, ClusterConfig, EncoderConfig, EvaluateConfig
 from jobs.core.metrics import METHODS
 from jobs.evaluation.baselines import TFIDF_BASELINES, token_bags
@@ -52,7 +58,10 @@ def _kmeans_segments(
     """``id``, ``segment`` of MLlib K-Means on ``features`` (``id``, vector column
     :data:`FEATURES`); :class:`NotApplicable` when there are fewer distinct points than ``k``."""
     settings = cluster if seed is None else replace(cluster, seed=seed)
-    model = kmeans_estimator("cpu", k, settings).fit(features)
+    try:
+        model = kmeans_estimator("cpu", k, settings).fit(features)
+    except SingleCluster as reason:
+        raise NotApplicable(str(reason)) from None
     if len(model.clusterCenters()) < 2:
         raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
     return model.transform(features).select("id", F.col(PREDICTION).cast("int").alias(SEGMENT))

@@ -77,6 +77,13 @@ def check_combinations(config: AppConfig) -> None:
         raise ConfigError(f"cluster.k must be at least 2 (each candidate), got {config.cluster.k}")
     if not 0 <= config.cluster.seed < 2**32:
         raise ConfigError(f"cluster.seed must fit in 32 bits (cuML), got {config.cluster.seed}")
+    if config.cluster.n_init < 1:
+        raise ConfigError(f"cluster.n_init must be at least 1, got {config.cluster.n_init}")
+    if config.cluster.init_sample < max(ks):
+        raise ConfigError(
+            f"cluster.init_sample={config.cluster.init_sample} must be at least the largest "
+            f"cluster.k ({max(ks)})"
+        )
     if config.cluster.algorithm == "bisecting_kmeans" and config.cluster.backend == "gpu":
         raise ConfigError(
             "cluster.algorithm=bisecting_kmeans runs on Spark MLlib only (spark-rapids-ml has no "

@@ -324,6 +324,10 @@ class ClusterConfig:
     tol: float = 1e-4
     #: Must fit in 32 bits, as cuML requires.
     seed: int = 42
+    #: CPU K-Means: k-means++ restarts on the start sample; the lowest-cost one is refined.
+    n_init: int = 3
+    #: CPU K-Means: rows sampled to the driver for the k-means++ start (all rows when fewer).
+    init_sample: int = 20000
     #: kmeans (Lloyd, k-means|| start) | bisecting_kmeans (divisive hierarchical: MLlib's
     #: BisectingKMeans, CPU only).  Every refit in evaluate uses the same algorithm.
     algorithm: ClusterAlgorithm = "kmeans"
