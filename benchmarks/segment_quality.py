@@ -77,11 +77,22 @@ def run_one(dataset: str, encoder: str, workdir: Path, users: int) -> dict:
             f"generate.n_users={users}",
             f"generate.output_dir={root / 'raw'}",
             f"generate.ground_truth_path={root / 'truth.csv'}",
-            f"ingest.source.inputs[0].paths=['{root / 'raw' / 'jsonl'}']",
         ]
     else:
         conf.append(SOURCES[dataset])
     config = load_config(conf, overrides)
+    if SOURCES[dataset] is None:
+        import dataclasses
+
+        # The generator writes under its output_dir; ingest reads the same folder.
+        source = config.ingest.source
+        inputs = (dataclasses.replace(source.inputs[0], paths=(str(root / "raw" / "jsonl"),)),)
+        config = dataclasses.replace(
+            config,
+            ingest=dataclasses.replace(
+                config.ingest, source=dataclasses.replace(source, inputs=inputs)
+            ),
+        )
     first = "generate" if SOURCES[dataset] is None else "ingest"
     started = time.perf_counter()
     if encoder == "contrastive":

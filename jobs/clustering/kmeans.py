@@ -182,87 +182,118 @@ class SampledStartKMeans:
 
     def fit(self, features: DataFrame) -> Any:
         """An MLlib ``KMeansModel`` of ``features`` (column :data:`FEATURES`, dense or sparse
-        vectors).  Fewer than k centres when the sample has fewer distinct points."""
+        vectors).  Fewer than k centres when the sample has fewer distinct points;
+        :class:`SingleCluster` when it has one."""
         import numpy as np
+        from pyspark import StorageLevel
         from pyspark.ml.stat import Summarizer
 
         cfg = self.config
         total = features.count()
-        if total <= cfg.init_sample:
-            sampled = features.select(FEATURES).collect()
-        else:
-            fraction = min(1.0, 1.1 * cfg.init_sample / total)
-            sampled = (
-                features.select(FEATURES)
-                .sample(withReplacement=False, fraction=fraction, seed=cfg.seed)
-                .limit(cfg.init_sample)
-                .collect()
-            )
-        centres, costs = _kmeans_pp_restarts(_matrix([r[0] for r in sampled]), k=self.k, config=cfg)
-        if len(centres) < 2:
+        vectors = features.select(FEATURES)
+        if total > cfg.init_sample:
+            fraction = min(1.0, 1.2 * cfg.init_sample / total)
+            vectors = vectors.sample(withReplacement=False, fraction=fraction, seed=cfg.seed)
+        sampled = [r[0] for r in vectors.collect()]
+        if len(sampled) > cfg.init_sample:  # an unbiased subsample, not the first partitions
+            keep = np.random.default_rng(cfg.seed).choice(len(sampled), cfg.init_sample, False)
+            sampled = [sampled[i] for i in sorted(keep)]
+        points, weights = _distinct_points(sampled)
+        if points.shape[0] < 2:
             raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
+        if points.shape[0] <= self.k:
+            # No more distinct points than clusters: each point is a centre, at cost 0.
+            centres, costs = _dense(points), [0.0] * cfg.n_init
+        else:
+            centres, costs = _kmeans_pp_restarts(points, weights, k=self.k, config=cfg)
         spark = features.sparkSession
         model = _model_with_centres(spark, centres, seed=cfg.seed)
         passes = 0
         if total > len(sampled):
-            for passes in range(1, cfg.max_iter + 1):  # noqa: B007 - reported below
-                current = np.array([c for c in model.clusterCenters()])
-                means = (
-                    model.transform(features)
-                    .groupBy(PREDICTION)
-                    .agg(Summarizer.mean(F.col(FEATURES)).alias("__mean"))
-                    .collect()
-                )
-                moved = current.copy()
-                for row in means:
-                    moved[int(row[PREDICTION])] = row["__mean"].toArray()
-                shift = float(np.linalg.norm(moved - current, axis=1).max())
-                if shift <= cfg.tol:
-                    break  # converged: the model's centres are within tol of the update
-                model = _model_with_centres(spark, moved, seed=cfg.seed)
+            cached = features.storageLevel != StorageLevel.NONE
+            data = features if cached else features.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                for passes in range(1, cfg.max_iter + 1):  # noqa: B007 - reported below
+                    current = np.array([c for c in model.clusterCenters()])
+                    means = (
+                        model.transform(data)
+                        .groupBy(PREDICTION)
+                        .agg(Summarizer.mean(F.col(FEATURES)).alias("__mean"))
+                        .collect()
+                    )
+                    moved = current.copy()
+                    for row in means:  # a cluster without rows keeps its centre
+                        moved[int(row[PREDICTION])] = row["__mean"].toArray()
+                    shift = float(np.linalg.norm(moved - current, axis=1).max())
+                    if shift <= cfg.tol:
+                        break  # converged: the model's centres are within tol of the update
+                    model = _model_with_centres(spark, np.unique(moved, axis=0), seed=cfg.seed)
+            finally:
+                if not cached:
+                    data.unpersist()
         self.last_start = StartReport(len(sampled), tuple(costs), passes)
         return model
 
 
-def _matrix(vectors: list[Any]) -> Any:
-    """MLlib vectors -> a NumPy array, or a SciPy CSR matrix when they are sparse (TF-IDF)."""
+def _distinct_points(vectors: list[Any]) -> tuple[Any, Any]:
+    """The distinct MLlib vectors of ``vectors`` in a fixed order (sorted by their bytes, so
+    the partition order that delivered them does not matter) as a NumPy array, or a SciPy CSR
+    matrix when they are sparse (TF-IDF), and how often each occurs (scikit-learn's
+    ``sample_weight``: the same objective as the repeated rows)."""
     import numpy as np
     from pyspark.ml.linalg import SparseVector
 
-    if vectors and isinstance(vectors[0], SparseVector):
+    counts: dict[bytes, int] = {}
+    first: dict[bytes, Any] = {}
+    for v in vectors:
+        if isinstance(v, SparseVector):
+            key = b"s" + np.asarray(v.indices).tobytes() + b"|" + np.asarray(v.values).tobytes()
+        else:
+            key = b"d" + v.toArray().tobytes()
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, v)
+    keys = sorted(first)
+    distinct = [first[key] for key in keys]
+    weights = np.array([counts[key] for key in keys], dtype=np.float64)
+    if distinct and isinstance(distinct[0], SparseVector):
         from scipy.sparse import csr_matrix
 
-        indptr = np.cumsum([0, *[len(v.indices) for v in vectors]])
-        indices = np.concatenate([v.indices for v in vectors])
-        data = np.concatenate([v.values for v in vectors])
-        return csr_matrix((data, indices, indptr), shape=(len(vectors), vectors[0].size))
-    return np.array([v.toArray() for v in vectors], dtype=np.float64)
+        indptr = np.cumsum([0, *[len(v.indices) for v in distinct]])
+        indices = np.concatenate([v.indices for v in distinct])
+        data = np.concatenate([v.values for v in distinct])
+        size = distinct[0].size
+        return csr_matrix((data, indices, indptr), shape=(len(distinct), size)), weights
+    dim = len(distinct[0]) if distinct else 0
+    return np.array([v.toArray() for v in distinct], dtype=np.float64).reshape(-1, dim), weights
 
 
-def _kmeans_pp_restarts(points: Any, *, k: int, config: ClusterConfig) -> tuple[Any, list[float]]:
+def _dense(points: Any) -> Any:
+    """A dense NumPy copy of a NumPy array or SciPy sparse matrix."""
+    import numpy as np
+
+    return points.toarray() if hasattr(points, "toarray") else np.asarray(points, dtype=np.float64)
+
+
+def _kmeans_pp_restarts(
+    points: Any, weights: Any, *, k: int, config: ClusterConfig
+) -> tuple[Any, list[float]]:
     """Centres of the lowest-cost of ``config.n_init`` scikit-learn K-Means fits (k-means++,
-    seeds ``seed``, ``seed + 1``, ...) on ``points``, and every fit's cost (inertia)."""
-    import warnings
-
+    seeds ``seed``, ``seed + 1``, ...) on ``points`` (more distinct rows than ``k``) weighted by
+    ``weights``, and every fit's cost (weighted inertia)."""
     import numpy as np
     from sklearn.cluster import KMeans as SkKMeans
-    from sklearn.exceptions import ConvergenceWarning
 
-    fits = []
-    for i in range(config.n_init):
-        with warnings.catch_warnings():
-            # Fewer distinct points than k: the caller sees fewer distinct centres.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fits.append(
-                SkKMeans(
-                    n_clusters=min(k, points.shape[0]),
-                    init="k-means++",
-                    n_init=1,
-                    max_iter=config.max_iter,
-                    tol=config.tol,
-                    random_state=(config.seed + i) % 2**32,
-                ).fit(points)
-            )
+    fits = [
+        SkKMeans(
+            n_clusters=k,
+            init="k-means++",
+            n_init=1,
+            max_iter=config.max_iter,
+            tol=config.tol,
+            random_state=(config.seed + i) % 2**32,
+        ).fit(points, sample_weight=weights)
+        for i in range(config.n_init)
+    ]
     best = min(fits, key=lambda f: f.inertia_)
     centres = np.unique(np.asarray(best.cluster_centers_, dtype=np.float64), axis=0)
     return centres, [float(f.inertia_) for f in fits]
@@ -288,8 +319,9 @@ def _model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
         predictionCol=PREDICTION,
     ).fit(rows)
     got = np.array(model.clusterCenters())
-    if got.shape != np.shape(centres) or not np.allclose(
-        np.sort(got, axis=0), np.sort(np.asarray(centres), axis=0)
+    given = np.asarray(centres, dtype=np.float64)
+    if got.shape != given.shape or not np.allclose(
+        got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
     ):
         raise RuntimeError("MLlib did not reproduce the K-Means centres it was given")
     return model
