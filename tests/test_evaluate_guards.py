@@ -160,7 +160,7 @@ def test_report_cells_keep_their_columns(tmp_path: Path) -> None:
 
 
 def test_report_draws_the_centroid_dendrogram(tmp_path: Path) -> None:
-    from jobs.evaluation.report import centroid_linkage, nearest_segments
+    from jobs.evaluation.plots import centroid_linkage, nearest_segments
 
     centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 1.0], [10.0, 2.0]])
     ids = [3, 5, 7, 9]
