@@ -214,7 +214,7 @@ class SampledStartKMeans:
             data = features if cached else features.persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 for passes in range(1, cfg.max_iter + 1):  # noqa: B007 - reported below
-                    current = np.array([c for c in model.clusterCenters()])
+                    current = np.array(model.clusterCenters())
                     means = (
                         model.transform(data)
                         .groupBy(PREDICTION)
