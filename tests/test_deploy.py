@@ -1,6 +1,10 @@
 """The Databricks bundle (databricks.yml + resources/*.yml), checked without a workspace.
 
-The YAML is parsed as the Databricks CLI would see it; then, per target, every task's parameters
+The YAML is parsed as the Databricks CLI would see it. Every job, as written and as each target
+resolves it, is loaded into the typed ``Job`` model that the ``databricks-bundles`` package
+generates from Databricks' own bundle schema: an unknown or misspelled key, a value of the wrong
+type or outside an enum fails here instead of at deploy time (``databricks bundle validate`` needs
+a workspace: it asks it for the current user first). Then, per target, every task's parameters
 are resolved (bundle variables, ``${workspace.file_path}`` = this checkout, ``{{job.run_id}}`` = a
 number) and run through the stages' own argument parser and config loader, so a task that would
 fail on its first line in the workspace fails here.
@@ -9,6 +13,7 @@ fail on its first line in the workspace fails here.
 from __future__ import annotations
 
 import configparser
+import copy
 import dataclasses
 import fnmatch
 import itertools
@@ -16,10 +21,11 @@ import re
 import shlex
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
+from databricks.bundles.jobs import Environment, Job, JobCluster, JobEnvironment, Task
 
 from jobs.core.config import AppConfig, load_config
 from jobs.runner import build_parser
@@ -35,9 +41,14 @@ except ImportError:  # Python 3.10
 BUNDLE_FILE = REPO / "databricks.yml"
 #: Stages the job leaves out, each with the reason stated in the job file's comments.
 NOT_IN_JOB = {"generate", "train_encoder"}
+#: Stages on serverless job compute (Spark SQL / MLlib) and on the classic GPU job cluster.
 CPU_STAGES = {"ingest", "sessionize", "evaluate"}
 GPU_STAGES = {"embed", "cluster"}
+#: Serverless environment version -> Databricks Runtime major of its Databricks Connect client
+#: (Databricks' serverless environment release notes): 4 pairs with 17.x, Spark 4.0.
+SERVERLESS_RUNTIME = {"4": "17"}
 RUN_ID = "987654321"
+_T = TypeVar("_T")
 
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_-]+)\}")
 ANY_REF = re.compile(r"\$\{([^}]+)\}")
@@ -91,27 +102,64 @@ def _variables(target: str) -> dict[str, str]:
     return values
 
 
-def _resolve(node: Any, target: str) -> Any:
-    """Substitute as a deployment of ``target`` and a job run would."""
+def _resolve(node: Any, target: str, *, run: bool = True) -> Any:
+    """Substitute as a deployment of ``target`` would, then (``run``) as a job run would."""
     variables = _variables(target)
     known = {"workspace.file_path": str(REPO)}
 
     def one(text: str) -> str:
         text = VAR_REF.sub(lambda m: str(variables[m.group(1)]), text)
         text = ANY_REF.sub(lambda m: known[m.group(1)], text)
+        if not run:
+            return text
         return DYNAMIC_REF.sub(lambda m: {"job.run_id": RUN_ID}[m.group(1)], text)
 
     if isinstance(node, str):
         return one(node)
     if isinstance(node, dict):
-        return {k: _resolve(v, target) for k, v in node.items()}
+        return {k: _resolve(v, target, run=run) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve(v, target) for v in node]
+        return [_resolve(v, target, run=run) for v in node]
     return node
 
 
 def _tasks(job: tuple[Path, dict[str, Any]]) -> list[dict[str, Any]]:
     return list(job[1]["tasks"])
+
+
+def _environments(job: tuple[Path, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {env["environment_key"]: env["spec"] for env in job[1].get("environments", [])}
+
+
+def _typed_job(definition: dict[str, Any]) -> Job:
+    """``definition`` loaded into the typed ``Job`` model, which must give back exactly it.
+
+    ``Job.from_dict`` rejects unknown keys, values outside an enum and numbers it cannot parse,
+    but it coerces (an ``int`` or a mapping where a string belongs becomes that string); the round
+    trip through ``as_dict`` catches those.
+    """
+    job = Job.from_dict(copy.deepcopy(definition))  # type: ignore[arg-type]
+    back = job.as_dict()
+    if back != definition:
+        difference = _first_difference(definition, back)
+        raise ValueError(f"the typed model does not reproduce the job: {difference}")
+    return job
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if type(a) is not type(b):
+        return f"{path or '.'}: {a!r} became {b!r}"
+    if isinstance(a, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                return f"{path}.{key}: {'added' if key in b else 'dropped'}"
+            if a[key] != b[key]:
+                return _first_difference(a[key], b[key], f"{path}.{key}")
+    if isinstance(a, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path or '.'}: {a!r} became {b!r}"
 
 
 def _task_config(task: dict[str, Any], target: str) -> tuple[AppConfig, str | None]:
@@ -147,19 +195,32 @@ def test_wheel_artifact_builds_into_the_folder_the_tasks_install_from(
     assert len(artifacts) == 1
     (artifact,) = artifacts.values()
     assert artifact["type"] == "whl"
+    # A new version on every deploy (0.1.0+<time>), so no environment or cluster keeps running
+    # an earlier upload of 0.1.0; YAML's `true`, not a string the CLI would have to coerce.
+    assert artifact.get("dynamic_version") is True
     assert (REPO / artifact.get("path", ".") / "pyproject.toml").is_file()
     build = shlex.split(artifact["build"])
     assert "wheel" in build and "--no-deps" in build
     out_dir = build[build.index("--wheel-dir") + 1] if "--wheel-dir" in build else "dist"
     built_into = (REPO / artifact.get("path", ".") / out_dir).resolve()
     job_file = job[0]
+    environments = _environments(job)
     for task in _tasks(job):
-        wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
-        assert len(wheels) == 1, f"task {task['task_key']}: one wheel library expected"
-        # Library paths are relative to the file that declares them.
+        if "environment_key" in task:
+            # Serverless: the wheel is a dependency of the task's environment.
+            source = environments[task["environment_key"]]["dependencies"]
+            wheels = [d for d in source if d.endswith(".whl")]
+        else:
+            wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
+        assert len(wheels) == 1, f"task {task['task_key']}: one wheel expected, found {wheels}"
+        # Local paths are relative to the file that declares them.
         library = (job_file.parent / wheels[0]).resolve()
         assert library.parent == built_into, (task["task_key"], library)
-        assert fnmatch.fnmatch("clickstream_segments-0.1.0-py3-none-any.whl", library.name)
+        for name in (
+            "clickstream_segments-0.1.0-py3-none-any.whl",
+            "clickstream_segments-0.1.0+20250101120000-py3-none-any.whl",  # dynamic_version
+        ):
+            assert fnmatch.fnmatch(name, library.name), (task["task_key"], library.name)
 
 
 def test_every_variable_used_is_declared_and_every_declared_one_is_used() -> None:
@@ -224,25 +285,121 @@ def test_wheel_tasks_call_the_console_scripts_of_each_stage(
         assert all(isinstance(p, str) for p in params), params  # the Jobs API takes strings
 
 
-def test_stages_run_on_the_cpu_or_the_gpu_cluster(job: tuple[Path, dict[str, Any]]) -> None:
-    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job[1]["job_clusters"]}
+def test_cpu_stages_run_serverless_and_gpu_stages_on_the_gpu_job_cluster(
+    job: tuple[Path, dict[str, Any]],
+) -> None:
+    environments = _environments(job)
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job[1].get("job_clusters", [])}
     placement: dict[str, set[str]] = {}
     for task in _tasks(job):
-        assert "new_cluster" not in task and "existing_cluster_id" not in task
-        placement.setdefault(task["job_cluster_key"], set()).add(task["task_key"])
-    assert set(placement) == set(clusters) and len(clusters) == 2
-    (gpu_key,) = [k for k, tasks in placement.items() if tasks == GPU_STAGES]
-    (cpu_key,) = [k for k, tasks in placement.items() if tasks == CPU_STAGES]
+        key = task["task_key"]
+        assert "new_cluster" not in task and "existing_cluster_id" not in task, key
+        if "environment_key" in task:
+            # Serverless: no cluster, and no task libraries (the environment brings the wheel).
+            assert "job_cluster_key" not in task and "libraries" not in task, key
+            placement.setdefault(f"serverless:{task['environment_key']}", set()).add(key)
+        else:
+            placement.setdefault(f"cluster:{task['job_cluster_key']}", set()).add(key)
+    assert placement == {"serverless:serverless": CPU_STAGES, "cluster:gpu": GPU_STAGES}
+    # Nothing declared that no task uses (an unused classic cluster would still be billed).
+    assert set(environments) == {"serverless"} and set(clusters) == {"gpu"}
+
     for target in BUNDLE["targets"]:
-        gpu = _resolve(clusters[gpu_key], target)
-        cpu = _resolve(clusters[cpu_key], target)
+        spec = _resolve(environments["serverless"], target)
+        assert "client" not in spec  # deprecated; environment_version replaces it
+        version = spec["environment_version"]
+        assert version in SERVERLESS_RUNTIME, version
+        gpu = _resolve(clusters["gpu"], target)
         assert "gpu-ml" in gpu["spark_version"]
-        assert "gpu" not in cpu["spark_version"]
-        for cluster in (gpu, cpu):
-            # The Spark 4.0 line (Databricks Runtime 17.x, Scala 2.13), like pyspark==4.0.1.
-            assert re.fullmatch(r"17\.\d+\.x-.*scala2\.13", cluster["spark_version"]), cluster
-            assert cluster["node_type_id"] and cluster["data_security_mode"] == "SINGLE_USER"
+        # The Spark 4.0 line (Databricks Runtime 17.x, Scala 2.13), like pyspark==4.0.1, on
+        # both kinds of compute.
+        assert re.fullmatch(r"17\.\d+\.x-.*scala2\.13", gpu["spark_version"]), gpu
+        assert gpu["spark_version"].startswith(SERVERLESS_RUNTIME[version] + ".")
+        assert gpu["node_type_id"] and gpu["data_security_mode"] == "SINGLE_USER"
         assert gpu["spark_conf"]["spark.task.resource.gpu.amount"] == "1"
+
+
+# --------------------------------------------------------------------------------------------
+# Databricks' typed models (databricks-bundles, generated from the bundle schema)
+# --------------------------------------------------------------------------------------------
+
+
+def _resources() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in [BUNDLE_FILE, *INCLUDED]:
+        data = _load(path) if path != BUNDLE_FILE else BUNDLE
+        for kind, items in (data.get("resources") or {}).items():
+            found.setdefault(kind, {}).update(items or {})
+    return found
+
+
+def test_only_jobs_and_no_target_overrides_them() -> None:
+    # What the typed check below covers: the jobs, as every target deploys them. A new resource
+    # kind (a schema, a volume, ...) needs its own typed model here.
+    assert set(_resources()) == {"jobs"}
+    for name, target in BUNDLE["targets"].items():
+        assert "resources" not in (target or {}), f"target {name}: resolve its overrides here"
+
+
+def _items(field: Any, cls: type[_T]) -> list[_T]:
+    """A typed list field's items, none of them (nor the list) a whole ``${var.…}``."""
+    assert isinstance(field, list), field
+    assert all(isinstance(item, cls) for item in field), field
+    return field
+
+
+@pytest.mark.parametrize("target", [None, "dev", "prod"])
+def test_every_job_loads_into_the_typed_job_model(target: str | None) -> None:
+    """As written (``${var.…}`` references where the schema allows them) and as each target
+    resolves it; ``{{job.run_id}}`` stays, the Jobs service fills it at run time."""
+    assert JOBS
+    for key, (_path, definition) in JOBS.items():
+        resolved = definition if target is None else _resolve(definition, target, run=False)
+        job = _typed_job(resolved)
+        # The typed model's view agrees with the placement above.
+        environments = _items(job.environments, JobEnvironment)
+        clusters = {c.job_cluster_key for c in _items(job.job_clusters, JobCluster)}
+        tasks = _items(job.tasks, Task)
+        assert tasks, key
+        for task in tasks:
+            assert (task.environment_key is None) != (task.job_cluster_key is None), task.task_key
+            assert task.environment_key in {e.environment_key for e in environments} | {None}
+            assert task.job_cluster_key in clusters | {None}, task.task_key
+            assert task.python_wheel_task is not None, task.task_key
+        if target is not None:
+            (environment,) = environments
+            assert isinstance(environment.spec, Environment)
+            version = environment.spec.environment_version
+            assert isinstance(version, str) and version in SERVERLESS_RUNTIME, version
+
+
+_MISTAKES = {
+    "misspelled job key": (("max_concurent_runs",), 1),
+    "misspelled task key": (("tasks", 0, "enviroment_key"), "serverless"),
+    "misspelled environment key": (("environments", 0, "spec", "environment_versoin"), "4"),
+    "not a number": (("max_concurrent_runs",), "one"),
+    "not in the enum": (("job_clusters", 0, "new_cluster", "data_security_mode"), "SINGLE_USR"),
+    "a list for a mapping": (("tasks", 0, "python_wheel_task"), ["segments-ingest"]),
+    "a mapping for a string": (("job_clusters", 0, "new_cluster", "spark_version"), {"x": 1}),
+    "a mapping for a list": (("tasks", 0, "python_wheel_task", "parameters"), {"--conf": "x"}),
+    "an unquoted version": (("environments", 0, "spec", "environment_version"), 4),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(_MISTAKES))
+def test_the_typed_check_rejects_a_broken_job(
+    job: tuple[Path, dict[str, Any]], mistake: str
+) -> None:
+    """The check above can fail: one mistake in an otherwise valid job is rejected."""
+    path, value = _MISTAKES[mistake]
+    broken = _resolve(job[1], "dev", run=False)
+    _typed_job(broken)  # valid before the mistake
+    node = broken
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    with pytest.raises(ValueError):
+        _typed_job(broken)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +414,9 @@ def test_each_task_resolves_to_a_valid_configuration(
     variables = _variables(target)
     conf_file = REPO / variables["conf_file"]
     assert conf_file.is_file() and conf_file.parent.name == "conf"
+    # The tasks reuse the platform's session; serverless compute takes only a short list of
+    # session settings, so the profile sets none.
+    assert "spark" not in _load(conf_file)
     profile = load_config([conf_file])
     configs: dict[str, AppConfig] = {}
     for task in _tasks(job):
@@ -320,6 +480,11 @@ def test_the_built_wheel_has_the_package_and_entry_points_the_tasks_name(
         text = archive.read(entry_points).decode()
         metadata = archive.read(entry_points.replace("entry_points.txt", "METADATA")).decode()
     dist_info = entry_points.split("/")[0]
+    # dynamic_version (databricks.yml) patches <name>-<version>.dist-info/{METADATA,RECORD} named
+    # after the wheel's file name (the CLI's libs/patchwheel), so they must match it.
+    name, version = wheel.name.split("-")[:2]
+    assert dist_info == f"{name}-{version}.dist-info", (wheel.name, dist_info)
+    assert f"{dist_info}/RECORD" in names and f"Version: {version}" in metadata.splitlines()
     requires = [
         line
         for line in metadata.splitlines()
