@@ -36,6 +36,7 @@ from jobs.clustering.kmeans import (
     silhouette_sqeuclidean,
     with_features,
 )
+from jobs.clustering.tracking import log_cluster_run
 from jobs.core.config import AppConfig, ConfigError
 from jobs.core.lake import Lake
 from jobs.core.metrics import Metric, record_metrics
@@ -54,12 +55,14 @@ class ClusterResult:
     model_version: str
     model_path: str | None
     sweep: tuple[tuple[int, float, float], ...]  # (k, sse, silhouette)
+    mlflow_run_id: str | None = None
 
     def summary(self) -> str:
         source = "saved model" if not self.sweep else f"k chosen from {[s[0] for s in self.sweep]}"
+        tracked = f"; MLflow run {self.mlflow_run_id}" if self.mlflow_run_id else ""
         return (
             f"{self.rows:,} rows in k={self.k} clusters on {self.backend} ({source}); "
-            f"sizes {list(self.sizes)}"
+            f"sizes {list(self.sizes)}{tracked}"
         )
 
 
@@ -172,7 +175,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
     finally:
         rows.unpersist()
     log.info("k=%d chosen (%s); cluster sizes %s", chosen_k, cfg.criterion, sizes)
-    return ClusterResult(
+    result = ClusterResult(
         k=chosen_k,
         backend=backend,
         rows=written.rows_written,
@@ -181,6 +184,8 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
         model_path=model_path,
         sweep=tuple(sweep),
     )
+    tracked = log_cluster_run(lake, config, result, model=best, run_id=run_id)
+    return dataclasses.replace(result, mlflow_run_id=tracked)
 
 
 def _fittable_ks(candidates: tuple[int, ...], distinct: int) -> tuple[int, ...]:

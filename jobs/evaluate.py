@@ -36,8 +36,10 @@ from pyspark.sql import functions as F
 from jobs.clustering.kmeans import latest_model_version
 from jobs.core.config import AppConfig
 from jobs.core.lake import Lake
+from jobs.core.lake.paths import Outbox, is_local, native_uri
 from jobs.core.metrics import Metric, record_metrics
 from jobs.core.privacy import Pseudonymizer
+from jobs.core.session import bind_to_thread
 from jobs.core.tables import (
     CLUSTER_ASSIGNMENTS,
     CLUSTER_CENTROIDS,
@@ -53,6 +55,7 @@ from jobs.evaluation.internal import sample_rows
 from jobs.evaluation.profiles import cluster_profiles
 from jobs.evaluation.report import METHOD_ORDER, sweep_frame, verdict, write_report
 from jobs.evaluation.same_rows import same_rows_metrics
+from jobs.evaluation.tracking import log_evaluate_run
 from jobs.runner import run_stage
 from jobs.sequences.encoder_choice import resolve_encoder
 from jobs.sequences.rendering import select_units
@@ -74,6 +77,7 @@ class EvaluateResult:
     report_path: str | None = None
     #: The report's one-sentence recommendation (None without a backtest).
     verdict: str | None = None
+    mlflow_run_id: str | None = None
 
     def headline(self) -> str:
         """ARI vs truth per method (where measured) and the embedding's cosine silhouette."""
@@ -88,9 +92,10 @@ class EvaluateResult:
         return "; ".join(parts) or "no internal metric applicable"
 
     def summary(self) -> str:
+        tracked = f"; MLflow run {self.mlflow_run_id}" if self.mlflow_run_id else ""
         return (
             f"cluster run {self.run_id} (k={self.k}, {self.rows:,} rows): {self.headline()}; "
-            f"report {self.report_path}"
+            f"report {self.report_path}{tracked}"
         )
 
     def closing_lines(self) -> list[str]:
@@ -191,7 +196,7 @@ def _ground_truth(spark: SparkSession, config: AppConfig) -> DataFrame | None:
             "no ground truth configured (evaluate.ground_truth_path): external metrics skipped"
         )
         return None
-    if "://" not in path and not Path(path).is_file():
+    if is_local(path) and not Path(native_uri(path, where="the ground truth path")).is_file():
         log.info("no ground truth file at %s: external metrics skipped", path)
         return None
     raw = spark.read.option("header", "true").csv(path)
@@ -259,7 +264,12 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         # The backtest and the same-rows metrics share nothing but their inputs: their Spark
         # jobs run side by side (a second driver thread fills the gaps between small jobs;
         # every fit is seeded, so the numbers do not depend on the interleaving).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest") as pool:
+        with ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="backtest",
+            initializer=bind_to_thread,
+            initargs=(spark,),
+        ) as pool:
             pending = pool.submit(
                 run_backtest,
                 lake.read(SESSIONS),
@@ -338,32 +348,39 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         .select("cluster_id", "centroid")
         .collect()
     )
-    report = write_report(
-        Path(cfg.report_dir) / cluster_run,
-        run_id=cluster_run,
-        k=k,
-        rows=n,
-        unit=unit,
-        model_version=target.model_version,
-        metrics=results,
-        not_applicable=skipped,
-        backtest=backtest,
-        sweep=sweep,
-        profiles=lake.read(CLUSTER_PROFILES).where(F.col("run_id") == cluster_run).toPandas(),
-        sample_points=np.array([r["embedding"] for r in sample], dtype=np.float64),
-        sample_labels=np.array([r["cluster_id"] for r in sample]),
-        centroids=np.array([r["centroid"] for r in centres], dtype=np.float64),
-        centroid_ids=[int(r["cluster_id"]) for r in centres],
-    )
-    log.info("report written to %s", report)
-    return EvaluateResult(
-        run_id=cluster_run,
-        k=k,
-        rows=n,
-        metrics=results,
-        report_path=str(report),
-        verdict=verdict(results, backtest),
-    )
+    profile_rows = lake.read(CLUSTER_PROFILES).where(F.col("run_id") == cluster_run).toPandas()
+    # An object-store report_dir gets the report written locally, then uploaded.
+    target_dir = f"{cfg.report_dir.rstrip('/')}/{cluster_run}"
+    with Outbox(lake.storage, target_dir, where="evaluate.report_dir") as outbox:
+        report = write_report(
+            outbox.local,
+            run_id=cluster_run,
+            k=k,
+            rows=n,
+            unit=unit,
+            model_version=target.model_version,
+            metrics=results,
+            not_applicable=skipped,
+            backtest=backtest,
+            sweep=sweep,
+            profiles=profile_rows,
+            sample_points=np.array([r["embedding"] for r in sample], dtype=np.float64),
+            sample_labels=np.array([r["cluster_id"] for r in sample]),
+            centroids=np.array([r["centroid"] for r in centres], dtype=np.float64),
+            centroid_ids=[int(r["cluster_id"]) for r in centres],
+        )
+        outbox.publish()
+        log.info("report written to %s", outbox.shown(report.name))
+        result = EvaluateResult(
+            run_id=cluster_run,
+            k=k,
+            rows=n,
+            metrics=results,
+            report_path=outbox.shown(report.name),
+            verdict=verdict(results, backtest),
+        )
+        tracked = log_evaluate_run(resolved, result, target, report=report, run_id=run_id)
+    return dataclasses.replace(result, mlflow_run_id=tracked)
 
 
 def _sample_size(name: str, values: dict[str, float], rows: int, sample: int) -> int:

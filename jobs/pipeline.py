@@ -50,7 +50,7 @@ def run_pipeline(
         if entry.needs_spark and spark is None:
             from jobs.core.session import get_spark
 
-            spark = get_spark(config.spark)
+            spark = get_spark(config.spark, delta=config.lake.engine == "spark")
         outcomes.append(execute_stage(entry.name, config, run_id, spark=spark))
     table_lines: list[str] = []
     if spark is not None:

@@ -81,7 +81,7 @@ def execute_stage(name: str, config: AppConfig, run_id: str, spark: Any = None) 
         from jobs.core.lake import Lake
         from jobs.core.session import get_spark
 
-        spark = spark or get_spark(config.spark)
+        spark = spark or get_spark(config.spark, delta=config.lake.engine == "spark")
         result = module.run(spark, Lake(spark, config.lake), config, run_id=run_id)
     else:
         result = module.run(config, run_id=run_id)
@@ -123,7 +123,7 @@ def check_runtime(config: AppConfig) -> None:
     check_encoder_config(
         config.encoder,
         default_sequence_dir=config.train_encoder.output_dir,
-        local_driver=config.spark.master.startswith("local"),
+        local_driver=(config.spark.remote or config.spark.master).startswith("local"),
     )
     if config.privacy.pseudonymize_user_id:
         from jobs.core.privacy import resolve_key

@@ -29,7 +29,10 @@ from pyspark.sql import SparkSession
 
 from jobs.core.config import AppConfig, EncoderConfig
 from jobs.core.config.sections import EncoderKind
+from jobs.core.errors import PipelineError
 from jobs.core.lake import Lake
+from jobs.core.lake.paths import is_uri
+from jobs.core.session import spark_master
 from jobs.core.tables import SESSIONS
 from jobs.runner import run_stage
 from jobs.sequences.encoder_choice import resolve_encoder
@@ -66,6 +69,13 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
     from udfs.training import train_contrastive, train_mlm
 
     settings = config.train_encoder
+    if is_uri(settings.output_dir):
+        # Every executor loads the encoder from local files (torch / transformers).
+        raise PipelineError(
+            f"train_encoder.output_dir is {settings.output_dir}: the encoder is saved and "
+            "loaded as local files; use a local or /Volumes/... path (on Databricks, "
+            "/dbfs/... for DBFS)"
+        )
     sessions = lake.read(SESSIONS)
     resolved, reason = resolve_encoder(config.encoder, sessions)
     if config.encoder.kind == "auto":
@@ -98,7 +108,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> T
 
         distributed_stats = TorchDistributor(
             num_processes=settings.num_processes,
-            local_mode=str(spark.sparkContext.master).startswith("local"),
+            local_mode=spark_master(spark).startswith("local"),
             use_gpu=torch.cuda.is_available(),
         ).run(train_fn, *arguments)
         if distributed_stats is None:

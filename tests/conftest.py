@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -33,6 +34,25 @@ def spark() -> Iterator[SparkSession]:
     )
     yield session
     session.stop()
+
+
+#: Run id of the shared end-to-end run (:func:`e2e_run`).
+E2E_RUN_ID = "run-e2e"
+
+
+@pytest.fixture(scope="session")
+def e2e_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ...]:
+    """The whole pipeline once on 400 generated users, in this process's classic session on
+    the delta-rs engine: ``(config, outcomes, table_lines)``.  tests/test_pipeline.py checks
+    its accounting; tests/test_engines.py compares a Spark Connect run on delta-spark with it."""
+    from jobs.pipeline import applicable, run_pipeline
+    from jobs.stages import select
+
+    from .test_pipeline import small_config
+
+    config = small_config(tmp_path_factory.mktemp("e2e"))
+    outcomes, table_lines = run_pipeline(config, E2E_RUN_ID, applicable(select(None, None), config))
+    return config, outcomes, table_lines
 
 
 @pytest.fixture

@@ -252,7 +252,9 @@ def _distinct_points(vectors: list[Any]) -> tuple[Any, Any]:
             key = b"d" + v.toArray().tobytes()
         counts[key] = counts.get(key, 0) + 1
         first.setdefault(key, v)
-    keys = sorted(first)
+    # Ordered by the values rounded to 1e-5 first: float noise of ~1e-7 (an encoder batching
+    # rows differently) then leaves the order, and so the k-means++ start, as it was.
+    keys = sorted(first, key=lambda key: (_rounded(first[key]), key))
     distinct = [first[key] for key in keys]
     weights = np.array([counts[key] for key in keys], dtype=np.float64)
     if distinct and isinstance(distinct[0], SparseVector):
@@ -265,6 +267,16 @@ def _distinct_points(vectors: list[Any]) -> tuple[Any, Any]:
         return csr_matrix((data, indices, indptr), shape=(len(distinct), size)), weights
     dim = len(distinct[0]) if distinct else 0
     return np.array([v.toArray() for v in distinct], dtype=np.float64).reshape(-1, dim), weights
+
+
+def _rounded(vector: Any) -> bytes:
+    """A vector's values rounded to 1e-5, as bytes (sparse: its indices, then its values)."""
+    import numpy as np
+
+    if hasattr(vector, "indices"):
+        values = np.round(np.asarray(vector.values), 5).tobytes()
+        return np.asarray(vector.indices).tobytes() + b"|" + values
+    return np.round(vector.toArray(), 5).tobytes()
 
 
 def _dense(points: Any) -> Any:

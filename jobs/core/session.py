@@ -1,8 +1,13 @@
 """The one place that obtains a SparkSession.
 
-An active session (Databricks, a notebook, ``spark-submit``'s) is reused as it is: a platform's
-session is configured by the platform.  Otherwise a local session is built and tuned for the
-machine.  Executors must never build sessions, so this refuses to run inside a task.
+An active session (Databricks, a notebook, ``spark-submit``'s, classic or Spark Connect) is
+reused as it is: a platform's session is configured by the platform.  Otherwise a session is
+built from ``spark.*``: a Spark Connect session when ``spark.remote`` is set (``sc://host:port``,
+or ``local[N]``, which starts a real local Connect server in this process), else a classic local
+one tuned for the machine.  When the lake needs Spark's Delta data source (``lake.engine:
+spark``), a session we build resolves delta-spark's jars from Maven (``spark.jars.packages``,
+the Delta docs' ``configure_spark_with_delta_pip``) and loads the Delta session extension and
+catalog.  Executors must never build sessions, so this refuses to run inside a task.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -41,10 +48,23 @@ _LOCAL_DEFAULTS = {
 }
 
 
-def get_spark(config: SparkConfig | None = None) -> SparkSession:
-    """Return the active SparkSession, or build a local one from ``config``."""
+#: Delta's session extension and catalog (Delta Lake docs, "Quickstart: set up Apache Spark").
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def get_spark(config: SparkConfig | None = None, *, delta: bool = False) -> SparkSession:
+    """Return the active SparkSession, or build one from ``config``.
+
+    ``delta``: the caller needs Spark's Delta data source (``lake.engine: spark``); a session
+    built here then gets delta-spark's jars from Maven (the version of the installed
+    ``delta-spark`` package) plus the Delta extension and catalog.  A reused session is never
+    changed that way: the engine probe (:func:`jobs.core.lake.resolve_engine`) says what it lacks.
+    """
     _refuse_on_executor()
-    active = SparkSession.getActiveSession()
+    active = _active_session()
     if active is not None:
         # Session-level (not static) settings can still be applied to a borrowed session.
         for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType"):
@@ -54,21 +74,25 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         return active
 
     config = config or SparkConfig()
+    if config.remote and not config.remote.startswith("local"):
+        return _connect_to(config, delta=delta)
     # spark-submit starts the JVM first and hands Python its gateway: then the submit command
     # (cluster manager, --master, --driver-memory) decides, not the profile.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     if not submitted:
         _require_java()
-    if config.master.startswith("local") and not submitted:
+    if (config.remote or config.master).startswith("local") and not submitted:
         # Local Python workers must run the driver's interpreter (the project's virtualenv),
         # not whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    cores = _cores_for(config.master)
+    # With ``spark.remote: local[N]`` the Connect server's driver runs on that master.
+    cores = _cores_for(config.remote or config.master)
     shuffle_partitions = config.shuffle_partitions or max(2, 2 * cores)
     builder = SparkSession.builder.appName(config.app_name)
     settings: dict[str, str] = {}
-    if not submitted:
+    if not submitted and not config.remote:
         builder = builder.master(config.master)
+    if not submitted:
         settings.update(_LOCAL_DEFAULTS)
         settings["spark.driver.memory"] = config.driver_memory
         # Spark's JVM logs at the level --log-level implies (ERROR, or WARN for DEBUG) from
@@ -81,17 +105,134 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     if not submitted or config.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
     settings.update(_REQUIRED_CONF)
+    packages = list(config.packages)
+    if delta:
+        settings.update(DELTA_CONF)
+        packages.insert(0, delta_package())
+    if packages:
+        settings["spark.jars.packages"] = ",".join(packages)
     settings.update(config.extra)
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(spark_log_level())
+    if config.remote:
+        spark = _start_local_connect(config, settings)
+    else:
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel(spark_log_level())
     log.info(
-        "built Spark %s session master=%s shuffle_partitions=%s%s",
+        "built Spark %s %s session %s=%s shuffle_partitions=%s%s%s",
         spark.version,
-        spark.sparkContext.master,
+        "Connect" if config.remote else "classic",
+        "remote" if config.remote else "master",
+        config.remote or spark.sparkContext.master,
         spark.conf.get("spark.sql.shuffle.partitions"),
+        f" packages={','.join(packages)}" if packages else "",
         " (settings from spark-submit)" if submitted else "",
+    )
+    return spark
+
+
+def delta_package() -> str:
+    """Maven coordinates of delta-spark matching the installed ``delta-spark`` package (the
+    rule of ``delta.configure_spark_with_delta_pip``; Spark 4.0 is Scala 2.13 only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"io.delta:delta-spark_2.13:{version('delta-spark')}"
+    except PackageNotFoundError:
+        raise RuntimeError(
+            "lake.engine=spark needs Delta's jars: install the `delta-spark` package matching "
+            "this Spark (pip install 'delta-spark==4.0.*'), or start Spark with "
+            "--packages io.delta:delta-spark_2.13:4.0.1, or set lake.engine=delta-rs"
+        ) from None
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no JVM, no SparkContext in this process)."""
+    try:
+        from pyspark.sql.utils import is_remote_only
+    except ImportError:  # pragma: no cover - pyspark < 4
+        is_remote_only = None  # type: ignore[assignment]
+    if is_remote_only is not None and is_remote_only():
+        return True
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def bind_to_thread(spark: SparkSession) -> None:
+    """Make ``spark`` this thread's active session: the initializer of a driver thread pool.
+
+    Spark Connect keeps the active session per thread, and pyspark.ml's Connect calls look it
+    up there (a model's ``clusterCenters()`` in a pool thread otherwise fails).  Classic
+    sessions need nothing.  Compatibility shim: pyspark 4.0 has no public setter, so this uses
+    the Connect session's own ``_set_default_and_active_session``.
+    """
+    setter = getattr(type(spark), "_set_default_and_active_session", None)
+    if is_connect(spark) and setter is not None:
+        setter(spark)
+
+
+def spark_master(spark: SparkSession) -> str:
+    """The session's master URL (``local[2]``, ``yarn``...), read through the session's settings
+    so that it works under Spark Connect too; empty when the platform does not say."""
+    try:
+        return str(spark.conf.get("spark.master", "") or "")
+    except Exception:  # Connect servers may refuse to show static settings
+        return ""
+
+
+def _active_session() -> SparkSession | None:
+    """The active classic or Connect session of this thread/process, if any."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+    except ImportError:  # the Connect client's extras (grpcio) are not installed
+        return None
+    return ConnectSession.getActiveSession()  # type: ignore[return-value]
+
+
+def _start_local_connect(config: SparkConfig, settings: dict[str, str]) -> SparkSession:
+    """Start a Spark Connect server in this process on ``config.remote`` (``local[N]``) with
+    ``settings`` and return a Connect session to it.
+
+    What ``SparkSession.builder.remote("local[N]")`` does, except that the server listens on a
+    free loopback port instead of the fixed 15002, so overlapping runs on one machine do not
+    collide.  Compatibility shim: uses pyspark 4.0's ``_start_connect_server``.
+    """
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    options: dict[str, Any] = {
+        **settings,
+        "spark.app.name": config.app_name,
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+    }
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"
+    ConnectSession._start_connect_server(str(config.remote), options)
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    # Only runtime SQL settings are left in ``options``: the server has the static ones.
+    builder = ConnectSession.builder.remote(f"sc://localhost:{port}").config(map=options)
+    return builder.getOrCreate()  # type: ignore[return-value]
+
+
+def _connect_to(config: SparkConfig, *, delta: bool) -> SparkSession:
+    """A Connect session to a running server (``sc://...``): the server's own settings and
+    jars apply; only runtime SQL settings can be set from here."""
+    builder = SparkSession.builder.remote(str(config.remote)).appName(config.app_name)
+    spark = builder.getOrCreate()
+    for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType"):
+        spark.conf.set(key, _REQUIRED_CONF[key])
+    if config.shuffle_partitions:
+        spark.conf.set("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+    log.info(
+        "connected to Spark %s Connect server %s%s",
+        spark.version,
+        config.remote,
+        " (Delta must be on the server: lake.engine=spark)" if delta else "",
     )
     return spark
 

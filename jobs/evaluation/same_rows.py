@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.config import AppConfig
+from jobs.core.session import bind_to_thread
 from jobs.evaluation.external import external_metrics
 from jobs.evaluation.internal import internal_metrics
 from jobs.evaluation.methods import SEGMENT, NotApplicable, baseline_fitters
@@ -107,7 +108,12 @@ def same_rows_metrics(
         # Independent fits and metric passes, two at a time: on small data Spark's per-job
         # overhead dominates, and a second driver thread keeps the executors busy meanwhile.
         # Every fit is seeded, so the values do not depend on the interleaving.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="same-rows") as pool:
+        with ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="same-rows",
+            initializer=bind_to_thread,
+            initargs=(rows.sparkSession,),
+        ) as pool:
             tasks = [pool.submit(measure_stability)]
             tasks += [
                 pool.submit(measure, method, fit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import types
@@ -103,6 +104,14 @@ def check_combinations(config: AppConfig) -> None:
                 f"to explode; this input's format is {spec.format}"
             )
     _check_evaluate(config)
+    # Refused at load, before any Spark work, like every other impossible setting: a scheduled
+    # cluster run that silently skipped tracking would leave no registered model to deploy.
+    if config.mlflow.enabled and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(
+            "mlflow.enabled is true but MLflow is not installed: "
+            "pip install 'clickstream-segments[mlflow]' (Databricks runtimes have it), "
+            "or set mlflow.enabled=false"
+        )
     if config.train_encoder.mode == "contrastive" and config.encoder.kind != "text":
         raise ConfigError(
             "train_encoder.mode=contrastive fine-tunes the text encoder: set encoder.kind=text "

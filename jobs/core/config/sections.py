@@ -51,6 +51,12 @@ class SparkConfig:
     driver_memory: str = "4g"
     #: Extra ``spark.*`` settings applied when building a local session.
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: Spark Connect: ``sc://host:port`` (a Connect server) or ``local[N]`` (start a local one);
+    #: null = a classic session.  An active session, classic or Connect, is reused either way.
+    remote: str | None = None
+    #: Maven coordinates added to ``spark.jars.packages`` of a session we build (e.g.
+    #: ``org.apache.hadoop:hadoop-aws:3.4.1``); ``lake.engine: spark`` adds delta-spark's itself.
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class LakeConfig:
     #: Per-table overrides of the location (keys: the table names in docs/tables.md).  Columns,
     #: key and partitioning are part of each table's contract, not configuration.
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
+    #: Object-store options for the delta-rs engine and Python-side path checks (delta-rs keys,
+    #: e.g. ``AWS_ENDPOINT_URL``, ``AWS_REGION``); credentials belong in the environment.
+    storage_options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -398,6 +407,19 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow tracking of ``cluster`` / ``evaluate`` runs and the segment assigner model."""
+
+    enabled: bool = True
+    #: null = ``databricks`` on Databricks, else a local store under ``data/mlruns``.
+    tracking_uri: str | None = None
+    #: Experiment name (on Databricks a workspace path such as ``/Shared/clickstream-segments``).
+    experiment_name: str = "clickstream-segments"
+    #: Register the segment assigner under this name (Unity Catalog: ``catalog.schema.model``).
+    registered_model_name: str | None = None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole resolved configuration of one run."""
 
@@ -412,3 +434,4 @@ class AppConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)

@@ -6,6 +6,8 @@ Catalog table names as well as paths.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -15,14 +17,21 @@ from jobs.core.lake.paths import require_path
 
 
 def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
-    """Whether this session can use Delta through Spark, and a human-readable reason."""
+    """Whether this session can use Delta through Spark, and a human-readable reason.
+
+    Classic sessions: the Delta classes must be on the JVM classpath and the Delta session
+    extension loaded.  Spark Connect sessions (no JVM here): the extension in the session's
+    settings, or a Databricks runtime (Delta is its native format), or else a probe the server
+    answers: analysing a Delta read of a missing path fails with ``DATA_SOURCE_NOT_FOUND`` when
+    the server has no Delta data source, and with a path error when it has one.
+    """
     jvm = getattr(getattr(spark, "sparkContext", None), "_jvm", None) if _has_jvm(spark) else None
     if jvm is None:
-        # Spark Connect (Databricks serverless, DBR shared clusters) exposes no JVM; those
-        # platforms ship Delta as their default table format.
-        return True, "Spark Connect session: Delta is the platform's native format"
+        return _connect_delta_available(spark)
     try:
-        jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        # Jars from spark.jars.packages / --packages live in Spark's context class loader.
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass("io.delta.sql.DeltaSparkSessionExtension")
     except Exception:
         return False, "Delta jars are not on the session's classpath"
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
@@ -31,7 +40,40 @@ def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
     return True, "Delta data source and session extension are loaded"
 
 
+def _connect_delta_available(spark: SparkSession) -> tuple[bool, str]:
+    try:
+        extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    except Exception:  # a platform may hide static settings from Connect clients
+        extensions = ""
+    if "DeltaSparkSessionExtension" in extensions:
+        return True, "Spark Connect session with the Delta session extension"
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return True, "Spark Connect session on Databricks: Delta is the platform's native format"
+    if _is_local_server(spark):
+        # A local Connect server was started with this process's settings: no extension, no
+        # Delta (probing would only log the server's error).
+        return False, "local Spark Connect server without the Delta jars and extension"
+    missing = f"/nonexistent-delta-probe-{uuid.uuid4().hex}"
+    try:
+        spark.read.format("delta").load(missing).schema  # noqa: B018 - analysis is the probe
+    except Exception as exc:
+        if "DATA_SOURCE_NOT_FOUND" in str(exc)[:500]:
+            return False, "the Spark Connect server has no Delta data source"
+        return True, "the Spark Connect server resolves the Delta data source"
+    return True, "the Spark Connect server resolves the Delta data source"
+
+
+def _is_local_server(spark: SparkSession) -> bool:
+    """A Connect server this process started (``spark.remote: local[N]``)."""
+    from pyspark.sql import SparkSession as ClassicSession
+
+    server = getattr(ClassicSession, "_instantiatedSession", None)
+    return server is not None and server is not spark and getattr(server, "_sc", None) is not None
+
+
 def _has_jvm(spark: SparkSession) -> bool:
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        return False
     try:
         return spark.sparkContext is not None
     except Exception:  # Spark Connect raises on sparkContext access
