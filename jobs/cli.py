@@ -16,18 +16,23 @@ from jobs.runner import run_stage
 def main(argv: Sequence[str] | None = None) -> int:
     """``segments <stage|pipeline> [options]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = (*stages.NAMES, "pipeline")
+    commands = (*stages.NAMES, "pipeline", "maintain")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(f"usage: segments {{{','.join(commands)}}} [--conf PATH] [--set KEY=VALUE] ...")
         for entry in stages.STAGES:
             print(f"  {entry.name:<14} {entry.description}")
         print(f"  {'pipeline':<14} the stages in order under one run id (--from / --to)")
+        print(f"  {'maintain':<14} OPTIMIZE and VACUUM the Delta tables (--tables, --retain-hours)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     if command == "pipeline":
         from jobs.pipeline import main as pipeline_main
 
         return pipeline_main(rest)
+    if command == "maintain":
+        from jobs.maintain import main as maintain_main
+
+        return maintain_main(rest)
     return run_stage(command, rest)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from jobs.core.config import AppConfig, LakeConfig, SparkConfig, TableSpec, load_config
+from jobs.core.lake.paths import Storage, is_uri, native_uri, reaching
 from jobs.core.tables import TABLES as REGISTRY
 from jobs.evaluation.report import METHOD_ORDER, TABLE_METRICS
 
@@ -43,6 +44,8 @@ DEFAULT_CONF = "conf/local.yaml"
 TABLES: tuple[str, ...] = tuple(REGISTRY)
 #: What the ``cluster`` stage records for every candidate k of a sweep.
 SWEEP_METRICS = ("sse", "silhouette_sqeuclidean")
+#: Everything ``cluster`` records (the sweep plus the K-Means start's costs): not evaluation.
+CLUSTERED = (*SWEEP_METRICS, "restart_cost", "restart_cost_spread")
 #: Whether a higher or a lower value of a metric is better (the report's table plus the rest).
 METRIC_DIRECTION: Mapping[str, str] = {
     **dict(TABLE_METRICS),
@@ -105,12 +108,8 @@ def project_dir(start: str | Path | None = None) -> Path:
     return here
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("dbfs:")
-
-
 def _absolute(path: str, base: Path) -> str:
-    if _is_remote(path) or Path(path).is_absolute():
+    if is_uri(path) or Path(path).is_absolute():
         return path
     return str((base / path).resolve())
 
@@ -155,20 +154,20 @@ def table_path(lake: LakeConfig, table: str) -> str | None:
 
 def existing_tables(lake: LakeConfig, tables: Iterable[str] | None = None) -> dict[str, str]:
     """``table -> path`` for the registry's tables that have a Delta log at their path (in
-    pipeline order); tables not written yet, or known only by a metastore name, are left out."""
-    import pyarrow.fs as pafs
-
+    pipeline order); tables not written yet, or known only by a metastore name, are left out.
+    Paths as delta-rs, DuckDB and polars take them (``s3a://`` as ``s3://``), looked up with
+    ``lake.storage_options``; :class:`jobs.core.lake.LakeError` for an unreachable location."""
+    storage = Storage(lake.storage_options)
     found: dict[str, str] = {}
     for table in tables or TABLES:
         path = table_path(lake, table)
         if path is None:
             continue
-        if "://" in path:
-            fs, root = pafs.FileSystem.from_uri(path)
-        else:
-            fs, root = pafs.LocalFileSystem(), path
-        if fs.get_file_info(f"{root.rstrip('/')}/_delta_log").type == pafs.FileType.Directory:
-            found[table] = path
+        where = f"table {table} (lake.root or lake.tables.{table}.path)"
+        native = native_uri(path, where=where)
+        with reaching(where):
+            if storage.log_exists(native):
+                found[table] = native
     return found
 
 
@@ -181,9 +180,19 @@ def require_table(lake: LakeConfig, table: str) -> str:
             f"{table} has no storage path (lake.root or lake.tables.{table}.path); a table known "
             "only by a metastore / Unity Catalog name is read with Spark SQL"
         )
-    if table not in existing_tables(lake, [table]):
+    found = existing_tables(lake, [table])
+    if table not in found:
         raise FileNotFoundError(f"no Delta table {table} at {path}: run the pipeline first")
-    return path
+    return found[table]
+
+
+def delta_table(lake: LakeConfig, table: str) -> Any:
+    """``deltalake.DeltaTable`` of ``table`` (:func:`require_table`), opened with
+    ``lake.storage_options`` so that object-store lakes read like local ones."""
+    storage = Storage(lake.storage_options)
+    path = require_table(lake, table)
+    with reaching(f"table {table} at {path}"):
+        return storage.table(path)
 
 
 # ==================================================================== opening the tables
@@ -226,15 +235,17 @@ def duckdb_views(
 
     Each view is the table's current snapshot as a lazy PyArrow dataset: DuckDB pushes column
     selections and filters into it, so ``WHERE run_id = ...`` reads only that partition's files.
-    ``storage_options`` go to :class:`deltalake.DeltaTable` for object-store paths.
+    Object-store paths are opened with ``lake.storage_options`` updated by ``storage_options``
+    (delta-rs keys; credentials from the environment).
     """
     import duckdb
-    from deltalake import DeltaTable
 
+    options = {**lake.storage_options, **(storage_options or {})}
+    lake, storage = dataclasses.replace(lake, storage_options=options), Storage(options)
     con = con if con is not None else duckdb.connect()
     for table, path in existing_tables(lake, tables).items():
-        options = dict(storage_options) if storage_options else None
-        dataset = DeltaTable(path, storage_options=options).to_pyarrow_dataset()
+        with reaching(f"table {table} at {path}"):
+            dataset = storage.table(path).to_pyarrow_dataset()
         con.register(table, dataset)
     return con
 
@@ -268,7 +279,7 @@ def run_k(history: pd.DataFrame) -> pd.Series:
     for a sweep that was never evaluated."""
     if history.empty:
         return pd.Series(dtype="Int64", name="k")
-    evaluated = history[(history["method"] != "embedding") | ~history["metric"].isin(SWEEP_METRICS)]
+    evaluated = history[(history["method"] != "embedding") | ~history["metric"].isin(CLUSTERED)]
     from_eval = evaluated.groupby("run_id")["k"].max()
     candidates = history.groupby("run_id")["k"].agg(["nunique", "max"])
     single = candidates.loc[candidates["nunique"] == 1, "max"]

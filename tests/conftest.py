@@ -20,6 +20,29 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+#: The native-Delta group's own process (tests/test_delta_native.py).
+_DELTA_JVM = os.environ.get("SEGMENTS_DELTA_SPARK_JVM") == "1"
+_DELTA_WRAPPER = "test_native_delta_group_in_its_own_jvm"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/test_delta_native.py needs a JVM with delta-spark's jars, so it runs in a pytest
+    process of its own started by its wrapper test: deselect its tests here (or, in that
+    process, the wrapper and everything else), rather than skipping them."""
+    keep, drop = [], []
+    for item in items:
+        native = item.path.name == "test_delta_native.py"
+        wanted = (
+            (native and item.name != _DELTA_WRAPPER)
+            if _DELTA_JVM
+            else (not native or item.name == _DELTA_WRAPPER)
+        )
+        (keep if wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)  # type: ignore[attr-defined]

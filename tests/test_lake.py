@@ -229,18 +229,6 @@ def test_auto_engine_picks_delta_rs_without_jars_and_spark_engine_refuses(
         _lake(spark, tmp_path, engine="spark")
 
 
-@pytest.mark.delta_spark
-def test_spark_engine_round_trip_and_cross_engine_read(spark: SparkSession, tmp_path: Path) -> None:
-    available, reason = delta_spark_available(spark)
-    if not available:
-        pytest.skip(f"spark engine needs the Delta Lake JVM jars: {reason}")
-    spark_lake = _lake(spark, tmp_path, engine="spark")
-    spark_lake.overwrite("t", _frame(spark))
-    spark_lake.overwrite_partitions("t", _frame(spark, [_rows()[2]]), {"day": [date(2024, 3, 2)]})
-    # The delta-rs engine reads what delta-spark wrote, identically.
-    assertDataFrameEqual(_lake(spark, tmp_path).read("t"), spark_lake.read("t"))
-
-
 def test_filtered_reads_find_long_strings_and_columns_after_nested_ones(
     spark: SparkSession, tmp_path: Path
 ) -> None:

@@ -330,3 +330,45 @@ def test_stage_script_folder_does_not_shadow_top_level_modules(stage: str, tmp_p
         report["shadowing"]
     )
     assert report["loaded"] == []
+
+
+@pytest.mark.delta_spark
+def test_ingest_under_spark_submit_with_the_delta_packages(
+    tmp_path: Path, shipped_zip: Path, bare_python: Path
+) -> None:
+    """The README's cluster command: ``spark-submit --packages io.delta:delta-spark_2.13:<v>``
+    with Delta's extension and catalog, ``lake.engine=spark``: Spark's own Delta writer commits
+    the tables (resolved from Maven Central by spark-submit itself), and delta-rs reads them."""
+    from jobs.core.session import DELTA_CONF, delta_package
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.jsonl").write_text("\n".join(_raw_lines()) + "\n")
+    lake = tmp_path / "lake"
+    delta_args = ["--packages", delta_package()]
+    for key, value in DELTA_CONF.items():
+        delta_args += ["--conf", f"{key}={value}"]
+    proc = spark_submit(
+        bare_python,
+        [
+            *delta_args,
+            "--py-files",
+            str(shipped_zip),
+            str(REPO / "jobs" / "ingest.py"),
+            "--set",
+            "lake.engine=spark",
+            "--set",
+            f"lake.root={lake}",
+            "--set",
+            f"ingest.source.inputs=[{{paths: ['{raw}'], format: jsonl, columns: {COLUMNS}}}]",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, _tail(proc)
+    assert "(spark," in proc.stdout and "(delta-rs," not in proc.stdout, _tail(proc)
+    events = DeltaTable(str(lake / "events")).to_pandas()
+    assert sorted(events["event_id"]) == [f"e{n:03d}" for n in range(1, 13)]
+    history = DeltaTable(str(lake / "events")).history()
+    assert history[0]["engineInfo"].startswith("Apache-Spark"), history[0]
+    quarantine = DeltaTable(str(lake / "events_quarantine")).to_pandas()
+    assert len(quarantine) == 2

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from urllib.parse import unquote, urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.core.lake.paths import Storage, is_local, native_uri
 from jobs.sources.errors import IngestError
 
 #: What to do about a column Spark cannot read, for the error message.
@@ -48,7 +48,8 @@ def read_parquet(
     Raises :class:`IngestError` naming the file when a column has a type Spark cannot read and
     this cannot convert (a nanosecond timestamp inside a struct or list, files that store one
     column in different units, any other type Spark rejects), or when a file's footer cannot be
-    read on the driver (pyarrow reaches local paths and the file systems it supports), or
+    read on the driver (local paths, and the object stores delta-rs reaches with the endpoint
+    and credentials of the environment: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...), or
     when the files disagree on a column's type.
 
     Unless ``options`` says otherwise, the schema is merged over every file
@@ -157,15 +158,16 @@ def _timestamp_columns(path: str) -> dict[str, tuple[str, bool, bool]]:
     file's footer (``unit``: milliseconds, microseconds or nanoseconds; nested columns are
     named by their dotted path)."""
     import pyarrow.parquet as pq
-    from pyarrow import fs as pafs
 
     try:
-        parsed = urlparse(path)
-        if parsed.scheme in ("", "file"):
-            source = pq.ParquetFile(unquote(parsed.path) if parsed.scheme else path)
+        # Spark's spelling (s3a://, file:...) as delta-rs's object store reaches it; its
+        # endpoint and credentials come from the environment (AWS_ENDPOINT_URL, ...).
+        native = native_uri(path, where=f"Parquet input file {path}")
+        if is_local(native):
+            source = pq.ParquetFile(native)
         else:
-            filesystem, inner = pafs.FileSystem.from_uri(path)
-            source = pq.ParquetFile(inner, filesystem=filesystem)
+            folder, _, name = native.rpartition("/")
+            source = pq.ParquetFile(name, filesystem=Storage().filesystem(folder))
         schema = source.schema
         top = {f.name for f in source.schema_arrow if not _is_nested(f.type)}
     except Exception as exc:

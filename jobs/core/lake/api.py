@@ -10,6 +10,10 @@ types, partitioning, allowed write modes) before anything is written.  Both engi
 ordinary Delta tables that the other engine, DuckDB and polars can read.  Delta commits are
 atomic: a job killed before its commit leaves the previous version in place (at worst with
 unreferenced files in the table folder, which ``VACUUM`` removes).
+
+Locations may be local paths or URIs (``s3a://``, ``abfss://``, ``gs://``, ``dbfs:/``,
+``file:``); Spark uses them as configured, the Python side through :mod:`.paths` with
+``lake.storage_options``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +39,7 @@ from jobs.core.lake.base import (
     WriteResult,
 )
 from jobs.core.lake.delta_rs import partition_text
-from jobs.core.lake.paths import delta_log_exists, require_path
+from jobs.core.lake.paths import Storage, is_uri, location_label, reaching, require_path
 from jobs.core.tables import TABLES, TableContract
 
 log = logging.getLogger("jobs.lake")
@@ -59,6 +64,8 @@ class Lake:
         self.spark = spark
         self.config = config
         self.contracts = contracts
+        #: Tables and files as the Python side (delta-rs) reaches them.
+        self.storage = Storage(config.storage_options)
         self.engine = resolve_engine(spark, config.engine)
 
     # ---------------------------------------------------------------- registry
@@ -89,13 +96,14 @@ class Lake:
     # ---------------------------------------------------------------- reads
 
     def exists(self, table: str) -> bool:
-        """Whether the table has at least one committed version."""
+        """Whether the table has at least one committed version.  :class:`LakeError` when its
+        location cannot be reached (bad URI, missing bucket, no credentials)."""
         loc = self.location(table)
-        if self.engine == "spark":
-            if loc.name:
-                return bool(self.spark.catalog.tableExists(loc.name))
-            return delta_log_exists(require_path(loc))
-        return delta_log_exists(require_path(loc))
+        if self.engine == "spark" and loc.name:
+            return bool(self.spark.catalog.tableExists(loc.name))
+        native = self.storage.native(loc)
+        with self._reaching(loc):
+            return self.storage.log_exists(native)
 
     def read(self, table: str) -> DataFrame:
         """The table's current snapshot as a DataFrame (lazy; nothing is collected)."""
@@ -104,7 +112,7 @@ class Lake:
             if loc.name:
                 return self.spark.read.table(loc.name)
             return self.spark.read.format("delta").load(require_path(loc))
-        return delta_rs.read(self.spark, loc)
+        return delta_rs.read(self.spark, loc, self.storage)
 
     def version(self, table: str) -> int:
         """The table's current version number."""
@@ -112,9 +120,9 @@ class Lake:
         if self.engine == "spark" and loc.name:
             history = self.spark.sql(f"DESCRIBE HISTORY {loc.name} LIMIT 1").collect()
             return int(history[0]["version"])
-        from deltalake import DeltaTable
-
-        return int(DeltaTable(require_path(loc)).version())
+        native = self.storage.native(loc)
+        with self._reaching(loc):
+            return int(self.storage.table(native).version())
 
     def describe(self, table: str) -> TableInfo:
         """Location, current version and row count of a table (counted from the Delta log's
@@ -123,10 +131,10 @@ class Lake:
         if self.engine == "spark" and loc.name:
             version = self.version(table)
             return TableInfo(loc.describe(), version, int(self.read(table).count()))
-        from deltalake import DeltaTable
-
-        dt = DeltaTable(require_path(loc))
-        actions = pa.table(dt.get_add_actions(flatten=True))
+        native = self.storage.native(loc)
+        with self._reaching(loc):
+            dt = self.storage.table(native)
+            actions = pa.table(dt.get_add_actions(flatten=True))
         records = actions.column("num_records").to_pylist() if actions.num_rows else []
         if any(r is None for r in records):
             rows = int(self.read(table).count())
@@ -151,7 +159,7 @@ class Lake:
 
     def txn_version(self, table: str, app_id: str) -> int | None:
         """The latest transaction version the table records for ``app_id`` (None: never)."""
-        return delta_rs.txn_version(self._path_location(table), app_id)
+        return delta_rs.txn_version(self._path_location(table), app_id, self.storage)
 
     def overwrite_partitions(
         self, table: str, df: DataFrame, partitions: Mapping[str, Sequence[Any]]
@@ -210,7 +218,9 @@ class Lake:
                 self.spark, loc, df, mode=mode, partitions=partitions, txn=txn
             )
         else:
-            result = delta_rs.write(loc, df, mode=mode, partitions=partitions, txn=txn)
+            result = delta_rs.write(
+                loc, df, mode=mode, partitions=partitions, txn=txn, storage=self.storage
+            )
         log.info(
             "%s %s: %d rows in %d files -> version %d (%s, %.1fs)",
             mode if partitions is None else "overwrite_partitions",
@@ -222,6 +232,10 @@ class Lake:
             time.monotonic() - started,
         )
         return result
+
+    @staticmethod
+    def _reaching(loc: TableLocation) -> AbstractContextManager[None]:
+        return reaching(location_label(loc))
 
 
 def resolve_engine(spark: SparkSession, requested: str) -> str:
@@ -253,6 +267,7 @@ def _resolve(contract: TableContract, spec: TableSpec, config: LakeConfig) -> Ta
     name = spec.name
     if name is None and config.catalog_schema:
         name = f"{config.catalog_schema}.{table}"
-    if path is not None and "://" not in path and not path.startswith("dbfs:"):
+    if path is not None and not is_uri(path):
+        # URIs (s3a://, dbfs:/, file:...) are kept as written: Spark uses them as they are.
         path = os.path.abspath(path)
     return TableLocation(table=table, path=path, name=name, partition_by=contract.partition_by)

@@ -5,12 +5,17 @@ staging folder inside the table); the driver then moves them into place and comm
 Delta log with the ``deltalake`` package (``create_write_transaction``).  Only file metadata
 passes through the driver, never rows.  Reads hand the current snapshot's file list to Spark's
 Parquet reader.
+
+Spark reaches the table at its configured path (``s3a://...``), the driver through delta-rs's
+object store at the native one (``s3://...``, :mod:`.paths`) with ``lake.storage_options``.  On
+S3 a commit is a conditional put of the next log entry (``If-None-Match``), so of two writers
+of one version exactly one lands (deltalake >= 1.0; no locking provider is involved).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,20 +37,24 @@ from jobs.core.lake.base import (
     WriteResult,
 )
 from jobs.core.lake.file_stats import file_stats
-from jobs.core.lake.paths import delta_log_exists, filesystem, require_path
+from jobs.core.lake.paths import Storage, location_label, reaching, require_path, spark_uris
 
 _STAGING_DIR = "_staging"
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
-def read(spark: SparkSession, loc: TableLocation) -> DataFrame:
-    from deltalake import DeltaTable
+def read(spark: SparkSession, loc: TableLocation, storage: Storage) -> DataFrame:
+    """The table's current snapshot: its files (listed by delta-rs) read by Spark.  Raises
+    :class:`LakeError` when the table does not exist or its storage cannot be reached."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     uri = require_path(loc)
-    if not delta_log_exists(uri):
-        raise LakeError(f"table {loc.table} does not exist yet at {uri}")
-    dt = DeltaTable(uri)
+    native = storage.native(loc)
+    with reaching(location_label(loc)):
+        if not storage.log_exists(native):
+            raise LakeError(f"table {loc.table} does not exist yet at {uri}")
+        dt = storage.table(native)
+        files = spark_uris(dt.file_uris(), native_root=native, spark_root=uri)
     protocol = dt.protocol()
     if protocol.min_reader_version > 1 and (protocol.reader_features or []):
         raise LakeError(
@@ -54,7 +63,6 @@ def read(spark: SparkSession, loc: TableLocation) -> DataFrame:
         )
     arrow_schema = _arrow_schema_of(dt)
     spark_schema = from_arrow_schema(arrow_schema)
-    files = dt.file_uris()
     if not files:
         return spark.createDataFrame([], spark_schema)
     partition_cols = list(dt.metadata().partition_columns)
@@ -98,19 +106,39 @@ def write(
     mode: str,
     partitions: Mapping[str, Sequence[str | None]] | None,
     txn: Txn | None = None,
+    storage: Storage,
 ) -> WriteResult:
     """Write ``df`` as one commit (see the module docstring).  With ``txn`` the commit carries
     that transaction identifier, happens only if the table records ``txn.version - 1`` for the
     app id, and is not rebased onto concurrent commits: a concurrent writer makes it fail with
-    :class:`ConcurrentWriteError` (before any file is written, or at the commit)."""
-    from deltalake import CommitProperties, DeltaTable, Transaction
+    :class:`ConcurrentWriteError` (before any file is written, or at the commit).  Storage
+    that cannot be reached raises :class:`LakeError` naming the table."""
+    uri = require_path(loc)
+    native = storage.native(loc)
+    with reaching(location_label(loc)):
+        return _write(
+            loc, df, uri, native, mode=mode, partitions=partitions, txn=txn, storage=storage
+        )
+
+
+def _write(
+    loc: TableLocation,
+    df: DataFrame,
+    uri: str,
+    native: str,
+    *,
+    mode: str,
+    partitions: Mapping[str, Sequence[str | None]] | None,
+    txn: Txn | None,
+    storage: Storage,
+) -> WriteResult:
+    from deltalake import CommitProperties, Transaction
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
-    uri = require_path(loc)
     schema = _delta_schema_for(df)
-    exists = delta_log_exists(uri)
-    current = DeltaTable(uri) if exists else None
+    exists = storage.log_exists(native)
+    current = storage.table(native) if exists else None
     if txn is not None:
         _check_txn_predecessor(loc, current, txn)
     if current is not None:
@@ -122,13 +150,13 @@ def write(
                 f"config says {list(loc.partition_by)}"
             )
 
-    fs, root = filesystem(uri)
-    staging = f"{root}/{_STAGING_DIR}/{uuid.uuid4().hex}"
+    # Paths on ``fs`` are relative to the table's folder; Spark writes at the configured path.
+    fs = storage.filesystem(native)
+    staging = f"{_STAGING_DIR}/{uuid.uuid4().hex}"
     writer = df.write.mode("overwrite")
     if loc.partition_by:
         writer = writer.partitionBy(*loc.partition_by)
-    staging_uri = staging if "://" not in uri else uri.split("://")[0] + "://" + staging
-    writer.parquet(staging_uri)
+    writer.parquet(f"{uri.rstrip('/')}/{staging}")
 
     try:
         actions: list[AddAction] = []
@@ -145,8 +173,10 @@ def write(
                 # Spark writes an empty file for each empty task; the log does not need them.
                 continue
             rows += metadata.num_rows
-            fs.create_dir(f"{root}/{os.path.dirname(relative)}".rstrip("/"), recursive=True)
-            fs.move(info.path, f"{root}/{relative}")
+            folder = posixpath.dirname(relative)
+            if folder:
+                fs.create_dir(folder, recursive=True)
+            fs.move(info.path, relative)
             actions.append(
                 AddAction(
                     path=relative,
@@ -165,11 +195,12 @@ def write(
         try:
             if current is None:
                 create_table_with_add_actions(
-                    uri,
+                    native,
                     schema,
                     actions,
                     mode="error",
                     partition_by=list(loc.partition_by) or None,
+                    storage_options=storage.delta_options(),
                     commit_properties=properties,
                 )
             else:
@@ -190,7 +221,7 @@ def write(
                 "nothing was written by this run"
             ) from exc
         except DeltaError as exc:
-            if current is None and delta_log_exists(uri):
+            if current is None and storage.log_exists(native):
                 raise ConcurrentWriteError(
                     f"{loc.table}: a concurrent writer created {uri} first; nothing was written "
                     "by this run"
@@ -200,7 +231,7 @@ def write(
         if fs.get_file_info(staging).type == pafs.FileType.Directory:
             fs.delete_dir(staging)
 
-    version = int(DeltaTable(uri).version())
+    version = int(storage.table(native).version())
     return WriteResult(
         table=loc.table, location=uri, version=version, rows_written=rows, files_added=len(actions)
     )
@@ -219,14 +250,14 @@ def _check_txn_predecessor(loc: TableLocation, current: Any, txn: Txn) -> None:
         )
 
 
-def txn_version(loc: TableLocation, app_id: str) -> int | None:
-    """The latest version the table records for transaction application ``app_id``."""
-    from deltalake import DeltaTable
-
-    uri = require_path(loc)
-    if not delta_log_exists(uri):
-        return None
-    version = DeltaTable(uri).transaction_version(app_id)
+def txn_version(loc: TableLocation, app_id: str, storage: Storage) -> int | None:
+    """The latest version the table records for transaction application ``app_id`` (None:
+    never, or no table yet); :class:`LakeError` when its storage cannot be reached."""
+    native = storage.native(loc)
+    with reaching(location_label(loc)):
+        if not storage.log_exists(native):
+            return None
+        version = storage.table(native).transaction_version(app_id)
     return None if version is None else int(version)
 
 
