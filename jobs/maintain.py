@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from jobs.core.session import get_spark
 
-    spark = get_spark(config.spark, delta=config.lake.engine == "spark")
-    lake = Lake(spark, config.lake)
     try:
+        spark = get_spark(config.spark, delta=config.lake.engine == "spark")
+        lake = Lake(spark, config.lake)
         done = [
             maintain(lake, table, retention_hours=args.retain_hours)
             for table in tables

@@ -84,6 +84,24 @@ def lake(spark: SparkSession, tmp_path: Path) -> Lake:
     return Lake(spark, LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")))
 
 
+IVY_JARS = Path.home() / ".ivy2.5.2" / "jars"
+
+
+def require_maven(coordinate: str) -> None:
+    """Skip, saying why, where the Maven artifact ``group:artifact:version`` is neither in
+    Spark's Ivy cache nor downloadable (a machine without Maven Central keeps delta-rs as its
+    engine, README "Delta tables: two engines"); on these machines it is reachable."""
+    import socket
+
+    group, artifact, version = coordinate.split(":")
+    if (IVY_JARS / f"{group}_{artifact}-{version}.jar").is_file():
+        return
+    try:
+        socket.create_connection(("repo1.maven.org", 443), timeout=5).close()
+    except OSError as exc:
+        pytest.skip(f"{coordinate} is not in {IVY_JARS} and Maven Central is unreachable ({exc})")
+
+
 def shared_data(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

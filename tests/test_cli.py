@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from .conftest import REPO
 
@@ -69,3 +71,33 @@ def test_pipeline_range_in_the_wrong_order_is_a_usage_error() -> None:
     result = _segments("pipeline", "--from", "cluster", "--to", "ingest")
     assert result.returncode == 2
     assert "--from cluster comes after --to ingest" in result.stderr
+
+
+def test_maintain_compacts_and_vacuums_the_existing_tables(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``segments maintain`` on a lake with one table written in two commits: OPTIMIZE
+    compacts its two files, VACUUM (retention 0) deletes the replaced ones, the rows stay."""
+    from jobs.core.config import LakeConfig
+    from jobs.core.lake import Lake
+    from jobs.core.tables import SESSIONIZE_LOG, TABLES
+    from jobs.maintain import main
+
+    root = tmp_path / "lake"
+    lake = Lake(spark, LakeConfig(engine="delta-rs", root=str(root)))
+    schema = TABLES[SESSIONIZE_LOG].schema
+    for run in ("r1", "r2"):  # two commits, one file each
+        row = {f.name: None for f in schema.fields} | {"run_id": run}
+        lake.append(SESSIONIZE_LOG, spark.createDataFrame([row], schema).coalesce(1))
+    code = main(
+        ["--set", f"lake.root={root}", "--retain-hours", "0", "--set", "mlflow.enabled=false"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "maintenance: 1 tables on the delta-rs engine" in out
+    # The two files become one; with no retention, VACUUM deletes the two replaced ones.
+    assert f"{SESSIONIZE_LOG}: v1 -> v" in out
+    assert "2 files compacted, 2 files vacuumed" in out
+    assert sorted(r["run_id"] for r in lake.read(SESSIONIZE_LOG).collect()) == ["r1", "r2"]
+    unknown = main(["--tables", "nope"])
+    assert unknown == 2

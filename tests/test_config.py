@@ -156,3 +156,25 @@ def test_partitioning_is_not_configuration() -> None:
     # Partition columns belong to the table contract (docs/tables.md), not to a profile.
     with pytest.raises(ConfigError, match=r"unknown key 'lake.tables.events.partition_by'"):
         load_config([], ["lake.tables={events: {partition_by: [user_id]}}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("spark.remote=localhost:15002", "spark.remote='localhost:15002': write sc://host:port"),
+        ("spark.remote=http://h:15002", "spark.remote='http://h:15002': write sc://host:port"),
+        (
+            "spark.packages=[io.delta:delta-spark_2.13]",
+            "spark.packages: ['io.delta:delta-spark_2.13']",
+        ),
+    ],
+)
+def test_connect_and_package_settings_are_checked_at_load(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config([], [override])
+    assert str(caught.value).startswith(message)
+
+
+def test_connect_urls_and_local_servers_load() -> None:
+    for remote in ("sc://localhost:15002", "sc://h:443/;token=t;use_ssl=true", "local[2]"):
+        assert load_config([], [f"spark.remote={remote}"]).spark.remote == remote

@@ -30,7 +30,7 @@ import pyspark
 import pytest
 from deltalake import DeltaTable
 
-from .conftest import REPO, build_wheel
+from .conftest import REPO, build_wheel, require_maven
 
 PYSPARK_HOME = Path(pyspark.__file__).resolve().parent
 SPARK_SUBMIT = PYSPARK_HOME / "bin" / "spark-submit"
@@ -341,6 +341,7 @@ def test_ingest_under_spark_submit_with_the_delta_packages(
     the tables (resolved from Maven Central by spark-submit itself), and delta-rs reads them."""
     from jobs.core.session import DELTA_CONF, delta_package
 
+    require_maven(delta_package())
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "events.jsonl").write_text("\n".join(_raw_lines()) + "\n")

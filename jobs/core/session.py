@@ -22,6 +22,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from jobs.core.config import SparkConfig
+from jobs.core.errors import PipelineError
 from jobs.core.logs import log4j2_config_file, spark_log_level
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def delta_package() -> str:
     try:
         return f"io.delta:delta-spark_2.13:{version('delta-spark')}"
     except PackageNotFoundError:
-        raise RuntimeError(
+        raise PipelineError(
             "lake.engine=spark needs Delta's jars: install the `delta-spark` package matching "
             "this Spark (pip install 'delta-spark==4.0.*'), or start Spark with "
             "--packages io.delta:delta-spark_2.13:4.0.1, or set lake.engine=delta-rs"

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,10 @@ def load_config(conf_files: Sequence[str | Path] = (), overrides: Sequence[str] 
     return config
 
 
+_REMOTE = re.compile(r"sc://[^/\s;]+(/;[^\s]*)?|local(\[(\d+|\*)(,\d+)?\])?")
+_MAVEN = re.compile(r"[\w.\-]+:[\w.\-]+:[\w.\-]+")
+
+
 def check_combinations(config: AppConfig) -> None:
     """Refuse settings that are valid one by one but impossible together (or out of range)."""
     from jobs.core.tables import TABLES  # lazy: the contracts need pyspark's type classes
@@ -73,6 +78,15 @@ def check_combinations(config: AppConfig) -> None:
             f"lake.tables: unknown table(s) {unknown}; the tables are {', '.join(TABLES)} "
             "(docs/tables.md)"
         )
+    remote = config.spark.remote
+    if remote is not None and not _REMOTE.fullmatch(remote):
+        raise ConfigError(
+            f"spark.remote={remote!r}: write sc://host:port (a Spark Connect server) or "
+            "local / local[N] / local[*] (start a local one), or null for a classic session"
+        )
+    bad = [p for p in config.spark.packages if not _MAVEN.fullmatch(p)]
+    if bad:
+        raise ConfigError(f"spark.packages: {bad} are not Maven coordinates group:artifact:version")
     ks = config.cluster.k if isinstance(config.cluster.k, tuple) else (config.cluster.k,)
     if not ks or any(k < 2 for k in ks):
         raise ConfigError(f"cluster.k must be at least 2 (each candidate), got {config.cluster.k}")

@@ -101,6 +101,12 @@ class Lake:
         loc = self.location(table)
         if self.engine == "spark" and loc.name:
             return bool(self.spark.catalog.tableExists(loc.name))
+        if self._spark_only(loc):
+            try:
+                self.spark.sql(f"DESCRIBE HISTORY {_delta_path(loc)} LIMIT 1").collect()
+            except Exception:  # not a Delta table (yet) at that path
+                return False
+            return True
         native = self.storage.native(loc)
         with self._reaching(loc):
             return self.storage.log_exists(native)
@@ -117,8 +123,9 @@ class Lake:
     def version(self, table: str) -> int:
         """The table's current version number."""
         loc = self.location(table)
-        if self.engine == "spark" and loc.name:
-            history = self.spark.sql(f"DESCRIBE HISTORY {loc.name} LIMIT 1").collect()
+        if self.engine == "spark" and (loc.name or self._spark_only(loc)):
+            target = loc.name or _delta_path(loc)
+            history = self.spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()
             return int(history[0]["version"])
         native = self.storage.native(loc)
         with self._reaching(loc):
@@ -128,7 +135,7 @@ class Lake:
         """Location, current version and row count of a table (counted from the Delta log's
         per-file statistics where available, so no data is scanned)."""
         loc = self.location(table)
-        if self.engine == "spark" and loc.name:
+        if self.engine == "spark" and (loc.name or self._spark_only(loc)):
             version = self.version(table)
             return TableInfo(loc.describe(), version, int(self.read(table).count()))
         native = self.storage.native(loc)
@@ -233,9 +240,24 @@ class Lake:
         )
         return result
 
+    def _spark_only(self, loc: TableLocation) -> bool:
+        """A path the spark engine reaches but the Python side (delta-rs) cannot, e.g.
+        ``hdfs://`` or ``dbfs:/`` off Databricks: table metadata then comes from Spark SQL."""
+        if self.engine != "spark" or not loc.path:
+            return False
+        try:
+            self.storage.native(loc)
+        except LakeError:
+            return True
+        return False
+
     @staticmethod
     def _reaching(loc: TableLocation) -> AbstractContextManager[None]:
         return reaching(location_label(loc))
+
+
+def _delta_path(loc: TableLocation) -> str:
+    return f"delta.`{require_path(loc)}`"
 
 
 def resolve_engine(spark: SparkSession, requested: str) -> str:

@@ -25,6 +25,7 @@ def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
     answers: analysing a Delta read of a missing path fails with ``DATA_SOURCE_NOT_FOUND`` when
     the server has no Delta data source, and with a path error when it has one.
     """
+    # Classic sessions only (compatibility shim: the JVM through py4j).
     jvm = getattr(getattr(spark, "sparkContext", None), "_jvm", None) if _has_jvm(spark) else None
     if jvm is None:
         return _connect_delta_available(spark)
@@ -57,14 +58,29 @@ def _connect_delta_available(spark: SparkSession) -> tuple[bool, str]:
     try:
         spark.read.format("delta").load(missing).schema  # noqa: B018 - analysis is the probe
     except Exception as exc:
-        if "DATA_SOURCE_NOT_FOUND" in str(exc)[:500]:
+        text = str(exc)[:1000]
+        if "DATA_SOURCE_NOT_FOUND" in text:
             return False, "the Spark Connect server has no Delta data source"
-        return True, "the Spark Connect server resolves the Delta data source"
+        # With Delta, analysing a missing path fails as a missing Delta table or path.
+        if any(mark in text for mark in _MISSING_PATH_ERRORS):
+            return True, "the Spark Connect server resolves the Delta data source"
+        return False, f"the Delta probe of the Spark Connect server failed: {text[:200]}"
     return True, "the Spark Connect server resolves the Delta data source"
 
 
+#: Error classes of a Delta read of a path that does not exist (Delta present).
+_MISSING_PATH_ERRORS = (
+    "DELTA_MISSING_DELTA_TABLE",
+    "DELTA_PATH_DOES_NOT_EXIST",
+    "PATH_NOT_FOUND",
+    "is not a Delta table",
+    "doesn't exist",
+)
+
+
 def _is_local_server(spark: SparkSession) -> bool:
-    """A Connect server this process started (``spark.remote: local[N]``)."""
+    """A Connect server this process started (``spark.remote: local[N]``).  Compatibility
+    shim: pyspark keeps that server's classic session in ``_instantiatedSession``."""
     from pyspark.sql import SparkSession as ClassicSession
 
     server = getattr(ClassicSession, "_instantiatedSession", None)

@@ -67,10 +67,18 @@ def vacuum(lake: Lake, table: str, *, retention_hours: int = DEFAULT_RETENTION_H
     loc = lake.location(table)
     if lake.engine == "spark":
         target = loc.name or f"delta.`{require_path(loc)}`"
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = lake.spark.conf.get(check, "true")
         if retention_hours < DEFAULT_RETENTION_HOURS:
-            lake.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        deleted = lake.spark.sql(f"VACUUM {target} RETAIN {retention_hours} HOURS").collect()
-        return len(deleted)
+            lake.spark.conf.set(check, "false")
+        try:
+            # VACUUM itself returns only the table's path: DRY RUN lists what it will delete.
+            vacuum_sql = f"VACUUM {target} RETAIN {retention_hours} HOURS"
+            doomed = lake.spark.sql(f"{vacuum_sql} DRY RUN").collect()
+            lake.spark.sql(vacuum_sql).collect()
+        finally:
+            lake.spark.conf.set(check, str(previous))
+        return len(doomed)
     files = _delta_table(lake, table).vacuum(
         retention_hours=retention_hours,
         dry_run=False,
