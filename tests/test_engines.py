@@ -120,7 +120,7 @@ def test_duckdb_and_polars_read_both_engines_tables_alike(runs: dict[str, Path])
             con = explore.duckdb_views(
                 LakeConfig(engine="delta-rs", root=str(root)), tables=[table]
             )
-            by_duckdb = con.execute(f"SELECT * FROM {table}").pl()
+            by_duckdb = con.sql(f"SELECT * FROM {table}").pl()
             by_duckdb = by_duckdb.select(by_polars.columns).sort(key)
             assert by_duckdb.equals(by_polars), (table, name)
             frames[name] = by_polars
