@@ -43,7 +43,7 @@ from jobs.core.lake import Lake, LakeError
 from jobs.core.lake import paths as lake_paths
 from jobs.core.lake.paths import Outbox, Storage, native_uri, spark_uris
 
-from .conftest import REPO
+from .conftest import REPO, require_maven
 
 pytestmark = pytest.mark.object_store
 
@@ -54,7 +54,6 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_REGION": "us-east-1",
 }
-IVY_JARS = Path.home() / ".ivy2.5.2" / "jars"
 #: ``python -m jobs.cli`` arguments of the round trip and of the slow test (README shows them).
 ROUND_TRIP = (("generate",), ("pipeline", "--from", "ingest", "--to", "sessionize"))
 WHOLE_RUN = ("pipeline", "--from", "ingest", "--run-id", "s3-run")
@@ -324,17 +323,6 @@ def _hadoop_aws() -> str:
     return f"org.apache.hadoop:hadoop-aws:{api.stem.removeprefix('hadoop-client-api-')}"
 
 
-def _require_hadoop_aws(coordinate: str) -> None:
-    """Skip (saying why) where hadoop-aws is neither in the Ivy cache nor downloadable."""
-    _, artifact, version = coordinate.split(":")
-    if (IVY_JARS / f"org.apache.hadoop_{artifact}-{version}.jar").is_file():
-        return
-    try:
-        socket.create_connection(("repo1.maven.org", 443), timeout=5).close()
-    except OSError as exc:
-        pytest.skip(f"{coordinate} is not in {IVY_JARS} and Maven Central is unreachable ({exc})")
-
-
 def s3_profile(endpoint: str, *, prefix: str, hadoop_aws: str) -> dict[str, Any]:
     """The overlay of README's "Object storage" (there with endpoint http://127.0.0.1:5000)."""
     root = f"s3a://{BUCKET}/{prefix}"
@@ -419,7 +407,7 @@ def _segments(profile: Path, *args: str, overlay: Path | None = None) -> str:
 
 def _write_profile(s3: S3, tmp_path: Path, prefix: str) -> tuple[Path, LakeConfig]:
     coordinate = _hadoop_aws()
-    _require_hadoop_aws(coordinate)
+    require_maven(coordinate)
     profile = s3_profile(s3.endpoint, prefix=prefix, hadoop_aws=coordinate)
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")

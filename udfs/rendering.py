@@ -19,8 +19,9 @@ from typing import Any
 
 from jobs.core.config import EncoderConfig
 
-#: As in :mod:`jobs.sequences.rendering` (a test compares the renderings, not these tables).
-_EVENT_WORDS = {
+#: The word of each event type and the price bands' names; :mod:`jobs.sequences.rendering`
+#: (Spark) renders with these same tables.
+EVENT_WORDS = {
     "view": "view",
     "add_to_cart": "cart",
     "remove_from_cart": "remove",
@@ -28,7 +29,7 @@ _EVENT_WORDS = {
     "search": "search",
     "other": "other",
 }
-_BANDS = ("cheap", "low", "mid", "high", "premium")
+PRICE_BANDS = ("cheap", "low", "mid", "high", "premium")
 #: Spark's ``xxhash64`` seed, and the buckets of ``pmod(xxhash64(item_id), 1024)``.
 _XXHASH_SEED = 42
 _ITEM_BUCKETS = 1024
@@ -102,10 +103,10 @@ def price_band(price: float | None, edges: Sequence[float]) -> str | None:
     is below, else the last band; None for a null price (NaN compares as Spark's: above all)."""
     if price is None:
         return None
-    for edge, name in zip(edges, _BANDS, strict=False):
+    for edge, name in zip(edges, PRICE_BANDS, strict=False):
         if not math.isnan(price) and price < edge:
             return name
-    return _BANDS[min(len(edges), len(_BANDS) - 1)]
+    return PRICE_BANDS[min(len(edges), len(PRICE_BANDS) - 1)]
 
 
 def _null(value: Any) -> Any:
@@ -114,7 +115,7 @@ def _null(value: Any) -> Any:
 
 
 def _event_text(e: Mapping[str, Any], config: EncoderConfig) -> str | None:
-    word = _EVENT_WORDS.get(_null(e.get("event_type")), "other")
+    word = EVENT_WORDS.get(_null(e.get("event_type")), "other")
     category = _null(e.get("category"))
     price = e.get("price")
     parts = [

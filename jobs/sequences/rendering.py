@@ -11,17 +11,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.config import EncoderConfig
+from udfs.rendering import EVENT_WORDS, PRICE_BANDS
 
 UNITS = ("user", "session")
-_EVENT_WORDS = {
-    "view": "view",
-    "add_to_cart": "cart",
-    "remove_from_cart": "remove",
-    "purchase": "buy",
-    "search": "search",
-    "other": "other",
-}
-_BANDS = ("cheap", "low", "mid", "high", "premium")
 
 
 def select_units(df: DataFrame, *, unit: str, include_bots: bool) -> DataFrame:
@@ -36,15 +28,15 @@ def price_band(price: Column, edges: tuple[float, ...]) -> Column:
     """``cheap`` / ``low`` / ``mid`` / ``high`` / ``premium`` for ``price`` below each of the
     increasing ``edges`` (``encoder.price_band_edges``); null for a null price."""
     band = F.when(price.isNull(), F.lit(None))
-    for edge, name in zip(edges, _BANDS, strict=False):
+    for edge, name in zip(edges, PRICE_BANDS, strict=False):
         band = band.when(price < edge, F.lit(name))
-    return band.otherwise(F.lit(_BANDS[min(len(edges), len(_BANDS) - 1)]))
+    return band.otherwise(F.lit(PRICE_BANDS[min(len(edges), len(PRICE_BANDS) - 1)]))
 
 
 def _event_text(e: Column, config: EncoderConfig) -> Column:
     """``view electronics smartphone samsung mid`` (search events carry their query)."""
     word = F.coalesce(
-        F.create_map(*[F.lit(x) for kv in _EVENT_WORDS.items() for x in kv])[e["event_type"]],
+        F.create_map(*[F.lit(x) for kv in EVENT_WORDS.items() for x in kv])[e["event_type"]],
         F.lit("other"),
     )
     category = F.regexp_replace(e["category"], r"[._]", " ")

@@ -72,13 +72,13 @@ def vacuum(lake: Lake, table: str, *, retention_hours: int = DEFAULT_RETENTION_H
         if retention_hours < DEFAULT_RETENTION_HOURS:
             lake.spark.conf.set(check, "false")
         try:
-            # VACUUM itself returns only the table's path: DRY RUN lists what it will delete.
-            vacuum_sql = f"VACUUM {target} RETAIN {retention_hours} HOURS"
-            doomed = lake.spark.sql(f"{vacuum_sql} DRY RUN").collect()
-            lake.spark.sql(vacuum_sql).collect()
+            lake.spark.sql(f"VACUUM {target} RETAIN {retention_hours} HOURS").collect()
         finally:
             lake.spark.conf.set(check, str(previous))
-        return len(doomed)
+        # VACUUM returns only the table's path; its VACUUM END commit counts the deletions.
+        last = lake.spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
+        metrics = last["operationMetrics"] or {}
+        return int(metrics.get("numDeletedFiles", 0))
     files = _delta_table(lake, table).vacuum(
         retention_hours=retention_hours,
         dry_run=False,
