@@ -107,18 +107,29 @@ def test_rerunning_a_run_replaces_its_rows(
     ]
 
 
+def _sweep(spark: SparkSession, config: AppConfig, criterion: str) -> Lake:
+    lake = Lake(spark, config.lake)
+    sweep = dataclasses.replace(
+        config,
+        cluster=dataclasses.replace(config.cluster, k=(3, 4, 5, 6, 7, 8), criterion=criterion),
+    )
+    result = cluster.run(spark, lake, sweep, run_id=f"sweep-{criterion}")
+    assert result.k == K_TRUE, (criterion, result.sweep)
+    return lake
+
+
+@pytest.mark.slow  # the elbow rule itself is covered by test_pick_k_rules
+def test_elbow_sweep_picks_the_true_k(
+    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+) -> None:
+    _sweep(spark, blob_lake[0], "elbow")
+
+
 def test_sweep_picks_the_true_k_and_records_every_candidate(
     spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
 ) -> None:
     config, points, _labels = blob_lake
-    lake = Lake(spark, config.lake)
-    for criterion in ("silhouette", "elbow"):
-        sweep = dataclasses.replace(
-            config,
-            cluster=dataclasses.replace(config.cluster, k=(3, 4, 5, 6, 7, 8), criterion=criterion),
-        )
-        result = cluster.run(spark, lake, sweep, run_id=f"sweep-{criterion}")
-        assert result.k == K_TRUE, (criterion, result.sweep)
+    lake = _sweep(spark, config, "silhouette")
     metrics = lake.read("cluster_metrics").where("run_id = 'sweep-silhouette'").collect()
     assert {(m["metric"], m["k"]) for m in metrics} == {
         (name, k)
