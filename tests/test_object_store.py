@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from jobs import explore
-from jobs.core.config import LakeConfig
+from jobs.core.config import AppConfig, LakeConfig
 from jobs.core.lake import Lake, LakeError
 from jobs.core.lake import paths as lake_paths
 from jobs.core.lake.paths import Outbox, Storage, native_uri, spark_uris
@@ -361,17 +361,8 @@ def s3_profile(endpoint: str, *, prefix: str, hadoop_aws: str) -> dict[str, Any]
                     {
                         "paths": [f"{root}/raw/jsonl"],
                         "format": "jsonl",
-                        "columns": {
-                            "event_id": "event_id",
-                            "user_id": "user",
-                            "event_ts": "event_time",
-                            "event_type": "type",
-                            "item_id": "product_id",
-                            "category": "category_code",
-                            "brand": "brand",
-                            "price": "price",
-                            "query": "search_query",
-                        },
+                        # the synthetic source's mapping (the config's default)
+                        "columns": dict(AppConfig().ingest.source.inputs[0].columns),
                     }
                 ]
             }

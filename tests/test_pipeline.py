@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
@@ -72,6 +73,16 @@ def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppCo
     )
 
 
+def _check_accounting(generated: Any, ingested: Any, sessionized: Any) -> None:
+    """Independent counts from the generator meet ingest's and sessionize's own accounting."""
+    assert ingested.input_rows == generated.n_lines_written
+    assert ingested.kept == generated.n_events_clean
+    assert ingested.duplicates_removed == generated.n_duplicates_planted
+    assert ingested.quarantined == generated.n_malformed_planted + generated.n_schema_drift_planted
+    assert sessionized.events_in == generated.n_events_clean
+    assert sessionized.bot_users == generated.n_bot_users
+
+
 def test_parquet_input_is_accounted_for_through_sessionize(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -79,13 +90,7 @@ def test_parquet_input_is_accounted_for_through_sessionize(
     config = small_config(tmp_path, ("parquet",))
     stages = applicable(select_stages(None, "sessionize"), config)
     outcomes, _ = run_pipeline(config, "run-parquet", stages)
-    generated, ingested, sessionized = (o.result for o in outcomes)
-    assert ingested.input_rows == generated.n_lines_written
-    assert ingested.kept == generated.n_events_clean
-    assert ingested.duplicates_removed == generated.n_duplicates_planted
-    assert ingested.quarantined == generated.n_malformed_planted + generated.n_schema_drift_planted
-    assert sessionized.events_in == generated.n_events_clean
-    assert sessionized.bot_users == generated.n_bot_users
+    _check_accounting(*(o.result for o in outcomes))
 
 
 def test_pipeline_accounts_for_every_generated_record(
@@ -103,13 +108,7 @@ def test_pipeline_accounts_for_every_generated_record(
     ]
     generated, ingested, sessionized, embedded, clustered, evaluated = (o.result for o in outcomes)
 
-    # Independent counts from the generator meet the ingest's own accounting.
-    assert ingested.input_rows == generated.n_lines_written
-    assert ingested.kept == generated.n_events_clean
-    assert ingested.duplicates_removed == generated.n_duplicates_planted
-    assert ingested.quarantined == generated.n_malformed_planted + generated.n_schema_drift_planted
-    assert sessionized.events_in == generated.n_events_clean
-    assert sessionized.bot_users == generated.n_bot_users
+    _check_accounting(generated, ingested, sessionized)
     assert sessionized.users == config.generate.n_users + generated.n_bot_users
 
     assert embedded.rows == config.generate.n_users  # every human user; bots excluded
