@@ -90,24 +90,42 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("embedded_at"),
     )
-    carried = 0
-    if previous is not None:
-        unchanged = previous.join(
-            rendered.select("id", "content_hash"), ["id", "content_hash"], "left_semi"
+    partition = {"unit": [cfg.unit], "model_version": [version]}
+    if previous is None:
+        # One commit replaces the partition: readers see the old or the new vectors, never a mix.
+        result = lake.overwrite_partitions(EMBEDDINGS, embedded, partition)
+        return EmbedCounts(
+            rows=result.rows_written,
+            unit=cfg.unit,
+            model_version=version,
+            model_name=name,
+            embedded=result.rows_written,
         )
-        carried = unchanged.count()
-        log.info("incremental embed: %d sequences unchanged since their last embedding", carried)
-        embedded = unchanged.select(*embedded.columns).unionByName(embedded)
-    # One commit replaces the partition, so readers see the old or the new vectors, never a mix.
-    result = lake.overwrite_partitions(
-        EMBEDDINGS, embedded, {"unit": [cfg.unit], "model_version": [version]}
+    unchanged = previous.join(
+        rendered.select("id", "content_hash"), ["id", "content_hash"], "left_semi"
     )
+    carried = unchanged.count()
+    log.info("incremental embed: %d sequences unchanged since their last embedding", carried)
+    # Delta MERGE, one commit: changed sequences get their new vector, new ones are inserted,
+    # and vectors of sequences no longer selected (e.g. a user now flagged as a bot) are
+    # deleted; the unchanged rows of the source only tell the merge what to keep.
+    result = lake.merge(
+        EMBEDDINGS,
+        unchanged.select(*embedded.columns).unionByName(embedded),
+        update_if="t.content_hash <> s.content_hash",
+        delete_unmatched_in=partition,
+    )
+    if result.rows_deleted:
+        log.info(
+            "incremental embed: %d vectors of sequences no longer selected deleted",
+            result.rows_deleted,
+        )
     return EmbedCounts(
-        rows=result.rows_written,
+        rows=carried + result.rows_written,
         unit=cfg.unit,
         model_version=version,
         model_name=name,
-        embedded=result.rows_written - carried,
+        embedded=result.rows_written,
     )
 
 

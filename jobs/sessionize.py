@@ -189,12 +189,14 @@ def _run_incremental(
             .join(affected, "user_id", "left_semi")
             .transform(build_user_sequences, config=cfg)
         )
-        unchanged = lake.read(USER_SEQUENCES).join(affected, "user_id", "left_anti")
         users = updated.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_users = users.count()
             bots = users.where(F.col("is_bot")).count()
-            lake.overwrite(USER_SEQUENCES, unchanged.unionByName(users))
+            # Delta MERGE on user_id: the rebuilt users replace their rows, new users are
+            # inserted, and no other user's file is rewritten.  A user never loses all
+            # sessions here (events are only added), so nothing is deleted.
+            lake.merge(USER_SEQUENCES, users)
         finally:
             users.unpersist()
         totals = recomputed.agg(F.sum("n_events")).first()

@@ -29,7 +29,9 @@ from jobs.core.lake.delta_spark import delta_spark_available
 from jobs.core.lake.maintenance import maintain
 
 from .conftest import REPO, require_maven
-from .test_lake import SCHEMA, _contract, _frame, _rows
+from .test_incremental import check_crossing_session
+from .test_lake import SCHEMA, _contract, _frame, _rows, check_merge
+from .test_privacy import check_hmac
 
 IN_OWN_JVM = os.environ.get("SEGMENTS_DELTA_SPARK_JVM") == "1"
 pytestmark = pytest.mark.delta_spark
@@ -52,15 +54,42 @@ def test_native_delta_group_in_its_own_jvm() -> None:
     tail = done.stdout[-4000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
     # Everything but this wrapper ran and passed: nothing skipped for want of the jars.
-    assert "5 passed, 1 deselected" in done.stdout, tail
+    assert "10 passed, 1 deselected" in done.stdout, tail
+
+
+#: pyspark decides between its classic and its Connect functions (``F.col`` ...) by this
+#: variable, which the product's helper sets once it has built a Connect session.
+CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
 
 
 @pytest.fixture(scope="module")
-def delta(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+def delta_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """A Spark Connect session to a Connect server started in this process by the product's
+    helper (``spark.remote: local[2]``, ``delta=True``), so the server's JVM has the Delta jars
+    and the metastore.  This process also uses the server's own classic session (``delta``),
+    so the Connect mode is switched on only for the tests that use ``delta_connect``."""
     root = tmp_path_factory.mktemp("metastore")
     session = _delta_session(root)
+    os.environ.pop(CONNECT_MODE, None)
     yield session
+    os.environ[CONNECT_MODE] = "1"  # stop() removes it
     session.stop()
+
+
+@pytest.fixture
+def delta_connect(delta_sessions: SparkSession, monkeypatch: pytest.MonkeyPatch) -> SparkSession:
+    monkeypatch.setenv(CONNECT_MODE, "1")
+    return delta_sessions
+
+
+@pytest.fixture
+def delta(delta_sessions: SparkSession, monkeypatch: pytest.MonkeyPatch) -> SparkSession:
+    """The Connect server's own classic session: the same JVM, Delta jars and metastore.
+    Compatibility shim: pyspark keeps it in ``SparkSession._instantiatedSession``."""
+    monkeypatch.delenv(CONNECT_MODE, raising=False)
+    classic = SparkSession._instantiatedSession
+    assert classic is not None and classic is not delta_sessions
+    return classic
 
 
 def _delta_session(root: Path) -> SparkSession:
@@ -69,7 +98,7 @@ def _delta_session(root: Path) -> SparkSession:
     metastore = f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true"
     return get_spark(
         SparkConfig(
-            master="local[2]",
+            remote="local[2]",
             app_name="clickstream-segments-delta-tests",
             shuffle_partitions=2,
             driver_memory="2g",
@@ -93,8 +122,15 @@ def _lake(spark: SparkSession, engine: str, **lake: object) -> Lake:
 def test_the_helper_builds_a_session_with_the_delta_jars(delta: SparkSession) -> None:
     available, reason = delta_spark_available(delta)
     assert available, reason
-    assert "io.delta:delta-spark_2.13:" in delta.conf.get("spark.jars.packages", "")
     assert Lake(delta, LakeConfig(engine="auto")).engine == "spark"
+    assert "io.delta:delta-spark_2.13:" in delta.conf.get("spark.jars.packages", "")
+
+
+def test_the_connect_session_sees_delta(delta_connect: SparkSession) -> None:
+    assert type(delta_connect).__module__.startswith("pyspark.sql.connect")
+    available, reason = delta_spark_available(delta_connect)
+    assert available, reason
+    assert Lake(delta_connect, LakeConfig(engine="auto")).engine == "spark"
 
 
 def test_spark_engine_round_trip_and_cross_engine_read(delta: SparkSession, tmp_path: Path) -> None:
@@ -159,3 +195,31 @@ def test_optimize_and_vacuum_on_the_delta_rs_engine(delta: SparkSession, tmp_pat
     result = maintain(lake, "t", retention_hours=0)
     assert result.files_compacted > 0 and result.files_vacuumed == result.files_compacted
     assertDataFrameEqual(lake.read("t"), before)
+
+
+def test_merge_on_the_spark_engine_and_read_by_delta_rs(
+    delta: SparkSession, tmp_path: Path
+) -> None:
+    """The Lake's MERGE through Delta's own ``MERGE INTO`` (the clauses and counts of the
+    delta-rs engine's test), and the merged table as delta-rs reads it."""
+    root = str(tmp_path / "lake")
+    spark_lake = _lake(delta, "spark", root=root)
+    check_merge(delta, spark_lake)
+    history = delta.sql(f"DESCRIBE HISTORY delta.`{root}/t`").collect()
+    assert [h["operation"] for h in history][:2] == ["MERGE", "MERGE"]
+    assertDataFrameEqual(_lake(delta, "delta-rs", root=root).read("t"), spark_lake.read("t"))
+
+
+def test_merge_under_spark_connect(delta_connect: SparkSession, tmp_path: Path) -> None:
+    """MERGE through a Connect session (the source travels as a temporary view)."""
+    check_merge(delta_connect, _lake(delta_connect, "spark", root=str(tmp_path / "lake")))
+
+
+def test_incremental_sessionize_under_spark_connect_on_the_spark_engine(
+    delta_connect: SparkSession, tmp_path: Path
+) -> None:
+    check_crossing_session(delta_connect, tmp_path, engine="spark")
+
+
+def test_pseudonymisation_under_spark_connect(delta_connect: SparkSession) -> None:
+    check_hmac(delta_connect)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -206,6 +207,11 @@ def test_incremental_embed_encodes_only_changed_sequences(
     assert {i for i, r in rows.items() if r["run_id"] == "inc"} == {target}
     assert len(rows) == counts.rows  # one row per id: replaced, not added
     assert not np.allclose(rows[target]["embedding"], first[target], atol=1e-4)
+    # One Delta MERGE replaced the changed vector; no other row was rewritten or deleted.
+    last = DeltaTable(str(root / "embeddings")).history(1)[0]
+    assert last["operation"] == "MERGE"
+    metrics = last["operationMetrics"]
+    assert (metrics["num_target_rows_updated"], metrics["num_target_rows_deleted"]) == (1, 0)
 
     # The mix of carried and re-encoded vectors equals a full re-embed of the new sequences.
     embed.run(spark, lake, config, run_id="full-again")

@@ -9,6 +9,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -129,12 +130,20 @@ def _ts(text: str) -> datetime:
 def test_a_session_that_crosses_the_window_start_is_recomputed_from_its_start(
     spark: SparkSession, tmp_path: Path
 ) -> None:
+    check_crossing_session(spark, tmp_path, engine="delta-rs")
+
+
+def check_crossing_session(spark: SparkSession, tmp_path: Path, *, engine: str) -> None:
     """A late event 20 minutes after a session that started the day before the lookback window
-    joins that session, exactly as in a full rebuild."""
+    joins that session, exactly as in a full rebuild; the rebuilt users are merged into
+    ``user_sequences`` (Delta MERGE).  ``engine``: the lake engine (tests/test_delta_native.py
+    runs this on the spark engine under Spark Connect)."""
     base = AppConfig()
     cfg = dataclasses.replace(base.sessionize, lookback_hours=0, mode="incremental")
     config = dataclasses.replace(
-        base, sessionize=cfg, lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "inc"))
+        base,
+        sessionize=cfg,
+        lake=LakeConfig(engine=engine, root=str(tmp_path / "inc")),  # type: ignore[arg-type]
     )
     first = [
         ("e1", "u1", "2024-03-01 23:40:00"),
@@ -157,7 +166,7 @@ def test_a_session_that_crosses_the_window_start_is_recomputed_from_its_start(
 
     counts = sessionize.run(spark, lake, config, run_id="s2")
     assert counts.mode == "incremental" and counts.partitions_rewritten == 2
-    full_lake = Lake(spark, LakeConfig(engine="delta-rs", root=str(tmp_path / "full")))
+    full_lake = Lake(spark, LakeConfig(engine=engine, root=str(tmp_path / "full")))  # type: ignore[arg-type]
     full_lake.overwrite("events", lake.read("events"))
     full = dataclasses.replace(
         config, sessionize=dataclasses.replace(cfg, mode="full"), lake=full_lake.config
@@ -166,3 +175,8 @@ def test_a_session_that_crosses_the_window_start_is_recomputed_from_its_start(
     for table in ("sessions", "user_sequences"):
         assertDataFrameEqual(lake.read(table), full_lake.read(table))
     assert lake.read("sessions").where("user_id = 'u1'").select("n_events").collect() == [Row(3)]
+    # Both users' sequences were rebuilt and merged in (Delta MERGE on user_id), not rewritten.
+    last = DeltaTable(str(tmp_path / "inc" / "user_sequences")).history(1)[0]
+    assert last["operation"] == "MERGE"
+    metrics = last["operationMetrics"]  # delta-rs's names, or delta-spark's
+    assert int(metrics.get("num_target_rows_updated", metrics.get("numTargetRowsUpdated"))) == 2

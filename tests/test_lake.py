@@ -3,6 +3,7 @@ table's contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ def _rows() -> list[tuple]:
     ]
 
 
-ALL_MODES = ("overwrite", "append", "overwrite_partitions")
+ALL_MODES = ("overwrite", "append", "overwrite_partitions", "merge")
 
 
 def _contract(
@@ -325,3 +326,66 @@ def test_concurrent_commits_with_one_app_id_conflict(
         lake.append("flat", spark.createDataFrame([(3,)], "id long"), txn=Txn("ingest", 1))
     lake.append("flat", spark.createDataFrame([(3,)], "id long"), txn=Txn("ingest", 2))
     assert lake.txn_version("flat", "ingest") == 2
+
+
+def check_merge(spark: SparkSession, lake: Lake) -> None:
+    """Delta MERGE through ``lake`` (either engine) on table ``t`` (key ``id``, partitioned by
+    ``day``): a missing table is created from the source; then a conditional update, an
+    insert and a delete of what the source lacks in the scoped partition, in one commit whose
+    counts are Delta's own; rows outside the scope are never touched."""
+    created = lake.merge("t", _frame(spark))
+    assert (created.version, created.rows_written) == (0, 4)
+    source = _frame(
+        spark,
+        [
+            (1, "A", 9.0, datetime(2024, 3, 1, 11, 0, 0), date(2024, 3, 1)),  # renamed: update
+            (2, "b", 5.0, datetime(2024, 3, 1, 23, 59, 59), date(2024, 3, 1)),  # same name: kept
+            (5, "e", 1.0, None, date(2024, 3, 1)),  # new key: insert
+        ],
+    )
+    result = lake.merge(
+        "t", source, update_if="t.name <> s.name", delete_unmatched_in={"day": [date(2024, 3, 1)]}
+    )
+    assert (result.version, result.rows_written, result.rows_updated, result.rows_deleted) == (
+        1,
+        2,
+        1,
+        0,
+    )
+    _, second, third, fourth = _rows()
+    expected = [source.collect()[0], second, third, fourth, (5, "e", 1.0, None, date(2024, 3, 1))]
+    assertDataFrameEqual(lake.read("t"), _frame(spark, [tuple(r) for r in expected]))
+    # Row 3 (day 2024-03-02) is outside the scope: the source's lack of it deletes nothing.
+    # Row 2 leaves the 2024-03-01 source: it is deleted; row 4 is updated without a condition.
+    again = lake.merge(
+        "t",
+        _frame(spark, [tuple(expected[0]), (4, "D", 2.0, None, date(2024, 3, 3))]),
+        delete_unmatched_in={"day": [date(2024, 3, 1)]},
+    )
+    assert (again.rows_updated, again.rows_deleted) == (2, 2)
+    assertDataFrameEqual(
+        lake.read("t"),
+        _frame(spark, [tuple(expected[0]), third, (4, "D", 2.0, None, date(2024, 3, 3))]),
+    )
+    assert lake.version("t") == 2
+
+
+def test_merge_updates_inserts_and_deletes_in_one_commit(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    check_merge(spark, _lake(spark, tmp_path))
+    history = DeltaTable(str(tmp_path / "lake" / "t")).history()
+    assert [h["operation"] for h in history][:2] == ["MERGE", "MERGE"]
+
+
+def test_merge_is_refused_where_the_contract_does_not_allow_it(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    contract = dataclasses.replace(_contract(spark, "t", SCHEMA), write_modes=("overwrite",))
+    config = LakeConfig(engine="delta-rs", root=str(tmp_path / "lake"))
+    Lake(spark, config, contracts={"t": contract}).overwrite("t", _frame(spark))
+    with pytest.raises(LakeError, match="merge is not a write mode"):
+        Lake(spark, config, contracts={"t": contract}).merge("t", _frame(spark))
+    with pytest.raises(LakeError, match="does not match the table contract"):
+        _lake(spark, tmp_path).merge("t", spark.createDataFrame([(1,)], "id long"))
+    assert DeltaTable(str(tmp_path / "lake" / "t")).version() == 0

@@ -50,6 +50,12 @@ REDACTED = re.compile(r"^<redacted: (\d+) characters, hmac-sha256 ([0-9a-f]{64})
 
 
 def test_spark_hmac_equals_pythons_hmac_module(spark: SparkSession) -> None:
+    check_hmac(spark)
+
+
+def check_hmac(spark: SparkSession) -> None:
+    """The pseudonymiser's Spark HMAC equals Python's ``hmac`` module (RFC 2104) for awkward
+    messages and keys; tests/test_delta_native.py runs it under Spark Connect as well."""
     messages = ["u0000001", "", "üñí©ødé 𝄞 \u0000 end", "a" * 1000, None]
     df = spark.createDataFrame([(i, m) for i, m in enumerate(messages)], "i int, m string")
     keys = [

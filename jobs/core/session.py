@@ -215,8 +215,14 @@ def _start_local_connect(config: SparkConfig, settings: dict[str, str]) -> Spark
     os.environ["SPARK_LOCAL_REMOTE"] = "1"
     ConnectSession._start_connect_server(str(config.remote), options)
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
-    # Only runtime SQL settings are left in ``options``: the server has the static ones.
-    builder = ConnectSession.builder.remote(f"sc://localhost:{port}").config(map=options)
+    # The server has every setting; the client session gets only the runtime SQL ones (pyspark
+    # means to narrow ``options`` itself but narrows a copy, and a static one would print a
+    # "Failed to set" warning each).
+    from pyspark import SparkContext
+
+    runtime = {c._1() for c in SparkContext._jvm.PythonSQLUtils.listRuntimeSQLConfigs()}  # type: ignore[union-attr]
+    client = {key: value for key, value in options.items() if key in runtime}
+    builder = ConnectSession.builder.remote(f"sc://localhost:{port}").config(map=client)
     return builder.getOrCreate()  # type: ignore[return-value]
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pyspark.sql import types as T
 
-WriteMode = Literal["overwrite", "append", "overwrite_partitions"]
+WriteMode = Literal["overwrite", "append", "overwrite_partitions", "merge"]
 
 EVENTS = "events"
 EVENTS_QUARANTINE = "events_quarantine"
@@ -245,6 +245,8 @@ _CONTRACTS: tuple[TableContract, ...] = (
             _c("events", T.ArrayType(USER_EVENT), "the last `max_events` events, in order"),
         ),
         key=("user_id",),
+        # merge: incremental sessionize upserts the users whose sessions changed.
+        write_modes=("overwrite", "merge"),
     ),
     TableContract(
         SESSIONIZE_LOG,
@@ -279,7 +281,8 @@ _CONTRACTS: tuple[TableContract, ...] = (
         ),
         key=("unit", "model_version", "id"),
         partition_by=("unit", "model_version"),
-        write_modes=("overwrite_partitions",),
+        # merge: incremental embed replaces the vectors whose sequence changed.
+        write_modes=("overwrite_partitions", "merge"),
     ),
     TableContract(
         CLUSTER_ASSIGNMENTS,
@@ -393,6 +396,10 @@ def render_markdown(contracts: Sequence[TableContract] = _CONTRACTS) -> str:
         "metastore name set in `lake.tables.<table>`. Timestamps are UTC instants. Every",
         "write is checked against the contract below before anything is written: a missing,",
         "unexpected or retyped column fails the write, naming the table and the column.",
+        "Write modes: `overwrite` replaces the table, `append` adds rows,",
+        "`overwrite_partitions` replaces whole partitions (`replaceWhere` on the spark engine),",
+        "`merge` is a Delta `MERGE` on the key (incremental runs: only changed rows are",
+        "rewritten, and `DESCRIBE HISTORY` counts the rows inserted, updated and deleted).",
         "",
         "| table | owner | key | partitioned by | write modes |",
         "|---|---|---|---|---|",

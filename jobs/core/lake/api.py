@@ -189,6 +189,84 @@ class Lake:
         }
         return self._write(table, df, mode="overwrite", partitions=normalised)
 
+    def merge(
+        self,
+        table: str,
+        source: DataFrame,
+        *,
+        update_if: str | None = None,
+        delete_unmatched_in: Mapping[str, Sequence[Any]] | None = None,
+    ) -> WriteResult:
+        """Delta ``MERGE`` of ``source`` into the table on the table's key, in one commit.
+
+        Target rows whose key ``source`` holds are replaced by the source row (only where the
+        SQL condition ``update_if`` holds, written with the aliases ``t`` for the target and
+        ``s`` for the source, e.g. ``"t.content_hash <> s.content_hash"``); source rows with a
+        new key are inserted.  ``delete_unmatched_in`` maps partition columns to values, like
+        :meth:`overwrite_partitions`: target rows in those partitions that ``source`` lacks are
+        deleted (``WHEN NOT MATCHED BY SOURCE``), so ``source`` is then the partitions' whole
+        new content.  Only the files holding touched rows are rewritten, and the commit's
+        metrics (``DESCRIBE HISTORY``) say how many rows were inserted, updated and deleted.
+        A missing table is created with the source's rows.  ``source`` must match the
+        contract; raises :class:`LakeError` otherwise and :class:`ConcurrentWriteError` when
+        another writer committed to the table first.
+        """
+        contract = self.contract(table)
+        if "merge" not in contract.write_modes:
+            raise LakeError(
+                f"{table}: merge is not a write mode of this table "
+                f"(allowed: {', '.join(contract.write_modes)}; docs/tables.md)"
+            )
+        if not self.exists(table):
+            # MERGE into an empty table inserts every source row and deletes nothing.
+            return self._write(table, source, mode="overwrite", partitions=None, merging=True)
+        loc = self.location(table)
+        problems = contract.mismatches(source.schema)
+        if problems:
+            raise LakeError(
+                f"{table}: the merge source does not match the table contract "
+                "(docs/tables.md): " + "; ".join(problems)
+            )
+        scope = None
+        if delete_unmatched_in is not None:
+            unknown = set(delete_unmatched_in) - set(loc.partition_by)
+            if not delete_unmatched_in or unknown:
+                raise LakeError(
+                    f"{table}: delete_unmatched_in needs values for partition columns "
+                    f"{list(loc.partition_by)}; got {sorted(delete_unmatched_in)}"
+                )
+            scope = _target_predicate(delete_unmatched_in)
+        started = time.monotonic()
+        if self.engine == "spark":
+            result = delta_spark.merge(
+                self.spark,
+                loc,
+                source,
+                keys=contract.key,
+                update_if=update_if,
+                delete_unmatched_in=scope,
+            )
+        else:
+            result = delta_rs.merge(
+                loc,
+                source,
+                keys=contract.key,
+                update_if=update_if,
+                delete_unmatched_in=scope,
+                storage=self.storage,
+            )
+        log.info(
+            "merge %s: %d inserted, %d updated, %d deleted -> version %d (%s, %.1fs)",
+            loc.describe(),
+            result.rows_written - result.rows_updated,
+            result.rows_updated,
+            result.rows_deleted,
+            result.version,
+            self.engine,
+            time.monotonic() - started,
+        )
+        return result
+
     def _write(
         self,
         table: str,
@@ -197,11 +275,12 @@ class Lake:
         mode: str,
         partitions: Mapping[str, Sequence[str | None]] | None,
         txn: Txn | None = None,
+        merging: bool = False,
     ) -> WriteResult:
         loc = self.location(table)
         contract = self.contract(table)
         operation = "overwrite_partitions" if partitions is not None else mode
-        if operation not in contract.write_modes:
+        if not merging and operation not in contract.write_modes:
             raise LakeError(
                 f"{table}: {operation} is not a write mode of this table "
                 f"(allowed: {', '.join(contract.write_modes)}; docs/tables.md)"
@@ -254,6 +333,22 @@ class Lake:
     @staticmethod
     def _reaching(loc: TableLocation) -> AbstractContextManager[None]:
         return reaching(location_label(loc))
+
+
+def _target_predicate(partitions: Mapping[str, Sequence[Any]]) -> str:
+    """``partitions`` as a predicate on the merge target (alias ``t``) that Spark SQL and
+    delta-rs (DataFusion) both parse."""
+    clauses = []
+    for col, values in partitions.items():
+        if not col.isidentifier():
+            raise LakeError(f"merge scope column {col!r} is not a plain column name")
+        texts = [partition_text(v) for v in values]
+        present = ["'" + v.replace("'", "''") + "'" for v in texts if v is not None]
+        parts = [f"t.{col} IN ({', '.join(present)})"] if present else []
+        if len(present) != len(texts):
+            parts.append(f"t.{col} IS NULL")
+        clauses.append("(" + " OR ".join(parts) + ")")
+    return " AND ".join(clauses)
 
 
 def _delta_path(loc: TableLocation) -> str:

@@ -55,8 +55,12 @@ class WriteResult:
     table: str
     location: str
     version: int
+    #: Rows the commit wrote from the source (for a merge: inserted plus updated).
     rows_written: int
     files_added: int
+    #: Merges only: rows of the target that the source replaced, and rows deleted.
+    rows_updated: int = 0
+    rows_deleted: int = 0
 
 
 class ConcurrentWriteError(LakeError):

@@ -350,3 +350,54 @@ def partition_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def merge(
+    loc: TableLocation,
+    source: DataFrame,
+    *,
+    keys: Sequence[str],
+    update_if: str | None,
+    delete_unmatched_in: str | None,
+    storage: Storage,
+) -> WriteResult:
+    """delta-rs's own ``MERGE`` (``DeltaTable.merge``), with the clauses of
+    :func:`jobs.core.lake.delta_spark.merge` and the aliases ``t`` (target) and ``s``
+    (source).  Unlike :func:`write`, the source's rows pass through the driver as one Arrow
+    table (``DataFrame.toArrow``): delta-rs merges in the driver process, which is why the
+    spark engine is the one for sources larger than the driver's memory."""
+    from deltalake.exceptions import CommitFailedError
+
+    uri = require_path(loc)
+    native = storage.native(loc)
+    with reaching(location_label(loc)):
+        current = storage.table(native)
+        _check_schema(loc, current.schema(), _delta_schema_for(source))
+        rows = source.toArrow()
+        on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        merger = (
+            current.merge(rows, on, source_alias="s", target_alias="t")
+            .when_matched_update_all(predicate=update_if)
+            .when_not_matched_insert_all()
+        )
+        if delete_unmatched_in:
+            merger = merger.when_not_matched_by_source_delete(predicate=delete_unmatched_in)
+        try:
+            metrics = merger.execute()
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(
+                f"{loc.table}: a concurrent writer committed to {uri} first ({exc}); "
+                "nothing was written by this run"
+            ) from exc
+        version = int(storage.table(native).version())
+    inserted = int(metrics.get("num_target_rows_inserted", 0))
+    updated = int(metrics.get("num_target_rows_updated", 0))
+    return WriteResult(
+        table=loc.table,
+        location=uri,
+        version=version,
+        rows_written=inserted + updated,
+        files_added=int(metrics.get("num_target_files_added", 0)),
+        rows_updated=updated,
+        rows_deleted=int(metrics.get("num_target_rows_deleted", 0)),
+    )

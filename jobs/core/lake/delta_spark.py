@@ -154,3 +154,53 @@ def _sql_predicate(partitions: Mapping[str, Sequence[str | None]]) -> str:
             parts.append(f"`{col}` IS NULL")
         clauses.append("(" + " OR ".join(parts) + ")")
     return " AND ".join(clauses)
+
+
+def merge(
+    spark: SparkSession,
+    loc: TableLocation,
+    source: DataFrame,
+    *,
+    keys: Sequence[str],
+    update_if: str | None,
+    delete_unmatched_in: str | None,
+) -> WriteResult:
+    """``MERGE INTO`` the table from ``source`` (Delta's own SQL, one commit): rows matching
+    on ``keys`` are updated (only where ``update_if`` holds, when given), the others inserted;
+    with ``delete_unmatched_in`` (a predicate on the target, alias ``t``) target rows in that
+    scope that ``source`` lacks are deleted.  The source is registered as a temporary view,
+    which works on classic and Spark Connect sessions alike."""
+    view = f"merge_source_{uuid.uuid4().hex}"
+    target = loc.name or f"delta.`{require_path(loc)}`"
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    clauses = [
+        f"WHEN MATCHED{f' AND ({update_if})' if update_if else ''} THEN UPDATE SET *",
+        "WHEN NOT MATCHED THEN INSERT *",
+    ]
+    if delete_unmatched_in:
+        clauses.append(f"WHEN NOT MATCHED BY SOURCE AND ({delete_unmatched_in}) THEN DELETE")
+    source.createOrReplaceTempView(view)
+    try:
+        spark.sql(f"MERGE INTO {target} AS t USING {view} AS s ON {on} " + " ".join(clauses))
+    except Exception as exc:
+        if "Concurrent" in type(exc).__name__ or "CONCURRENT" in str(exc)[:200].upper():
+            raise ConcurrentWriteError(
+                f"{loc.table}: a concurrent writer committed first ({str(exc)[:300]}); "
+                "nothing was written by this run"
+            ) from exc
+        raise
+    finally:
+        spark.catalog.dropTempView(view)
+    last = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
+    metrics = last["operationMetrics"] or {}
+    inserted = int(metrics.get("numTargetRowsInserted", 0))
+    updated = int(metrics.get("numTargetRowsUpdated", 0))
+    return WriteResult(
+        table=loc.table,
+        location=loc.describe(),
+        version=int(last["version"]),
+        rows_written=inserted + updated,
+        files_added=int(metrics.get("numTargetFilesAdded", 0)),
+        rows_updated=updated,
+        rows_deleted=int(metrics.get("numTargetRowsDeleted", 0)),
+    )
