@@ -27,6 +27,7 @@ from jobs.core.config import LakeConfig, SparkConfig
 from jobs.core.lake import Lake
 from jobs.core.lake.delta_spark import delta_spark_available
 from jobs.core.lake.maintenance import maintain
+from jobs.explore import spark_views
 
 from .conftest import REPO, require_maven
 from .test_incremental import check_crossing_session
@@ -219,6 +220,13 @@ def test_incremental_sessionize_under_spark_connect_on_the_spark_engine(
     delta_connect: SparkSession, tmp_path: Path
 ) -> None:
     check_crossing_session(delta_connect, tmp_path, engine="spark")
+    # The notebooks' Spark helper on those tables, under Connect: one temp view per table.
+    lake = Lake(delta_connect, LakeConfig(engine="spark", root=str(tmp_path / "inc")))
+    assert spark_views(lake) == ["events", "sessions", "user_sequences", "sessionize_log"]
+    counts = delta_connect.sql(
+        "SELECT (SELECT count(*) FROM sessions) AS s, (SELECT count(*) FROM user_sequences) AS u"
+    ).first()
+    assert counts is not None and (counts["s"], counts["u"]) == (2, 2)
 
 
 def test_pseudonymisation_under_spark_connect(delta_connect: SparkSession) -> None:

@@ -59,6 +59,9 @@ def _connect_run(config: AppConfig, out: Path) -> subprocess.CompletedProcess[st
         f"lake.root={out / 'lake'}",
         f"cluster.model_root={out / 'models'}",
         f"evaluate.report_dir={out / 'reports'}",
+        # MLflow tracking under Connect as well (the classic run leaves it off).
+        "mlflow.enabled=true",
+        f"mlflow.tracking_uri={out / 'mlruns'}",
     ):
         command += ["--set", override]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
@@ -83,7 +86,7 @@ def runs(
     assert "Connect session remote=local[2]" in logs
     assert "packages=io.delta:delta-spark_2.13:" in logs
     assert "(spark," in logs and "(delta-rs," not in logs
-    return {"classic": Path(config.lake.root or ""), "connect": out / "lake"}
+    return {"classic": Path(config.lake.root or ""), "connect": out / "lake", "out": out}
 
 
 def _comparable(frame: DataFrame) -> DataFrame:
@@ -116,7 +119,8 @@ def test_duckdb_and_polars_read_both_engines_tables_alike(runs: dict[str, Path])
     for table in ("events", "sessions", "cluster_assignments"):
         key = list(TABLES[table].key)
         frames = {}
-        for name, root in runs.items():
+        for name in ("classic", "connect"):
+            root = runs[name]
             by_polars = pl.read_delta(str(root / table))
             by_polars = by_polars.drop([c for c in by_polars.columns if c in VOLATILE]).sort(key)
             lake = LakeConfig(engine="delta-rs", root=str(root))
@@ -127,3 +131,31 @@ def test_duckdb_and_polars_read_both_engines_tables_alike(runs: dict[str, Path])
             assert by_duckdb.write_ndjson() == by_polars.write_ndjson(), (table, name)
             frames[name] = by_polars
         assert frames["classic"].write_ndjson() == frames["connect"].write_ndjson(), table
+
+
+@pytest.mark.connect
+@pytest.mark.mlflow
+def test_cluster_and_evaluate_under_connect_log_mlflow_runs(
+    spark: SparkSession, runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Connect run's cluster and evaluate runs in MLflow: tagged with the pipeline's run
+    id, with the k and the metrics of the Delta table, and the segment assigner logged."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as jobs.core.tracking does
+    client = mlflow.MlflowClient(tracking_uri=(runs["out"] / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("clickstream-segments")
+    assert experiment is not None
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.run_id = '{E2E_RUN_ID}'"
+    )
+    by_stage = {r.data.tags["stage"]: r for r in found}
+    assert sorted(by_stage) == ["cluster", "evaluate"]
+    assert all(r.info.status == "FINISHED" for r in found)
+    metrics = Lake(spark, LakeConfig(engine="delta-rs", root=str(runs["connect"])))
+    k = metrics.read("cluster_assignments").select("cluster_id").distinct().count()
+    cluster = by_stage["cluster"]
+    assert cluster.data.params["k"] == str(k)
+    assert cluster.data.tags["assigner"].startswith("models:/")
+    assert cluster.data.metrics["embedding/sse"] > 0
+    assert by_stage["evaluate"].data.metrics
