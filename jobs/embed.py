@@ -90,7 +90,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("embedded_at"),
     )
-    partition = {"unit": [cfg.unit], "model_version": [version]}
+    partition: dict[str, list[str]] = {"unit": [cfg.unit], "model_version": [version]}
     if previous is None:
         # One commit replaces the partition: readers see the old or the new vectors, never a mix.
         result = lake.overwrite_partitions(EMBEDDINGS, embedded, partition)

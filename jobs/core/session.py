@@ -103,6 +103,11 @@ def get_spark(config: SparkConfig | None = None, *, delta: bool = False) -> Spar
             f"-XX:+UseG1GC -Dlog4j2.configurationFile=file:{log4j}"
         )
         settings["spark.default.parallelism"] = str(shuffle_partitions)
+        # Delta's VACUUM lists and OPTIMIZE plans files in as many tasks as this setting
+        # (default 10,000): minutes of empty tasks on a local master.
+        settings["spark.sql.sources.parallelPartitionDiscovery.parallelism"] = str(
+            shuffle_partitions
+        )
     if not submitted or config.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
     settings.update(_REQUIRED_CONF)
@@ -110,6 +115,9 @@ def get_spark(config: SparkConfig | None = None, *, delta: bool = False) -> Spar
     if delta:
         settings.update(DELTA_CONF)
         packages.insert(0, delta_package())
+        if not submitted:
+            # Delta rebuilds a table's state in this many tasks (default 50), per snapshot.
+            settings["spark.databricks.delta.snapshotPartitions"] = str(shuffle_partitions)
     if packages:
         settings["spark.jars.packages"] = ",".join(packages)
     settings.update(config.extra)
