@@ -321,15 +321,21 @@ def _model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     from pyspark.sql import types as T
 
     schema = T.StructType([T.StructField(FEATURES, VectorUDT())])
-    rows = spark.createDataFrame([(DenseVector(c),) for c in centres], schema).coalesce(1)
-    model = KMeans(
-        k=len(centres),
-        initMode="random",
-        maxIter=1,
-        seed=seed,
-        featuresCol=FEATURES,
-        predictionCol=PREDICTION,
-    ).fit(rows)
+    # Cached: MLlib's fit runs several jobs over its input, and each would rebuild the k rows
+    # from the local relation (4-5 s per model instead of about 1 s; benchmarks/kmeans.py).
+    rows = spark.createDataFrame([(DenseVector(c),) for c in centres], schema).coalesce(1).cache()
+    try:
+        model = KMeans(
+            k=len(centres),
+            initMode="random",
+            maxIter=1,
+            seed=seed,
+            solver="row",
+            featuresCol=FEATURES,
+            predictionCol=PREDICTION,
+        ).fit(rows)
+    finally:
+        rows.unpersist()
     got = np.array(model.clusterCenters())
     given = np.asarray(centres, dtype=np.float64)
     if got.shape != given.shape or not np.allclose(
