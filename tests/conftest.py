@@ -41,6 +41,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if not _DELTA_JVM and any(item.name == _DELTA_WRAPPER for item in items):
+        from .test_delta_native import start_native_group
+
+        # Started now, so that its JVM's start-up and waits overlap with the other tests; the
+        # wrapper test collects its result (and skips, saying why, without the Delta jar).
+        start_native_group()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _DELTA_JVM:
+        from .test_delta_native import stop_native_group
+
+        stop_native_group()
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,11 @@
 
 These tests need a SparkSession whose JVM has delta-spark's jars, and a process has one JVM, so
 they run in a pytest process of their own: ``test_native_delta_group_in_its_own_jvm`` (in the
-default suite) starts ``pytest tests/test_delta_native.py`` with ``SEGMENTS_DELTA_SPARK_JVM=1``,
-and only there are the other tests collected (``pytest_collection_modifyitems`` in
-tests/conftest.py deselects them elsewhere, and the wrapper there).
+default suite) collects the result of ``pytest tests/test_delta_native.py`` run with
+``SEGMENTS_DELTA_SPARK_JVM=1`` (started in the background right after collection, so that it
+overlaps with the other tests), and only there are the other tests collected
+(``pytest_collection_modifyitems`` in tests/conftest.py deselects them elsewhere, and the
+wrapper there).
 The session is built by the product's own helper, ``get_spark(..., delta=True)``, which
 resolves ``io.delta:delta-spark_2.13`` (the installed delta-spark's version) from Maven Central,
 with a Hive metastore (Derby) and warehouse in a temporary folder.
@@ -15,9 +17,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -38,24 +42,66 @@ IN_OWN_JVM = os.environ.get("SEGMENTS_DELTA_SPARK_JVM") == "1"
 pytestmark = pytest.mark.delta_spark
 
 
-def test_native_delta_group_in_its_own_jvm() -> None:
+_NATIVE_RUN: dict[str, Any] = {}
+
+
+def _maven_reason() -> str | None:
     from jobs.core.session import delta_package
 
-    require_maven(delta_package())
+    try:
+        require_maven(delta_package())
+    except pytest.skip.Exception as exc:
+        return str(exc)
+    return None
+
+
+def start_native_group() -> None:
+    """Start ``pytest tests/test_delta_native.py`` in its own process (once per session, in
+    the background: tests/conftest.py calls this after collection), output to a temp file."""
+    if _NATIVE_RUN:
+        return
+    reason = _maven_reason()
+    if reason is not None:
+        _NATIVE_RUN["skip"] = reason
+        return
     env = {**os.environ, "SEGMENTS_DELTA_SPARK_JVM": "1", "PYSPARK_PYTHON": sys.executable}
-    done = subprocess.run(
+    output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read and closed by the wrapper
+    _NATIVE_RUN["output"] = output
+    _NATIVE_RUN["process"] = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
         cwd=REPO,
         env=env,
-        capture_output=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
-        check=False,
     )
-    tail = done.stdout[-4000:] + done.stderr[-2000:]
-    assert done.returncode == 0, tail
+
+
+def stop_native_group() -> None:
+    """Kill the background run if the wrapper never collected it (e.g. ``pytest -x``)."""
+    process = _NATIVE_RUN.get("process")
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_native_delta_group_in_its_own_jvm() -> None:
+    start_native_group()  # no-op when tests/conftest.py started it
+    if "skip" in _NATIVE_RUN:
+        pytest.skip(_NATIVE_RUN["skip"])
+    process, output = _NATIVE_RUN["process"], _NATIVE_RUN["output"]
+    try:
+        returncode = process.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    output.seek(0)
+    text = output.read()
+    output.close()
+    tail = text[-6000:]
+    assert returncode == 0, tail
     # Everything but this wrapper ran and passed: nothing skipped for want of the jars.
-    assert "10 passed, 1 deselected" in done.stdout, tail
+    assert "10 passed, 1 deselected" in text, tail
 
 
 #: pyspark decides between its classic and its Connect functions (``F.col`` ...) by this
