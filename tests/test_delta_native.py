@@ -101,7 +101,7 @@ def test_native_delta_group_in_its_own_jvm() -> None:
     tail = text[-6000:]
     assert returncode == 0, tail
     # Everything but this wrapper ran and passed: nothing skipped for want of the jars.
-    assert "10 passed, 1 deselected" in text, tail
+    assert "11 passed, 1 deselected" in text, tail
 
 
 #: pyspark decides between its classic and its Connect functions (``F.col`` ...) by this
@@ -277,3 +277,45 @@ def test_incremental_sessionize_under_spark_connect_on_the_spark_engine(
 
 def test_pseudonymisation_under_spark_connect(delta_connect: SparkSession) -> None:
     check_hmac(delta_connect)
+
+
+def test_incremental_embed_under_spark_connect_merges_the_changed_vector(
+    delta_connect: SparkSession, tmp_path: Path
+) -> None:
+    """``embed.mode: incremental`` on the spark engine under Connect: after one user's sequence
+    changes, the encoder (the pandas UDF) runs on that row only and one Delta MERGE replaces its
+    vector."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+
+    from jobs import embed
+    from jobs.core.config import AppConfig, EncoderConfig
+
+    from .test_mlflow import N_USERS, write_tiny_lake
+
+    config = dataclasses.replace(
+        AppConfig(),
+        lake=LakeConfig(engine="spark", root=str(tmp_path / "lake")),
+        encoder=EncoderConfig(max_length=64, batch_size=32, precision="fp32"),
+    )
+    config = dataclasses.replace(
+        config, embed=dataclasses.replace(config.embed, mode="incremental")
+    )
+    lake = Lake(delta_connect, config.lake)
+    write_tiny_lake(delta_connect, lake)
+    first = embed.run(delta_connect, lake, config, run_id="first")
+    assert (first.rows, first.embedded) == (N_USERS, N_USERS)
+    one_less = F.slice("events", 1, F.size("events") - 1)
+    changed = lake.read("user_sequences").withColumn(
+        "events", F.when(F.col("user_id") == "u005", one_less).otherwise(F.col("events"))
+    )
+    lake.overwrite("user_sequences", changed)
+    counts = embed.run(delta_connect, lake, config, run_id="second")
+    assert (counts.rows, counts.embedded) == (N_USERS, 1)
+    rows = lake.read("embeddings").where("run_id = 'second'").select("id").collect()
+    assert [r["id"] for r in rows] == ["u005"]
+    last = delta_connect.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'lake' / 'embeddings'}`").first()
+    assert last is not None and last["operation"] == "MERGE"
+    metrics = last["operationMetrics"]
+    assert (metrics["numTargetRowsUpdated"], metrics["numTargetRowsDeleted"]) == ("1", "0")
