@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    if not _DELTA_JVM and any(item.name == _DELTA_WRAPPER for item in items):
+    engines = [item for item in items if item.path.name == "test_engines.py"]
+    background = not _DELTA_JVM and not config.option.collectonly
+    if background and engines:
+        # The Connect run compared in tests/test_engines.py starts now in the background on
+        # the shared run's raw files; its tests run last, when it has had the most time.
+        items[:] = [item for item in items if item.path.name != "test_engines.py"] + engines
+        _start_e2e_connect_run()
+    if background and any(item.name == _DELTA_WRAPPER for item in items):
         from .test_delta_native import start_native_group
 
         # Started now, so that its JVM's start-up and waits overlap with the other tests; the
@@ -52,8 +61,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _DELTA_JVM:
         from .test_delta_native import stop_native_group
+        from .test_engines import stop_connect_run
 
         stop_native_group()
+        stop_connect_run()
+        if _E2E:
+            shutil.rmtree(_E2E["root"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,19 +89,49 @@ def spark() -> Iterator[SparkSession]:
 E2E_RUN_ID = "run-e2e"
 
 
+#: The shared end-to-end run's configuration and generate outcome, when generated early.
+_E2E: dict[str, Any] = {}
+
+
+def _start_e2e_connect_run() -> None:
+    """Generate the shared run's raw files (no Spark) and start tests/test_engines.py's Spark
+    Connect run on them in the background."""
+    from jobs.pipeline import applicable, run_pipeline
+    from jobs.stages import select
+
+    from .test_engines import start_connect_run
+    from .test_pipeline import small_config
+
+    root = Path(tempfile.mkdtemp(prefix="segments-e2e-"))
+    config = small_config(root / "e2e")
+    stages = applicable(select(None, None), config)
+    assert stages[0].name == "generate"
+    generated, _ = run_pipeline(config, E2E_RUN_ID, stages[:1])
+    _E2E.update(root=root, config=config, generated=generated)
+    start_connect_run(config, root / "connect")
+
+
 @pytest.fixture(scope="session")
 def e2e_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ...]:
     """The whole pipeline once on 400 generated users, in this process's classic session on
     the delta-rs engine: ``(config, outcomes, table_lines)``.  tests/test_pipeline.py checks
-    its accounting; tests/test_engines.py compares a Spark Connect run on delta-spark with it."""
+    its accounting; tests/test_engines.py compares a Spark Connect run on delta-spark with it.
+    When those tests are selected, the raw files are generated at collection and that run
+    starts on them in the background (``_start_e2e_connect_run``)."""
     from jobs.pipeline import applicable, run_pipeline
     from jobs.stages import select
 
     from .test_pipeline import small_config
 
-    config = small_config(tmp_path_factory.mktemp("e2e"))
-    outcomes, table_lines = run_pipeline(config, E2E_RUN_ID, applicable(select(None, None), config))
-    return config, outcomes, table_lines
+    if _E2E:  # generated at collection, the Connect run started on it
+        config, generated = _E2E["config"], _E2E["generated"]
+        stages = applicable(select(None, None), config)
+    else:
+        config = small_config(tmp_path_factory.mktemp("e2e"))
+        stages = applicable(select(None, None), config)
+        generated, _ = run_pipeline(config, E2E_RUN_ID, stages[:1])
+    outcomes, table_lines = run_pipeline(config, E2E_RUN_ID, stages[1:])
+    return config, [*generated, *outcomes], table_lines
 
 
 @pytest.fixture
