@@ -163,6 +163,7 @@ def test_train_encoder_lowers_its_loss_and_embeds_through_the_udf(
     assert {r[0] for r in new_rows.select(F.size("embedding")).distinct().collect()} == {32}
 
 
+@pytest.mark.slow  # starts torchrun; the training itself is test_train_encoder_lowers_its_loss...
 def test_train_encoder_runs_through_torch_distributor(
     spark: SparkSession, small_lake: AppConfig, tmp_path: Path
 ) -> None:
