@@ -60,11 +60,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _DELTA_JVM:
-        from .test_delta_native import stop_native_group
-        from .test_engines import stop_connect_run
+        from .test_delta_native import NATIVE_RUN
+        from .test_engines import CONNECT_RUN
 
-        stop_native_group()
-        stop_connect_run()
+        NATIVE_RUN.stop()
+        CONNECT_RUN.stop()
         if _E2E:
             shutil.rmtree(_E2E["root"], ignore_errors=True)
 
@@ -141,6 +141,57 @@ def lake(spark: SparkSession, tmp_path: Path) -> Lake:
 
 
 IVY_JARS = Path.home() / ".ivy2.5.2" / "jars"
+
+
+class BackgroundRun:
+    """A command started once per session in the background (its output to a temporary
+    file) and collected by a test later, so that its JVM's start-up and waits overlap with the
+    other tests; tests/test_delta_native.py and tests/test_engines.py use one each."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.skip_reason: str | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self.output: Any = None
+
+    def start(self, command: list[str], *, env: dict[str, str], requires: str) -> None:
+        """Start ``command`` in the repository (once; later calls do nothing), or remember why
+        not: the Maven artifact ``requires`` is neither cached nor downloadable."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            require_maven(requires)
+        except pytest.skip.Exception as exc:
+            self.skip_reason = str(exc)
+            return
+        self.output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by wait()
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=self.output, stderr=subprocess.STDOUT, text=True
+        )
+
+    def wait(self, timeout: float = 900) -> str:
+        """The command's output once it has exited with 0 (skips, saying why, when it could
+        not start)."""
+        if self.skip_reason is not None:
+            pytest.skip(self.skip_reason)
+        assert self.process is not None, "the background run was never started"
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self.output.seek(0)
+        text = str(self.output.read())
+        self.output.close()
+        assert returncode == 0, text[-8000:]
+        return text
+
+    def stop(self) -> None:
+        """Kill the command if nothing collected it (e.g. ``pytest -x``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def require_maven(coordinate: str) -> None:

@@ -15,13 +15,10 @@ with a Hive metastore (Derby) and warehouse in a temporary folder.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -33,7 +30,7 @@ from jobs.core.lake.delta_spark import delta_spark_available
 from jobs.core.lake.maintenance import maintain
 from jobs.explore import spark_views
 
-from .conftest import REPO, require_maven
+from .conftest import BackgroundRun
 from .test_incremental import check_crossing_session
 from .test_lake import SCHEMA, _contract, _frame, _rows, check_merge
 from .test_privacy import check_hmac
@@ -42,66 +39,25 @@ IN_OWN_JVM = os.environ.get("SEGMENTS_DELTA_SPARK_JVM") == "1"
 pytestmark = pytest.mark.delta_spark
 
 
-_NATIVE_RUN: dict[str, Any] = {}
-
-
-def _maven_reason() -> str | None:
-    from jobs.core.session import delta_package
-
-    try:
-        require_maven(delta_package())
-    except pytest.skip.Exception as exc:
-        return str(exc)
-    return None
+#: This group's own pytest process (started by tests/conftest.py after collection).
+NATIVE_RUN = BackgroundRun()
 
 
 def start_native_group() -> None:
-    """Start ``pytest tests/test_delta_native.py`` in its own process (once per session, in
-    the background: tests/conftest.py calls this after collection), output to a temp file."""
-    if _NATIVE_RUN:
-        return
-    reason = _maven_reason()
-    if reason is not None:
-        _NATIVE_RUN["skip"] = reason
-        return
+    """Start ``pytest tests/test_delta_native.py`` in its own process, in the background (once
+    per session: tests/conftest.py calls this after collection)."""
+    from jobs.core.session import delta_package
+
     env = {**os.environ, "SEGMENTS_DELTA_SPARK_JVM": "1", "PYSPARK_PYTHON": sys.executable}
-    output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read and closed by the wrapper
-    _NATIVE_RUN["output"] = output
-    _NATIVE_RUN["process"] = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=REPO,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_native_group() -> None:
-    """Kill the background run if the wrapper never collected it (e.g. ``pytest -x``)."""
-    process = _NATIVE_RUN.get("process")
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.wait()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    NATIVE_RUN.start(command, env=env, requires=delta_package())
 
 
 def test_native_delta_group_in_its_own_jvm() -> None:
     start_native_group()  # no-op when tests/conftest.py started it
-    if "skip" in _NATIVE_RUN:
-        pytest.skip(_NATIVE_RUN["skip"])
-    process, output = _NATIVE_RUN["process"], _NATIVE_RUN["output"]
-    try:
-        returncode = process.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    output.seek(0)
-    text = output.read()
-    output.close()
-    tail = text[-6000:]
-    assert returncode == 0, tail
+    text = NATIVE_RUN.wait()
     # Everything but this wrapper ran and passed: nothing skipped for want of the jars.
-    assert "10 passed, 1 deselected" in text, tail
+    assert "10 passed, 1 deselected" in text, text[-6000:]
 
 
 #: pyspark decides between its classic and its Connect functions (``F.col`` ...) by this

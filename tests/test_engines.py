@@ -19,9 +19,7 @@ nor downloadable from Maven Central.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +34,25 @@ from jobs.core.config import AppConfig, LakeConfig, config_to_dict
 from jobs.core.lake import Lake
 from jobs.core.tables import TABLES
 
-from .conftest import E2E_RUN_ID, REPO, require_maven
+from .conftest import E2E_RUN_ID, BackgroundRun
 
 #: Wall-clock times of the writes themselves: the only columns two identical runs differ in.
 VOLATILE = {"quarantined_at", "ingested_at", "sessionized_at", "embedded_at", "created_at"}
 
 
-#: The background Connect run of this session: its process, output file and folder.
-_CONNECT_RUN: dict[str, Any] = {}
+#: The background Connect run of this session (started by ``e2e_run``, tests/conftest.py).
+CONNECT_RUN = BackgroundRun()
 
 
 def start_connect_run(config: AppConfig, out: Path) -> None:
     """Start ``segments pipeline --from ingest`` on ``config``'s raw data under Spark Connect
     with ``lake.engine: spark``, tables under ``out/lake``, in the background (once per
-    session): ``e2e_run`` in tests/conftest.py calls this right after generating the raw
-    files, so the two runs overlap; the ``runs`` fixture below collects it."""
-    if _CONNECT_RUN:
+    session): tests/conftest.py calls this right after generating the raw files, so the run
+    overlaps with the other tests; the ``runs`` fixture below collects it."""
+    if CONNECT_RUN.started:
         return
     from jobs.core.session import delta_package
 
-    try:
-        require_maven(delta_package())
-    except pytest.skip.Exception as exc:
-        _CONNECT_RUN["skip"] = str(exc)
-        return
     profile = out / "profile.yaml"
     out.mkdir(parents=True, exist_ok=True)
     profile.write_text(yaml.safe_dump(config_to_dict(config)), encoding="utf-8")
@@ -81,38 +74,12 @@ def start_connect_run(config: AppConfig, out: Path) -> None:
     ):
         command += ["--set", override]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read and closed by _wait
-    _CONNECT_RUN.update(
-        out=out,
-        output=output,
-        process=subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, text=True
-        ),
-    )
+    _CONNECT_OUT["out"] = out
+    CONNECT_RUN.start(command, env=env, requires=delta_package())
 
 
-def stop_connect_run() -> None:
-    """Kill the background run if nothing collected it (e.g. ``pytest -x``)."""
-    process = _CONNECT_RUN.get("process")
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.wait()
-
-
-def _wait_connect_run() -> str:
-    """The background run's output, once it has exited successfully."""
-    if "skip" in _CONNECT_RUN:
-        pytest.skip(_CONNECT_RUN["skip"])
-    process, output = _CONNECT_RUN["process"], _CONNECT_RUN["output"]
-    try:
-        returncode = process.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    output.seek(0)
-    logs = output.read()
-    assert returncode == 0, logs[-8000:]
-    return logs
+#: Where the background Connect run writes (its lake, models, reports and MLflow store).
+_CONNECT_OUT: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +88,11 @@ def runs(
 ) -> dict[str, Path]:
     config = e2e_run[0]
     start_connect_run(config, tmp_path_factory.mktemp("connect"))  # no-op: e2e_run started it
-    logs = _wait_connect_run()
+    logs = CONNECT_RUN.wait()
     assert "Connect session remote=local[2]" in logs
     assert "packages=io.delta:delta-spark_2.13:" in logs
     assert "(spark," in logs and "(delta-rs," not in logs
-    out = _CONNECT_RUN["out"]
+    out = _CONNECT_OUT["out"]
     return {"classic": Path(config.lake.root or ""), "connect": out / "lake", "out": out}
 
 

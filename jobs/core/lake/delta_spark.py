@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -115,7 +116,7 @@ def write(
         writer = writer.partitionBy(*loc.partition_by)
     if partitions is not None:
         writer = writer.option("replaceWhere", _sql_predicate(partitions))
-    try:
+    with _conflicts_raised(loc):
         if loc.name:
             if loc.path:
                 writer = writer.option("path", loc.path)
@@ -124,13 +125,6 @@ def write(
         else:
             writer.save(require_path(loc))
             target = f"delta.`{loc.path}`"
-    except Exception as exc:
-        if "Concurrent" in type(exc).__name__ or "CONCURRENT" in str(exc)[:200].upper():
-            raise ConcurrentWriteError(
-                f"{loc.table}: a concurrent writer committed first ({str(exc)[:300]}); "
-                "nothing was written by this run"
-            ) from exc
-        raise
     last = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
     metrics = last["operationMetrics"] or {}
     return WriteResult(
@@ -140,6 +134,20 @@ def write(
         rows_written=int(metrics.get("numOutputRows", 0)),
         files_added=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
     )
+
+
+@contextmanager
+def _conflicts_raised(loc: TableLocation) -> Iterator[None]:
+    """Delta's concurrent-modification errors as :class:`ConcurrentWriteError` naming the table."""
+    try:
+        yield
+    except Exception as exc:
+        if "Concurrent" in type(exc).__name__ or "CONCURRENT" in str(exc)[:200].upper():
+            raise ConcurrentWriteError(
+                f"{loc.table}: a concurrent writer committed first ({str(exc)[:300]}); "
+                "nothing was written by this run"
+            ) from exc
+        raise
 
 
 def _sql_predicate(partitions: Mapping[str, Sequence[str | None]]) -> str:
@@ -181,14 +189,8 @@ def merge(
         clauses.append(f"WHEN NOT MATCHED BY SOURCE AND ({delete_unmatched_in}) THEN DELETE")
     source.createOrReplaceTempView(view)
     try:
-        spark.sql(f"MERGE INTO {target} AS t USING {view} AS s ON {on} " + " ".join(clauses))
-    except Exception as exc:
-        if "Concurrent" in type(exc).__name__ or "CONCURRENT" in str(exc)[:200].upper():
-            raise ConcurrentWriteError(
-                f"{loc.table}: a concurrent writer committed first ({str(exc)[:300]}); "
-                "nothing was written by this run"
-            ) from exc
-        raise
+        with _conflicts_raised(loc):
+            spark.sql(f"MERGE INTO {target} AS t USING {view} AS s ON {on} " + " ".join(clauses))
     finally:
         spark.catalog.dropTempView(view)
     last = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
