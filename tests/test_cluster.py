@@ -335,3 +335,49 @@ def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSes
     np.testing.assert_allclose(
         np.sort(np.array(again.clusterCenters()), axis=0), np.sort(centres, axis=0)
     )
+
+
+def test_the_start_sample_arrives_through_arrow_and_dedups_in_a_fixed_order(
+    spark: SparkSession,
+) -> None:
+    from pyspark.ml.linalg import DenseVector, SparseVector, VectorUDT
+    from pyspark.sql import types as T
+
+    from jobs.clustering.sample import distinct_points, vectors_from_arrow
+
+    schema = T.StructType([T.StructField("features", VectorUDT())])
+    dense = [
+        DenseVector([1.0, 2.0, 0.0]),
+        DenseVector([0.5, 0.0, 3.0]),
+        DenseVector([1.0, 2.0, 0.0]),
+    ]
+    sparse = [
+        SparseVector(3, [1], [4.0]),
+        DenseVector([0.0, 0.0, 2.5]),
+        SparseVector(3, [1], [4.0]),
+    ]
+    got_dense = vectors_from_arrow(
+        spark.createDataFrame([(v,) for v in dense], schema).toArrow()[0]
+    )
+    got_sparse = vectors_from_arrow(
+        spark.createDataFrame([(v,) for v in sparse], schema).toArrow()[0]
+    )
+    assert isinstance(got_dense, np.ndarray) and hasattr(got_sparse, "toarray")
+    np.testing.assert_array_equal(got_dense, [v.toArray() for v in dense])
+    np.testing.assert_array_equal(got_sparse.toarray(), [v.toArray() for v in sparse])
+
+    # The distinct rows and their weights do not depend on the order the rows came in.
+    rng = np.random.default_rng(0)
+    rows = np.repeat(rng.normal(size=(6, 4)), [1, 2, 3, 1, 1, 4], axis=0)
+    points, weights = distinct_points(rows)
+    again, again_weights = distinct_points(rows[rng.permutation(len(rows))])
+    np.testing.assert_array_equal(points, again)
+    np.testing.assert_array_equal(weights, again_weights)
+    assert points.shape == (6, 4) and weights.sum() == len(rows)
+    assert sorted(weights) == [1, 1, 1, 2, 3, 4]
+    sparse_points, sparse_weights = distinct_points(got_sparse)
+    assert sparse_points.shape == (2, 3) and sorted(sparse_weights) == [1, 2]
+
+    with pytest.raises(ValueError, match="different dimensions"):
+        mixed = [(DenseVector([1.0, 2.0]),), (DenseVector([1.0, 2.0, 3.0]),)]
+        vectors_from_arrow(spark.createDataFrame(mixed, schema).toArrow()[0])

@@ -16,6 +16,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.clustering.sample import distinct_points, take_rows, vectors_from_arrow
 from jobs.core.config import ClusterConfig
 
 FEATURES = "features"
@@ -194,11 +195,12 @@ class SampledStartKMeans:
         if total > cfg.init_sample:
             fraction = min(1.0, 1.2 * cfg.init_sample / total)
             vectors = vectors.sample(withReplacement=False, fraction=fraction, seed=cfg.seed)
-        sampled = [r[0] for r in vectors.collect()]
-        if len(sampled) > cfg.init_sample:  # an unbiased subsample, not the first partitions
-            keep = np.random.default_rng(cfg.seed).choice(len(sampled), cfg.init_sample, False)
-            sampled = [sampled[i] for i in sorted(keep)]
-        points, weights = _distinct_points(sampled)
+        table = vectors.toArrow()
+        sampled = table.num_rows
+        if sampled > cfg.init_sample:  # an unbiased subsample, not the first partitions
+            keep = np.random.default_rng(cfg.seed).choice(sampled, cfg.init_sample, False)
+            table, sampled = take_rows(table, np.sort(keep)), cfg.init_sample
+        points, weights = distinct_points(vectors_from_arrow(table.column(0)))
         if points.shape[0] < 2:
             raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
         if points.shape[0] <= self.k:
@@ -209,7 +211,7 @@ class SampledStartKMeans:
         spark = features.sparkSession
         model = _model_with_centres(spark, centres, seed=cfg.seed)
         passes = 0
-        if total > len(sampled):
+        if total > sampled:
             cached = features.storageLevel != StorageLevel.NONE
             data = features if cached else features.persist(StorageLevel.MEMORY_AND_DISK)
             try:
@@ -231,52 +233,8 @@ class SampledStartKMeans:
             finally:
                 if not cached:
                     data.unpersist()
-        self.last_start = StartReport(len(sampled), tuple(costs), passes)
+        self.last_start = StartReport(sampled, tuple(costs), passes)
         return model
-
-
-def _distinct_points(vectors: list[Any]) -> tuple[Any, Any]:
-    """The distinct MLlib vectors of ``vectors`` in a fixed order (sorted by their bytes, so
-    the partition order that delivered them does not matter) as a NumPy array, or a SciPy CSR
-    matrix when they are sparse (TF-IDF), and how often each occurs (scikit-learn's
-    ``sample_weight``: the same objective as the repeated rows)."""
-    import numpy as np
-    from pyspark.ml.linalg import SparseVector
-
-    counts: dict[bytes, int] = {}
-    first: dict[bytes, Any] = {}
-    for v in vectors:
-        if isinstance(v, SparseVector):
-            key = b"s" + np.asarray(v.indices).tobytes() + b"|" + np.asarray(v.values).tobytes()
-        else:
-            key = b"d" + v.toArray().tobytes()
-        counts[key] = counts.get(key, 0) + 1
-        first.setdefault(key, v)
-    # Ordered by the values rounded to 1e-5 first: float noise of ~1e-7 (an encoder batching
-    # rows differently) then leaves the order, and so the k-means++ start, as it was.
-    keys = sorted(first, key=lambda key: (_rounded(first[key]), key))
-    distinct = [first[key] for key in keys]
-    weights = np.array([counts[key] for key in keys], dtype=np.float64)
-    if distinct and isinstance(distinct[0], SparseVector):
-        from scipy.sparse import csr_matrix
-
-        indptr = np.cumsum([0, *[len(v.indices) for v in distinct]])
-        indices = np.concatenate([v.indices for v in distinct])
-        data = np.concatenate([v.values for v in distinct])
-        size = distinct[0].size
-        return csr_matrix((data, indices, indptr), shape=(len(distinct), size)), weights
-    dim = len(distinct[0]) if distinct else 0
-    return np.array([v.toArray() for v in distinct], dtype=np.float64).reshape(-1, dim), weights
-
-
-def _rounded(vector: Any) -> bytes:
-    """A vector's values rounded to 1e-5, as bytes (sparse: its indices, then its values)."""
-    import numpy as np
-
-    if hasattr(vector, "indices"):
-        values = np.round(np.asarray(vector.values), 5).tobytes()
-        return np.asarray(vector.indices).tobytes() + b"|" + values
-    return np.round(vector.toArray(), 5).tobytes()
 
 
 def _dense(points: Any) -> Any:
@@ -313,31 +271,33 @@ def _kmeans_pp_restarts(
 
 def _model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     """An MLlib ``KMeansModel`` whose centres are exactly ``centres`` ((k, d), distinct): fitted
-    on the k centres themselves with a random start, which picks all k of them, and one Lloyd
-    step, which moves none (each is its own nearest centre)."""
+    on the k centres themselves with a random start, which picks all k of them, and no Lloyd
+    step (``maxIter=0``: the start is the model; checked below)."""
     import numpy as np
+    import pyarrow as pa
     from pyspark.ml.clustering import KMeans
-    from pyspark.ml.linalg import DenseVector, VectorUDT
-    from pyspark.sql import types as T
+    from pyspark.ml.functions import array_to_vector
 
-    schema = T.StructType([T.StructField(FEATURES, VectorUDT())])
-    # Cached: MLlib's fit runs several jobs over its input, and each would rebuild the k rows
-    # from the local relation (4-5 s per model instead of about 1 s; benchmarks/kmeans.py).
-    rows = spark.createDataFrame([(DenseVector(c),) for c in centres], schema).coalesce(1).cache()
-    try:
-        model = KMeans(
-            k=len(centres),
-            initMode="random",
-            maxIter=1,
-            seed=seed,
-            solver="row",
-            featuresCol=FEATURES,
-            predictionCol=PREDICTION,
-        ).fit(rows)
-    finally:
-        rows.unpersist()
-    got = np.array(model.clusterCenters())
     given = np.asarray(centres, dtype=np.float64)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(given.reshape(-1)), given.shape[1])
+    # From an Arrow table: a local relation, which MLlib's few jobs re-read in well under a
+    # second (a list of Python vectors became a pickled RDD: 1.2 s per model; a cache of it
+    # would not run on Databricks serverless).
+    rows = (
+        spark.createDataFrame(pa.table({"centre": column.cast(pa.list_(pa.float64()))}))
+        .select(array_to_vector(F.col("centre")).alias(FEATURES))
+        .coalesce(1)
+    )
+    model = KMeans(
+        k=len(given),
+        initMode="random",
+        maxIter=0,
+        seed=seed,
+        solver="row",
+        featuresCol=FEATURES,
+        predictionCol=PREDICTION,
+    ).fit(rows)
+    got = np.array(model.clusterCenters())
     if got.shape != given.shape or not np.allclose(
         got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
     ):
