@@ -365,6 +365,11 @@ def test_the_start_sample_arrives_through_arrow_and_dedups_in_a_fixed_order(
     assert isinstance(got_dense, np.ndarray) and hasattr(got_sparse, "toarray")
     np.testing.assert_array_equal(got_dense, [v.toArray() for v in dense])
     np.testing.assert_array_equal(got_sparse.toarray(), [v.toArray() for v in sparse])
+    # A sliced batch (an Arrow array with an offset) reads its own rows only.
+    column = spark.createDataFrame([(v,) for v in sparse], schema).toArrow()[0].combine_chunks()
+    np.testing.assert_array_equal(
+        vectors_from_arrow(column.slice(1, 2)).toarray(), [v.toArray() for v in sparse[1:]]
+    )
 
     # The distinct rows and their weights do not depend on the order the rows came in.
     rng = np.random.default_rng(0)

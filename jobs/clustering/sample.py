@@ -31,8 +31,10 @@ def vectors_from_arrow(column: pa.ChunkedArray | pa.Array) -> Any:
         return np.zeros((0, 0))
     if column.null_count:
         raise ValueError("K-Means input has null vectors")
-    kinds = column.field("type").to_numpy(zero_copy_only=False)
-    values = column.field("values")
+    # flatten(), not field(): it applies the struct array's own offset (a sliced batch).
+    fields = dict(zip([f.name for f in column.type], column.flatten(), strict=True))
+    kinds = fields["type"].to_numpy(zero_copy_only=False)
+    values = fields["values"]
     offsets = values.offsets.to_numpy()
     flat = values.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     lengths = np.diff(offsets)
@@ -44,12 +46,12 @@ def vectors_from_arrow(column: pa.ChunkedArray | pa.Array) -> Any:
         return flat[start : start + n * dim].reshape(n, dim)
     from scipy.sparse import csr_matrix
 
-    sizes = column.field("size").to_numpy(zero_copy_only=False)
+    sizes = fields["size"].to_numpy(zero_copy_only=False)
     dense_rows = kinds == DENSE
     size = {int(s) for s in sizes[~dense_rows]} | {int(x) for x in lengths[dense_rows]}
     if len(size) != 1:
         raise ValueError("K-Means input has vectors of different dimensions")
-    indices_of = column.field("indices")
+    indices_of = fields["indices"]
     row_indices = [
         np.arange(lengths[i]) if dense_rows[i] else np.asarray(indices_of[i].values)
         for i in range(n)
