@@ -69,6 +69,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             shutil.rmtree(_E2E["root"], ignore_errors=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_store_outside_the_repository(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """Stage runs in this process whose config leaves ``mlflow.tracking_uri`` unset log to a
+    store under the tests' temporary root, not to ``data/mlruns`` in the working directory,
+    where the demo's runs are (an analyst's MLflow UI would list the tests' runs among them)."""
+    from jobs.core import tracking
+
+    original = tracking.LOCAL_STORE
+    tracking.LOCAL_STORE = str(tmp_path_factory.mktemp("mlruns"))
+    yield
+    tracking.LOCAL_STORE = original
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)  # type: ignore[attr-defined]

@@ -332,6 +332,10 @@ def test_enabled_without_mlflow_installed_is_a_config_error(
 
 
 def test_tracking_uri_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.core import tracking
+
+    # The tests' own store (conftest) aside: the product's default is data/mlruns.
+    monkeypatch.setattr(tracking, "LOCAL_STORE", "data/mlruns")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     assert resolve_tracking_uri(MlflowConfig()) == (Path("data/mlruns").resolve().as_uri())
