@@ -16,7 +16,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.clustering.sample import distinct_points, take_rows, vectors_from_arrow
+from jobs.clustering.sample import distinct_points, vectors_from_arrow
 from jobs.core.config import ClusterConfig
 
 FEATURES = "features"
@@ -199,7 +199,7 @@ class SampledStartKMeans:
         sampled = table.num_rows
         if sampled > cfg.init_sample:  # an unbiased subsample, not the first partitions
             keep = np.random.default_rng(cfg.seed).choice(sampled, cfg.init_sample, False)
-            table, sampled = take_rows(table, np.sort(keep)), cfg.init_sample
+            table, sampled = table.take(np.sort(keep)), cfg.init_sample
         points, weights = distinct_points(vectors_from_arrow(table.column(0)))
         if points.shape[0] < 2:
             raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
