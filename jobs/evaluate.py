@@ -51,7 +51,7 @@ from jobs.core.tables import (
 )
 from jobs.evaluation.backtest import EmbeddingSource, run_backtest
 from jobs.evaluation.external import truth_labels
-from jobs.evaluation.internal import sample_rows
+from jobs.evaluation.internal import sample_rows, with_squared_norms
 from jobs.evaluation.profiles import cluster_profiles
 from jobs.evaluation.report import METHOD_ORDER, sweep_frame, verdict, write_report
 from jobs.evaluation.same_rows import same_rows_metrics
@@ -241,6 +241,8 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     rows = (
         this_run.select("unit", "id", "user_id", "cluster_id")
         .join(embeddings.select("id", "embedding"), "id")
+        # Every method's metrics are measured on these rows: their norms are computed once.
+        .transform(with_squared_norms)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     n = rows.count()

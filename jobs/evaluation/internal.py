@@ -45,49 +45,62 @@ class ClusterAggregates:
         return self.sums / self.counts[:, None]
 
 
+#: Column holding each row's squared Euclidean norm (:func:`with_squared_norms`).
+SQUARED_NORM = "__squared_norm"
+
+
+def with_squared_norms(df: DataFrame, *, features: str = "embedding") -> DataFrame:
+    """``df`` with :data:`SQUARED_NORM` (double, ``||x||^2`` of the array column ``features``).
+
+    The norms are a property of the rows, not of a clustering: a caller that measures several
+    clusterings of the same rows adds them once, before caching, and every
+    :func:`cluster_aggregates` of those rows reuses them instead of another pass over the
+    ``d`` elements of each row.
+    """
+    squared = F.aggregate(features, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
+    return df.withColumn(SQUARED_NORM, squared)
+
+
 def cluster_aggregates(
     df: DataFrame, *, features: str = "embedding", cluster: str = "cluster_id"
 ) -> ClusterAggregates:
-    """Count, vector sum and sum of squared norms per cluster, in two small jobs.
+    """Count, vector sum and sum of squared norms per cluster, in one job.
 
-    ``df``: n rows with a length-d array column ``features`` and a cluster column.  The vector
-    sums come from ``posexplode`` + ``groupBy(cluster, position)`` (k x d sums), which Spark
-    runs several times faster than one aggregate with d ``sum`` expressions (beyond 100 fields
-    whole-stage code generation is off).  Raises ``ValueError`` when ``df`` is empty.
+    ``df``: n rows with a length-d array column ``features`` (the same d on every row, as in
+    ``embeddings``) and a cluster column; a :data:`SQUARED_NORM` column
+    (:func:`with_squared_norms`) is used when present, else computed.  The vector sums are
+    MLlib's ``Summarizer.sum`` per cluster (one aggregate buffer of d doubles per cluster; d
+    separate ``sum`` columns would turn off whole-stage code generation beyond 100 fields).
+    Only the k result rows reach the driver.  Raises ``ValueError`` when ``df`` is empty.
     """
-    squared = F.aggregate(features, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
-    rows = (
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.ml.stat import Summarizer
+
+    if SQUARED_NORM not in df.columns:
+        df = df.transform(with_squared_norms, features=features)
+    squared = F.col(SQUARED_NORM)
+    table = (
         df.groupBy(cluster)
         .agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(squared).alias("sq"),
             F.count(F.when(squared == 0, 1)).alias("zeros"),
             F.count(F.when(F.abs(squared - 1.0) > UNIT_TOLERANCE, 1)).alias("non_unit"),
-            F.max(F.size(features)).alias("d"),
+            vector_to_array(Summarizer.sum(array_to_vector(F.col(features)))).alias("sums"),
         )
         .orderBy(cluster)
-        .collect()
+        .toArrow()
     )
-    if not rows:
+    if table.num_rows == 0:
         raise ValueError("cannot compute cluster metrics of an empty DataFrame")
-    ids = [r[cluster] for r in rows]
-    position = {c: i for i, c in enumerate(ids)}
-    sums = np.zeros((len(rows), max(int(r["d"]) for r in rows)), dtype=np.float64)
-    per_dimension = (
-        df.select(cluster, F.posexplode(features).alias("__i", "__x"))
-        .groupBy(cluster, "__i")
-        .agg(F.sum("__x").alias("__s"))
-        .collect()
-    )
-    for r in per_dimension:
-        sums[position[r[cluster]], int(r["__i"])] = r["__s"]
+    sums = table.column("sums").combine_chunks()
     return ClusterAggregates(
-        cluster_ids=np.array(ids),
-        counts=np.array([r["n"] for r in rows], dtype=np.float64),
-        sums=sums,
-        squared_norms=np.array([r["sq"] for r in rows], dtype=np.float64),
-        zero_vectors=sum(int(r["zeros"]) for r in rows),
-        non_unit_vectors=sum(int(r["non_unit"]) for r in rows),
+        cluster_ids=np.array(table.column(cluster).to_pylist()),
+        counts=table.column("n").to_numpy().astype(np.float64),
+        sums=sums.flatten().to_numpy().reshape(len(sums), -1).astype(np.float64),
+        squared_norms=table.column("sq").to_numpy().astype(np.float64),
+        zero_vectors=int(table.column("zeros").to_numpy().sum()),
+        non_unit_vectors=int(table.column("non_unit").to_numpy().sum()),
     )
 
 

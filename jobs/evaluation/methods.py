@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -106,25 +107,29 @@ def tfidf_features(
     from pyspark.ml.feature import IDF, CountVectorizer, Normalizer
 
     column = dict(TFIDF_BASELINES)[method]
-    bags = token_bags(units, edges=edges).select("id", column)
-    counter = CountVectorizer(
-        inputCol=column,
-        outputCol="__tf",
-        vocabSize=config.tfidf_vocab_size,
-        minDF=config.tfidf_min_df,
-        maxDF=config.tfidf_max_df,
-    ).fit(bags)
-    size = len(counter.vocabulary)
-    if size == 0:
-        raise NotApplicable(
-            f"no token occurs in at least {config.tfidf_min_df:g} and at most "
-            f"{config.tfidf_max_df:.0%} of the histories"
-        )
-    if size >= config.tfidf_vocab_size:
-        log.info("%s: vocabulary capped at evaluate.tfidf_vocab_size=%d", method, size)
-    counts = counter.transform(bags)
-    # Materialised: MLlib's fits read their input as an RDD, where a Python UDF cannot run.
-    sublinear = counts.withColumn("__tf", _sublinear_tf(F.col("__tf"))).localCheckpoint()
+    # Read by the vocabulary's passes and again by the transform: built once.
+    bags = token_bags(units, edges=edges).select("id", column).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counter = CountVectorizer(
+            inputCol=column,
+            outputCol="__tf",
+            vocabSize=config.tfidf_vocab_size,
+            minDF=config.tfidf_min_df,
+            maxDF=config.tfidf_max_df,
+        ).fit(bags)
+        size = len(counter.vocabulary)
+        if size == 0:
+            raise NotApplicable(
+                f"no token occurs in at least {config.tfidf_min_df:g} and at most "
+                f"{config.tfidf_max_df:.0%} of the histories"
+            )
+        if size >= config.tfidf_vocab_size:
+            log.info("%s: vocabulary capped at evaluate.tfidf_vocab_size=%d", method, size)
+        counts = counter.transform(bags)
+        # Materialised: MLlib's fits read their input as an RDD, where a Python UDF cannot run.
+        sublinear = counts.withColumn("__tf", _sublinear_tf(F.col("__tf"))).localCheckpoint()
+    finally:
+        bags.unpersist()
     idf = IDF(inputCol="__tf", outputCol="__tfidf").fit(sublinear)
     weighted = idf.transform(sublinear)
     normal = Normalizer(inputCol="__tfidf", outputCol=FEATURES, p=2.0).transform(weighted)
