@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="timed runs of each numeric path (median)"
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     import numpy as np
     import torch
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             vectors[name] = run(texts)
             seconds[name].append(time.perf_counter() - started)
-    del runners
+    del runners, loaded, run  # the bare path below loads its own
     fp32_s, dedup_s = statistics.median(seconds["fp32"]), statistics.median(seconds["dedup"])
     fp32_vectors, dedup_vectors = vectors["fp32"], vectors["dedup"]
     fastest = "bf16" if native_bf16 else "dedup"

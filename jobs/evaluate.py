@@ -245,24 +245,24 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         .transform(with_squared_norms)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    n = rows.count()
-    log.info(
-        "evaluating cluster run %s: %d %ss, k=%d, model %s",
-        cluster_run,
-        n,
-        unit,
-        k,
-        target.model_version,
-    )
-    source = lake.read(USER_SEQUENCES if unit == "user" else SESSIONS)
-    sequences = source.transform(select_units, unit=unit, include_bots=True).join(
-        rows.select("id"), "id"
-    )
-    truth = _ground_truth(spark, config)
-    # The encoder as embed resolved it (encoder.kind auto decides on the same table).
-    encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
-    resolved = dataclasses.replace(config, encoder=encoder)
     try:
+        n = rows.count()
+        log.info(
+            "evaluating cluster run %s: %d %ss, k=%d, model %s",
+            cluster_run,
+            n,
+            unit,
+            k,
+            target.model_version,
+        )
+        source = lake.read(USER_SEQUENCES if unit == "user" else SESSIONS)
+        sequences = source.transform(select_units, unit=unit, include_bots=True).join(
+            rows.select("id"), "id"
+        )
+        truth = _ground_truth(spark, config)
+        # The encoder as embed resolved it (encoder.kind auto decides on the same table).
+        encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
+        resolved = dataclasses.replace(config, encoder=encoder)
         # The backtest and the same-rows metrics share nothing but their inputs: their Spark
         # jobs run side by side (a second driver thread fills the gaps between small jobs;
         # every fit is seeded, so the numbers do not depend on the interleaving).

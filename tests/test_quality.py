@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from sklearn import metrics as sk
 
 from jobs.evaluation import external, internal
@@ -36,6 +37,22 @@ def test_sse_and_calinski_harabasz(data: tuple[DataFrame, np.ndarray, np.ndarray
         sk.calinski_harabasz_score(points, labels), rel=1e-9
     )
     assert agg.counts.sum() == len(points)
+
+
+def test_shared_norms_are_read_only_for_their_own_features(
+    data: tuple[DataFrame, np.ndarray, np.ndarray],
+) -> None:
+    df, points, _ = data
+    plain = internal.cluster_aggregates(df)
+    shared = internal.cluster_aggregates(internal.with_squared_norms(df))
+    np.testing.assert_allclose(shared.squared_norms, plain.squared_norms, rtol=1e-12)
+    np.testing.assert_allclose(shared.sums, plain.sums, rtol=1e-12)
+    assert plain.squared_norms.sum() == pytest.approx((points**2).sum(), rel=1e-12)
+    # The norms of another column (here twice the vectors: four times the norms) are not
+    # read as those of ``embedding``.
+    doubled = df.withColumn("other", F.transform("embedding", lambda x: x * 2))
+    other = internal.cluster_aggregates(internal.with_squared_norms(doubled, features="other"))
+    np.testing.assert_allclose(other.squared_norms, plain.squared_norms, rtol=1e-12)
 
 
 def test_davies_bouldin(data: tuple[DataFrame, np.ndarray, np.ndarray]) -> None:

@@ -45,12 +45,16 @@ class ClusterAggregates:
         return self.sums / self.counts[:, None]
 
 
-#: Column holding each row's squared Euclidean norm (:func:`with_squared_norms`).
-SQUARED_NORM = "__squared_norm"
+def squared_norm_column(features: str) -> str:
+    """Name of the column holding each row's squared Euclidean norm of ``features``
+    (:func:`with_squared_norms`): named after the features, so that a norm of one column is
+    never read as the norm of another."""
+    return f"__squared_norm_{features}"
 
 
 def with_squared_norms(df: DataFrame, *, features: str = "embedding") -> DataFrame:
-    """``df`` with :data:`SQUARED_NORM` (double, ``||x||^2`` of the array column ``features``).
+    """``df`` with :func:`squared_norm_column` of ``features`` (double, ``||x||^2`` of that
+    array column).
 
     The norms are a property of the rows, not of a clustering: a caller that measures several
     clusterings of the same rows adds them once, before caching, and every
@@ -58,7 +62,7 @@ def with_squared_norms(df: DataFrame, *, features: str = "embedding") -> DataFra
     ``d`` elements of each row.
     """
     squared = F.aggregate(features, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
-    return df.withColumn(SQUARED_NORM, squared)
+    return df.withColumn(squared_norm_column(features), squared)
 
 
 def cluster_aggregates(
@@ -66,9 +70,10 @@ def cluster_aggregates(
 ) -> ClusterAggregates:
     """Count, vector sum and sum of squared norms per cluster, in one job.
 
-    ``df``: n rows with a length-d array column ``features`` (the same d on every row, as in
-    ``embeddings``) and a cluster column; a :data:`SQUARED_NORM` column
-    (:func:`with_squared_norms`) is used when present, else computed.  The vector sums are
+    ``df``: n rows with a length-d array column ``features`` (the same d on every row and no
+    null vector or element, as in ``embeddings``; otherwise MLlib's ``Summarizer`` fails the
+    job) and a cluster column; the norms of :func:`with_squared_norms` are used when ``df``
+    has them, else computed.  The vector sums are
     MLlib's ``Summarizer.sum`` per cluster (one aggregate buffer of d doubles per cluster; d
     separate ``sum`` columns would turn off whole-stage code generation beyond 100 fields).
     Only the k result rows reach the driver.  Raises ``ValueError`` when ``df`` is empty.
@@ -76,9 +81,10 @@ def cluster_aggregates(
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.ml.stat import Summarizer
 
-    if SQUARED_NORM not in df.columns:
+    norm = squared_norm_column(features)
+    if norm not in df.columns:
         df = df.transform(with_squared_norms, features=features)
-    squared = F.col(SQUARED_NORM)
+    squared = F.col(norm)
     table = (
         df.groupBy(cluster)
         .agg(
