@@ -20,7 +20,7 @@ from jobs.core.lake import Lake
 from jobs.core.tables import EMBEDDINGS, SESSIONS, USER_SEQUENCES
 from jobs.runner import run_stage
 from jobs.sequences.encoder_choice import resolve_encoder
-from jobs.sequences.rendering import render_sequences, select_units
+from jobs.sequences.rendering import content_hash, render_sequences, select_units
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     rendered = (
         source.transform(select_units, unit=cfg.unit, include_bots=cfg.include_bots)
         .transform(render_sequences, config=enc)
-        .withColumn("content_hash", F.substring(F.sha2("rendered", 256), 1, 32))
+        .withColumn("content_hash", content_hash(F.col("rendered")))
     )
     previous = None
     if cfg.mode == "incremental" and lake.exists(EMBEDDINGS):

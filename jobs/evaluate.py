@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 
 from jobs.clustering.kmeans import latest_model_version
 from jobs.core.config import AppConfig
-from jobs.core.lake import Lake
+from jobs.core.lake import ConcurrentWriteError, Lake
 from jobs.core.lake.paths import Outbox, is_local, native_uri
 from jobs.core.metrics import Metric, record_metrics
 from jobs.core.privacy import Pseudonymizer
@@ -46,12 +46,14 @@ from jobs.core.tables import (
     CLUSTER_METRICS,
     CLUSTER_PROFILES,
     EMBEDDINGS,
+    HISTORY_EMBEDDINGS,
     SESSIONS,
     USER_SEQUENCES,
 )
-from jobs.evaluation.backtest import EmbeddingSource, run_backtest
+from jobs.evaluation.backtest import Backtest, EmbeddingSource, run_backtest
 from jobs.evaluation.external import truth_labels
 from jobs.evaluation.internal import sample_rows, with_squared_norms
+from jobs.evaluation.methods import known_vectors
 from jobs.evaluation.profiles import cluster_profiles
 from jobs.evaluation.report import METHOD_ORDER, sweep_frame, verdict, write_report
 from jobs.evaluation.same_rows import same_rows_metrics
@@ -216,10 +218,33 @@ def _embedding_source(lake: Lake, config: AppConfig, target: _Target) -> Embeddi
             f"the configured encoder is not the run's model {target.model_version}: "
             "histories cannot be re-encoded with it"
         )
-    known = lake.read(EMBEDDINGS).where(
-        (F.col("unit") == target.unit) & (F.col("model_version") == target.model_version)
+    # Any text the model encoded serves every unit that renders to it: the stored sequences
+    # first, then the histories earlier evaluate runs encoded.
+    of_model = F.col("model_version") == target.model_version
+    sources = [lake.read(EMBEDDINGS).where(of_model).select("id", "content_hash", "embedding")]
+    if lake.exists(HISTORY_EMBEDDINGS):
+        sources.append(lake.read(HISTORY_EMBEDDINGS).where(of_model))
+    return EmbeddingSource(str(model_dir), known_vectors(*sources))
+
+
+def _store_history_vectors(lake: Lake, backtest: Backtest, target: _Target, run_id: str) -> None:
+    """Merge the history vectors this run encoded into ``history_embeddings`` (new texts only),
+    so that the next evaluate of the same model reuses them.  A concurrent evaluate that stored
+    them first is logged, not an error: the table only saves work."""
+    if backtest.encoded_histories is None:
+        return
+    rows = backtest.encoded_histories.select(
+        F.lit(target.model_version).alias("model_version"),
+        "content_hash",
+        "embedding",
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("embedded_at"),
     )
-    return EmbeddingSource(str(model_dir), known.select("id", "content_hash", "embedding"))
+    try:
+        # No update clause: a text already stored keeps its vector; new texts are inserted.
+        lake.merge(HISTORY_EMBEDDINGS, rows, update_if="false")
+    except ConcurrentWriteError as exc:
+        log.warning("history vectors not stored (the next evaluate encodes them again): %s", exc)
 
 
 # ==================================================================== compute
@@ -286,6 +311,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
     finally:
         rows.unpersist()
+    _store_history_vectors(lake, backtest, target, run_id)
     for method, values in backtest.metrics.items():
         results.setdefault(method, {}).update(values)
     skipped.update(backtest.not_applicable)

@@ -30,6 +30,7 @@ from jobs.core.tables import (
     EMBEDDINGS,
     EVENTS,
     EVENTS_QUARANTINE,
+    HISTORY_EMBEDDINGS,
     INGEST_LOG,
     SESSIONIZE_LOG,
     SESSIONS,
@@ -129,10 +130,11 @@ STAGES: tuple[Stage, ...] = (
             CLUSTER_CENTROIDS,
             CLUSTER_METRICS,
             EMBEDDINGS,
+            HISTORY_EMBEDDINGS,
             USER_SEQUENCES,
             SESSIONS,
         ),
-        writes=(CLUSTER_METRICS, CLUSTER_PROFILES),
+        writes=(CLUSTER_METRICS, CLUSTER_PROFILES, HISTORY_EMBEDDINGS),
     ),
 )
 

@@ -16,7 +16,14 @@ from sklearn.metrics import roc_auc_score
 from jobs.core.config import AppConfig, EvaluateConfig, SessionizeConfig
 from jobs.evaluation.backtest import EmbeddingSource, run_backtest
 from jobs.evaluation.future import FutureScores, future_metrics, grouped_auc, score_future
-from jobs.evaluation.methods import aggregate_segments, tfidf_features, tfidf_segments
+from jobs.evaluation.methods import (
+    ENCODED,
+    aggregate_segments,
+    encoded_histories,
+    known_vectors,
+    tfidf_features,
+    tfidf_segments,
+)
 from jobs.evaluation.protocol import (
     choose_protocol,
     future_cutoff,
@@ -341,7 +348,7 @@ def test_known_answers(spark: SparkSession, informative: bool) -> None:
         evaluate=dataclasses.replace(base.evaluate, holdout_days=0.5, bootstrap_resamples=1000),
         encoder=dataclasses.replace(base.encoder, batch_size=32),
     )
-    known = spark.createDataFrame([], "id string, content_hash string, embedding array<float>")
+    known = spark.createDataFrame([], "content_hash string, embedding array<float>")
     units = sessions.select(F.col("user_id").alias("id")).distinct()
     result = run_backtest(
         sessions,
@@ -368,3 +375,45 @@ def test_known_answers(spark: SparkSession, informative: bool) -> None:
             assert low <= 1.0 <= high, (method, low, high)
     for values in result.metrics.values():
         assert all(np.isfinite(v) for v in values.values())
+
+
+VECTORS = "content_hash string, embedding array<float>"
+
+
+def test_known_vectors_keep_one_per_text_earlier_sources_first_then_the_smallest_id(
+    spark: SparkSession,
+) -> None:
+    embeddings = spark.createDataFrame(
+        [("u2", "h1", [0.0, 1.0]), ("u1", "h1", [1.0, 0.0]), ("u3", "h2", [0.6, 0.8])],
+        f"id string, {VECTORS}",
+    )
+    history = spark.createDataFrame([("h1", [0.8, 0.6]), ("h3", [0.0, -1.0])], VECTORS)
+    expected = [("h1", [1.0, 0.0]), ("h2", [0.6, 0.8]), ("h3", [0.0, -1.0])]
+    assertDataFrameEqual(
+        known_vectors(embeddings, history), spark.createDataFrame(expected, VECTORS)
+    )
+
+
+def test_a_history_encoded_once_is_reused_by_its_text(spark: SparkSession) -> None:
+    # The real packaged model: what history_embeddings stores is what a rerun reads back.
+    from udfs.encoder import packaged_minilm_path
+
+    history, _ = _history_and_targets(
+        _known_answer(spark, informative=True), EvaluateConfig(holdout_days=0.5)
+    )
+    encoder = dataclasses.replace(AppConfig().encoder, batch_size=32)
+    model = str(packaged_minilm_path())
+    nothing = spark.createDataFrame([], VECTORS)
+    first = encoded_histories(history, known=nothing, encoder=encoder, model_dir=model)
+    first = first.localCheckpoint()
+    units = history.count()
+    assert first.count() == units and first.where(F.col(ENCODED)).count() == units
+    stored = known_vectors(first).localCheckpoint()
+    assert stored.count() == first.select("content_hash").distinct().count()
+    # A rerun with the stored vectors encodes nothing and gives every unit its text's vector.
+    again = encoded_histories(history, known=stored, encoder=encoder, model_dir=model)
+    assert again.count() == units and again.where(F.col(ENCODED)).count() == 0
+    assertDataFrameEqual(
+        again.select("id", "embedding"),
+        first.select("id", "content_hash").join(stored, "content_hash").drop("content_hash"),
+    )

@@ -34,6 +34,7 @@ PIPELINE_TABLES = (
     "cluster_assignments",
     "cluster_centroids",
     "cluster_metrics",
+    "history_embeddings",
 )
 
 

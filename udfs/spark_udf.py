@@ -87,8 +87,10 @@ def embedding_udf(config: EncoderConfig, model_dir: str) -> Callable[[Column], C
 
     @pandas_udf(T.ArrayType(T.FloatType()))  # type: ignore[call-overload]
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        encoder = worker_encoder(config, model_dir)
+        encoder = None  # loaded at the first batch: a task with no rows loads no model
         for texts in batches:
+            if encoder is None:
+                encoder = worker_encoder(config, model_dir)
             vectors = encoder.encode(texts.fillna("").tolist())
             yield pd.Series(list(vectors))
 

@@ -32,6 +32,7 @@ CLUSTER_ASSIGNMENTS = "cluster_assignments"
 CLUSTER_CENTROIDS = "cluster_centroids"
 CLUSTER_METRICS = "cluster_metrics"
 CLUSTER_PROFILES = "cluster_profiles"
+HISTORY_EMBEDDINGS = "history_embeddings"
 
 
 class ContractError(ValueError):
@@ -362,6 +363,25 @@ _CONTRACTS: tuple[TableContract, ...] = (
         key=("run_id", "cluster_id"),
         partition_by=("run_id",),
         write_modes=("overwrite_partitions",),
+    ),
+    TableContract(
+        HISTORY_EMBEDDINGS,
+        owner="evaluate",
+        description=(
+            "The backtest's vectors of rendered histories, per model version and text: a later "
+            "evaluate of the same model reuses them instead of encoding the same history again."
+        ),
+        columns=(
+            _c("model_version", _S, "as embeddings.model_version"),
+            _c("content_hash", _S, "hash of the rendered history, as embeddings.content_hash"),
+            _c("embedding", T.ArrayType(T.FloatType()), "L2-normalised vector"),
+            _c("run_id", _S, "the evaluate run that encoded it"),
+            _c("embedded_at", _TS),
+        ),
+        key=("model_version", "content_hash"),
+        partition_by=("model_version",),
+        # merge: new texts are inserted; a text already there keeps its vector.
+        write_modes=("merge",),
     ),
 )
 

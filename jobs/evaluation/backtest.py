@@ -21,12 +21,14 @@ from pyspark.sql import functions as F
 from jobs.core.config import AppConfig
 from jobs.evaluation.future import FutureScores, future_metrics, score_future
 from jobs.evaluation.methods import (
+    ENCODED,
     PROTOCOL_METHODS,
     SEGMENT,
     NotApplicable,
     baseline_fitters,
     embedding_segments,
     encoded_histories,
+    known_vectors,
 )
 from jobs.evaluation.protocol import choose_protocol, future_targets, history_units, split_events
 
@@ -49,21 +51,26 @@ class Backtest:
     not_applicable: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Units with history and future.
     scored_units: int = 0
+    #: ``content_hash``, ``embedding`` of the history texts this run encoded (one row per
+    #: text; materialised), for ``history_embeddings``; None when nothing was encoded.
+    encoded_histories: DataFrame | None = None
 
 
 @dataclass(frozen=True)
 class EmbeddingSource:
-    """How the ``embedding`` method gets history vectors: the run's model, and the vectors
-    already embedded (``id``, ``content_hash``, ``embedding``) to reuse."""
+    """How the ``embedding`` method gets history vectors: the run's model, and the vectors it
+    already gave rendered texts (``content_hash``, ``embedding``, one row per hash:
+    :func:`jobs.evaluation.methods.known_vectors`) to reuse."""
 
     model_dir: str
     known: DataFrame
 
 
 def _fitters(
-    config: AppConfig, k: int, embedding: EmbeddingSource | str
+    config: AppConfig, k: int, embedding: EmbeddingSource | str, encoded: list[DataFrame]
 ) -> dict[str, Callable[[DataFrame], DataFrame]]:
-    """Method name -> history units -> ``id``, ``segment``."""
+    """Method name -> history units -> ``id``, ``segment``; the embedding method appends the
+    history texts it encoded (``content_hash``, ``embedding``) to ``encoded``."""
 
     def embedded(units: DataFrame) -> DataFrame:
         if isinstance(embedding, str):
@@ -71,9 +78,16 @@ def _fitters(
         vectors = encoded_histories(
             units, known=embedding.known, encoder=config.encoder, model_dir=embedding.model_dir
         )
-        # Encoded once: K-Means reads its input many times, and the assignment once more.
+        # Encoded once: K-Means reads its input many times, the assignment once more, and the
+        # stage stores the new vectors from it.
         vectors = vectors.localCheckpoint(eager=True)
-        return embedding_segments(vectors, k=k, cluster=config.cluster)
+        row = vectors.agg(F.count_if(F.col(ENCODED)), F.count(F.lit(1))).first()
+        fresh, total = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+        log.info("backtest: %d of %d history vectors encoded, the others reused", fresh, total)
+        if fresh:
+            # One vector per text (units rendering alike were encoded alike): the smallest id's.
+            encoded.append(known_vectors(vectors.where(F.col(ENCODED))).localCheckpoint())
+        return embedding_segments(vectors.select("id", "embedding"), k=k, cluster=config.cluster)
 
     return {"embedding": embedded, **baseline_fitters(config, k)}
 
@@ -113,8 +127,9 @@ def run_backtest(
     targets = future_targets(split, unit=unit).persist(StorageLevel.MEMORY_AND_DISK)
     skipped: dict[tuple[str, str], str] = {}
     fitted = []
+    encoded: list[DataFrame] = []
     try:
-        for method, fit in _fitters(config, k, embedding).items():
+        for method, fit in _fitters(config, k, embedding, encoded).items():
             try:
                 started = time.perf_counter()
                 segments = fit(history).select(F.lit(method).alias("method"), "id", SEGMENT)
@@ -126,7 +141,14 @@ def run_backtest(
                 log.warning("%s not applicable: %s", method, reason)
                 skipped[(method, "*")] = str(reason)
         if not fitted:
-            return Backtest(choice.protocol, choice.reason, choice.cutoff, {}, skipped)
+            return Backtest(
+                choice.protocol,
+                choice.reason,
+                choice.cutoff,
+                {},
+                skipped,
+                encoded_histories=encoded[0] if encoded else None,
+            )
         all_segments = fitted[0]
         for more in fitted[1:]:
             all_segments = all_segments.unionByName(more)
@@ -150,4 +172,5 @@ def run_backtest(
         ordered,
         not_applicable,
         choice.scored_units,
+        encoded_histories=encoded[0] if encoded else None,
     )

@@ -4,9 +4,10 @@ Every method maps ``history_units`` (``id``, ``user_id``, ``events``; see
 :func:`jobs.evaluation.protocol.history_units`) to ``id``, ``segment`` (int): one segment per
 unit, fitted with ``k`` segments (``global_baseline``: one).
 
-* ``embedding``: the run's encoder re-encodes each history (vectors whose rendering did not
-  change are reused from ``embeddings`` by ``content_hash``), then K-Means with the run's
-  settings (:func:`embedding_segments`);
+* ``embedding``: the run's encoder encodes each history (a history that renders to a text the
+  model already encoded, in ``embeddings`` or ``history_embeddings``, reuses that vector by
+  ``content_hash``: :func:`encoded_histories`), then K-Means with the run's settings
+  (:func:`embedding_segments`);
 * ``tfidf_baseline`` / ``tfidf_tokens_baseline``: bag of categories / of event type x category x
   brand x price band tokens, vocabulary bounded by document frequency, sublinear TF, IDF, L2,
   K-Means (:func:`tfidf_segments`);
@@ -39,7 +40,7 @@ from jobs.clustering.kmeans import (
 from jobs.core.config import AppConfig, ClusterConfig, EncoderConfig, EvaluateConfig
 from jobs.core.metrics import METHODS
 from jobs.evaluation.baselines import TFIDF_BASELINES, token_bags
-from jobs.sequences.rendering import render_sequences
+from jobs.sequences.rendering import content_hash, render_sequences
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ def _kmeans_segments(
     return model.transform(features).select("id", F.col(PREDICTION).cast("int").alias(SEGMENT))
 
 
+#: Column of :func:`encoded_histories`: true where the vector was encoded by this call.
+ENCODED = "encoded"
+
+
 def encoded_histories(
     units: DataFrame,
     *,
@@ -75,20 +80,59 @@ def encoded_histories(
     encoder: EncoderConfig,
     model_dir: str,
 ) -> DataFrame:
-    """``id``, ``embedding``: ``units`` rendered and encoded as ``embed`` does; a unit whose
-    rendering equals the one already embedded (same ``content_hash`` in ``known``: ``id``,
-    ``content_hash``, ``embedding``) keeps that vector instead of being encoded again."""
+    """``id``, ``content_hash``, ``embedding``, :data:`ENCODED`: ``units`` rendered and encoded
+    as ``embed`` does.
+
+    ``known`` (``content_hash``, ``embedding``, at most one row per hash) holds vectors the
+    run's model already gave rendered texts (``embeddings``, ``history_embeddings``): a unit
+    whose history renders to one of those texts keeps that vector (:data:`ENCODED` false); only
+    the others go through the encoder.  A history equals a stored text when the unit did
+    nothing after the cutoff, when its history renders like another unit's sequence (short
+    sessions often do), or when an earlier ``evaluate`` of the model encoded it.  One small
+    Spark action checks whether any history is left to encode; when none is, the encoder is
+    not started at all.
+    """
     from udfs.spark_udf import embedding_udf
 
     rendered = units.transform(render_sequences, config=encoder).withColumn(
-        "content_hash", F.substring(F.sha2("rendered", 256), 1, 32)
+        "content_hash", content_hash(F.col("rendered"))
     )
-    reused = rendered.join(known.select("id", "content_hash", "embedding"), ["id", "content_hash"])
-    fresh = rendered.join(known.select("id", "content_hash"), ["id", "content_hash"], "left_anti")
+    vectors = known.select("content_hash", "embedding")
+    reused = rendered.join(vectors, "content_hash").select(
+        "id", "content_hash", "embedding", F.lit(False).alias(ENCODED)
+    )
+    fresh = rendered.join(vectors.select("content_hash"), "content_hash", "left_anti")
+    if fresh.isEmpty():  # a rerun: no Python worker, no model load
+        return reused
     encoded = fresh.select(
-        "id", embedding_udf(encoder, model_dir)(F.col("rendered")).alias("embedding")
+        "id",
+        "content_hash",
+        embedding_udf(encoder, model_dir)(F.col("rendered")).alias("embedding"),
+        F.lit(True).alias(ENCODED),
     )
-    return reused.select("id", "embedding").unionByName(encoded)
+    return reused.unionByName(encoded)
+
+
+def known_vectors(*sources: DataFrame) -> DataFrame:
+    """``content_hash``, ``embedding``: one vector per rendered text from ``sources`` (each with
+    ``content_hash`` and ``embedding``; earlier sources win).  Within a source the vector of the
+    smallest ``id`` (when it has ids) is kept, so the choice is the same on every run; vectors of
+    one text differ only by the encoder's batch-to-batch rounding (cosine >= 0.9999)."""
+    ranked = [
+        df.select(
+            "content_hash",
+            "embedding",
+            F.struct(
+                F.lit(i).alias("source"),
+                (F.col("id") if "id" in df.columns else F.lit(None).cast("string")).alias("id"),
+            ).alias("__rank"),
+        )
+        for i, df in enumerate(sources)
+    ]
+    stacked = ranked[0]
+    for more in ranked[1:]:
+        stacked = stacked.unionByName(more)
+    return stacked.groupBy("content_hash").agg(F.min_by("embedding", "__rank").alias("embedding"))
 
 
 def embedding_segments(vectors: DataFrame, *, k: int, cluster: ClusterConfig) -> DataFrame:

@@ -77,3 +77,10 @@ def render_sequences(df: DataFrame, *, config: EncoderConfig) -> DataFrame:
         return F.concat(F.when(new_session, F.lit(boundary)).otherwise(F.lit("")), text)
 
     return df.withColumn("rendered", F.array_join(F.transform(events, one), joiner))
+
+
+def content_hash(rendered: Column) -> Column:
+    """``embeddings.content_hash`` of a rendered sequence: the first 32 hex digits of its
+    SHA-256.  Equal texts, and only they (up to hash collisions), share a hash, so a vector
+    stored under it serves every unit that renders to that text with the same model."""
+    return F.substring(F.sha2(rendered, 256), 1, 32)
