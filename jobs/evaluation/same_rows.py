@@ -91,18 +91,20 @@ def same_rows_metrics(
     stability: dict[str, float] = {}
     jaccard: dict[int, float] = {}
 
-    def measure_stability() -> None:
+    def measure_seed_refits() -> None:
         started = time.perf_counter()
-        if cfg.stability_seeds > 0:
-            seeds = refit_seeds(cluster.seed, cfg.stability_seeds)
-            stability.update(stability_metrics(rows, k=k, cluster=cluster, seeds=seeds))
-        if cfg.stability_bootstraps > 0:
-            jaccard.update(
-                segment_jaccard(
-                    rows, k=k, cluster=cluster, bootstraps=cfg.stability_bootstraps, seed=cfg.seed
-                )
+        seeds = refit_seeds(cluster.seed, cfg.stability_seeds)
+        stability.update(stability_metrics(rows, k=k, cluster=cluster, seeds=seeds))
+        log.info("same rows: seed refits in %.1fs", time.perf_counter() - started)
+
+    def measure_bootstraps() -> None:
+        started = time.perf_counter()
+        jaccard.update(
+            segment_jaccard(
+                rows, k=k, cluster=cluster, bootstraps=cfg.stability_bootstraps, seed=cfg.seed
             )
-        log.info("same rows: stability refits in %.1fs", time.perf_counter() - started)
+        )
+        log.info("same rows: bootstrap refits in %.1fs", time.perf_counter() - started)
 
     try:
         # Independent fits and metric passes, two at a time: on small data Spark's per-job
@@ -114,7 +116,12 @@ def same_rows_metrics(
             initializer=bind_to_thread,
             initargs=(rows.sparkSession,),
         ) as pool:
-            tasks = [pool.submit(measure_stability)]
+            # The two sets of stability refits first and apart: they are the longest tasks.
+            tasks = []
+            if cfg.stability_seeds > 0:
+                tasks.append(pool.submit(measure_seed_refits))
+            if cfg.stability_bootstraps > 0:
+                tasks.append(pool.submit(measure_bootstraps))
             tasks += [
                 pool.submit(measure, method, fit)
                 for method, fit in {"embedding": lambda _: run, **fits}.items()
