@@ -401,6 +401,8 @@ def test_a_history_encoded_once_is_reused_by_its_text(spark: SparkSession) -> No
     history, _ = _history_and_targets(
         _known_answer(spark, informative=True), EvaluateConfig(holdout_days=0.5)
     )
+    # Six users, one task: the model loads in one Python worker.
+    history = history.orderBy("id").limit(6).coalesce(1).localCheckpoint()
     encoder = dataclasses.replace(AppConfig().encoder, batch_size=32)
     model = str(packaged_minilm_path())
     nothing = spark.createDataFrame([], VECTORS)
