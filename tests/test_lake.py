@@ -363,11 +363,20 @@ def check_merge(spark: SparkSession, lake: Lake) -> None:
         delete_unmatched_in={"day": [date(2024, 3, 1)]},
     )
     assert (again.rows_updated, again.rows_deleted) == (2, 2)
-    assertDataFrameEqual(
-        lake.read("t"),
-        _frame(spark, [tuple(expected[0]), third, (4, "D", 2.0, None, date(2024, 3, 3))]),
-    )
+    remaining = [tuple(expected[0]), third, (4, "D", 2.0, None, date(2024, 3, 3))]
+    assertDataFrameEqual(lake.read("t"), _frame(spark, remaining))
     assert lake.version("t") == 2
+    # Insert-only (``update_if="false"``, as evaluate stores history vectors): a key already
+    # there keeps its row, a new key is inserted.
+    inserted = (6, "f", 3.0, None, date(2024, 3, 3))
+    only_new = lake.merge(
+        "t",
+        _frame(spark, [(1, "changed", 0.0, None, date(2024, 3, 1)), inserted]),
+        update_if="false",
+    )
+    assert (only_new.rows_written, only_new.rows_updated, only_new.rows_deleted) == (1, 0, 0)
+    assertDataFrameEqual(lake.read("t"), _frame(spark, [*remaining, inserted]))
+    assert lake.version("t") == 3
 
 
 def test_merge_updates_inserts_and_deletes_in_one_commit(
