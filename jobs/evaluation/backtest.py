@@ -75,8 +75,11 @@ def _fitters(
     def embedded(units: DataFrame) -> DataFrame:
         if isinstance(embedding, str):
             raise NotApplicable(embedding)
+        # One row per stored text, read by the reuse join, the left-anti join and the check
+        # for anything left to encode: aggregated once, not once per read.
+        known = embedding.known.localCheckpoint()
         vectors = encoded_histories(
-            units, known=embedding.known, encoder=config.encoder, model_dir=embedding.model_dir
+            units, known=known, encoder=config.encoder, model_dir=embedding.model_dir
         )
         # Encoded once: K-Means reads its input many times, the assignment once more, and the
         # stage stores the new vectors from it.
@@ -140,15 +143,9 @@ def run_backtest(
             except NotApplicable as reason:
                 log.warning("%s not applicable: %s", method, reason)
                 skipped[(method, "*")] = str(reason)
+        stored = encoded[0] if encoded else None
         if not fitted:
-            return Backtest(
-                choice.protocol,
-                choice.reason,
-                choice.cutoff,
-                {},
-                skipped,
-                encoded_histories=encoded[0] if encoded else None,
-            )
+            return Backtest(choice.protocol, choice.reason, choice.cutoff, {}, skipped, 0, stored)
         all_segments = fitted[0]
         for more in fitted[1:]:
             all_segments = all_segments.unionByName(more)
@@ -172,5 +169,5 @@ def run_backtest(
         ordered,
         not_applicable,
         choice.scored_units,
-        encoded_histories=encoded[0] if encoded else None,
+        stored,
     )
