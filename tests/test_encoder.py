@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import udfs.encoder as encoder_module
 from jobs.core.config import EncoderConfig, TrainEncoderConfig
 from udfs.encoder import (
     Encoder,
@@ -165,6 +166,39 @@ def test_contrastive_fine_tuning_pulls_views_together(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     original = load_encoder(EncoderConfig(max_length=48), device="cpu").encode(texts[:3])
     assert np.abs(vectors - original).max() > 1e-4  # the weights really changed
+
+
+def test_long_texts_are_cut_to_their_tail_with_identical_tokens(text_encoder: Encoder) -> None:
+    """Cutting a long text at a space before tokenising keeps exactly the full text's last
+    max_length tokens, including tails too short to fill them (tokenised again in full)."""
+    history = ", ".join(f"view electronics smartphone brand{i} premium" for i in range(120))
+    long_words = ("y" * 150 + " ") * 100  # a word over 100 characters is one [UNK]
+    texts = [
+        history,
+        "x" * 5000,  # no space to cut at
+        long_words,  # one [UNK] per 151 characters: the cut tail comes out short
+        "supercalifragilistic " * 300,
+        "é" * 30 + " " + "b " * 400,
+        "short text",
+        "",
+    ]
+    assert text_encoder.cut_tails
+    full = text_encoder.tokenizer(texts, truncation=True, max_length=64, padding=False)
+    assert text_encoder.tokenize(texts) == [list(ids) for ids in full["input_ids"]]
+    assert [len(ids) for ids in text_encoder.tokenize([history, long_words])] == [64, 64]
+
+
+def test_pipelined_encoding_matches_one_pass(
+    text_encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks tokenised in a thread while the model encodes (the CUDA default) give the same
+    vectors, in input order, as tokenising and encoding everything at once."""
+    monkeypatch.setattr(encoder_module, "PIPELINE_CHUNK_ROWS", 3)  # chunks of one batch (64)
+    texts = TEXTS * 30  # 150 rows: three chunks of 64, 64 and 22 rows
+    pipelined = text_encoder.encode_texts(texts, pipelined=True)
+    one_pass = text_encoder.encode_ids(text_encoder.tokenize(texts))
+    np.testing.assert_allclose(pipelined, one_pass, atol=1e-6)
+    np.testing.assert_allclose(pipelined[: len(TEXTS)], text_encoder.encode(TEXTS), atol=1e-6)
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:

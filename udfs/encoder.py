@@ -19,6 +19,7 @@ are the ones kept.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import numpy as np
 
 from jobs.core.config import ConfigError, EncoderConfig, config_fingerprint
 from jobs.core.logs import quiet_model_loading
+from udfs.tokenization import TAIL_CHARS_PER_TOKEN, splits_at_spaces, tail, truncating_backend
 
 log = logging.getLogger(__name__)
 
@@ -149,26 +151,61 @@ class Encoder:
     tokenizer: Any = None
     vocab: dict[str, int] | None = None
     name: str = ""
+    #: Whether :meth:`tokenize` may cut long texts to their tail first (set by ``load_encoder``).
+    cut_tails: bool = False
+    #: The fast tokenizer's Rust ``tokenizers.Tokenizer``, truncating from the left at
+    #: ``max_length`` (a copy: the transformers tokenizer's own settings are left alone).
+    backend: Any = None
 
     # ---------------------------------------------------------------- tokenisation
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated from the left (most recent events kept)."""
+        """Token ids per text, truncated from the left (most recent events kept).
+
+        Only the last ``max_length`` tokens are kept, so when the tokenizer splits words
+        independently of each other (``udfs.tokenization.splits_at_spaces``) a long text is
+        first cut at a space to its tail of ``TAIL_CHARS_PER_TOKEN`` characters per kept token,
+        whose tokens are exactly the full text's last ones; a tail that yields fewer than
+        ``max_length`` tokens is cut again four times longer, until the whole text is used.
+        The result is always identical to tokenising the whole text (rendered user histories
+        run to ~300 tokens: tokenising all of them to keep 64 cost more than the model on a
+        GPU)."""
         if not texts:
             return []
         if self.kind == "text":
-            encoded = self.tokenizer(
-                list(texts), truncation=True, max_length=self.max_length, padding=False
-            )
-            return [list(ids) for ids in encoded["input_ids"]]
+            texts = list(texts)
+            ids: list[list[int]] = [[] for _ in texts]
+            pending, limit = list(range(len(texts))), TAIL_CHARS_PER_TOKEN * self.max_length
+            while pending:
+                tails = [tail(texts[i], limit) if self.cut_tails else texts[i] for i in pending]
+                retry = []
+                for i, cut, row in zip(pending, tails, self._tokenize_text(tails), strict=True):
+                    if cut is not texts[i] and len(row) < self.max_length:
+                        retry.append(i)  # the cut was too short for max_length tokens
+                    else:
+                        ids[i] = row
+                pending, limit = retry, limit * 4
+            return ids
         assert self.vocab is not None
         unk, cls = self.vocab[UNK], self.vocab[CLS]
         keep = self.max_length - 1
         out = []
         for text in texts:
-            ids = [self.vocab.get(token, unk) for token in text.split()]
-            out.append([cls, *ids[-keep:]] if keep > 0 else [cls])
+            words = text.rsplit(None, keep)[-keep:] if keep > 0 else []
+            out.append([cls, *(self.vocab.get(token, unk) for token in words)])
         return out
+
+    def _tokenize_text(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        if self.backend is not None:
+            # The Rust tokenizer directly: the same ids as calling the transformers tokenizer
+            # (tests/test_encoder.py), without building a BatchEncoding of three lists per text
+            # in Python, which took most of the time on a 16-core GPU host.
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            return [encoding.ids for encoding in encode(texts, add_special_tokens=True)]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
+        return [list(ids) for ids in encoded["input_ids"]]
 
     # ---------------------------------------------------------------- embedding
 
@@ -185,11 +222,42 @@ class Encoder:
             (first.setdefault(t, len(first)) for t in texts), dtype=np.int64, count=len(texts)
         )
         distinct = list(first)
-        vectors = self.encode_ids(self.tokenize(distinct))
+        vectors = self.encode_texts(distinct)
         return vectors if len(distinct) == len(texts) else vectors[inverse]
 
+    def encode_texts(self, texts: Sequence[str], *, pipelined: bool | None = None) -> np.ndarray:
+        """Tokenise and encode every text (no distinct-text reuse) -> float32 (n, dim), in
+        input order.
+
+        ``pipelined`` (default: on CUDA): more than one chunk of texts
+        (:data:`PIPELINE_CHUNK_ROWS`, whole batches) goes through two stages, a thread
+        tokenising the next chunk while the model encodes this one (the Rust tokenizer releases
+        the GIL), so the time is about the slower of the two rather than their sum.  Each chunk
+        is length-sorted on its own; the vectors are the same either way."""
+        texts = list(texts)
+        chunk = self.batch_size * max(1, -(-PIPELINE_CHUNK_ROWS // self.batch_size))
+        pipelined = self.device.startswith("cuda") if pipelined is None else pipelined
+        if not pipelined or len(texts) <= chunk:
+            return self.encode_ids(self.tokenize(texts))
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = [texts[start : start + chunk] for start in range(0, len(texts), chunk)]
+        vectors = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            pending = pool.submit(self.tokenize, parts[0])
+            for following in [*parts[1:], None]:
+                token_ids = pending.result()
+                if following is not None:
+                    pending = pool.submit(self.tokenize, following)
+                vectors.append(self.encode_ids(token_ids))
+        return np.concatenate(vectors)
+
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Token id lists -> float32 (n, dim) unit vectors, in input order."""
+        """Token id lists -> float32 (n, dim) unit vectors, in input order.
+
+        Batches are padded in numpy (one vectorised fill per batch, no per-row tensors), and
+        the pooled vectors stay on the model's device until the last batch, so on CUDA the
+        host queues batch after batch without waiting for each result (one copy back)."""
         import torch
 
         n = len(token_ids)
@@ -201,18 +269,13 @@ class Encoder:
         # Longest first, so each batch pads to similar lengths (as sentence-transformers does).
         order = np.argsort(-lengths, kind="stable")
         pad_id = int(getattr(self.model.config, "pad_token_id", 0) or 0)
+        pooled_batches = []
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 index = order[start : start + self.batch_size]
-                width = max(1, int(lengths[index].max()))
-                ids = torch.full((len(index), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(index), width), dtype=torch.long)
-                for row, i in enumerate(index):
-                    seq = token_ids[i]
-                    if seq:
-                        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-                        mask[row, : len(seq)] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
+                ids_np, mask_np = _padded_batch(token_ids, index, lengths[index], pad_id)
+                ids = torch.from_numpy(ids_np).to(self.device)
+                mask = torch.from_numpy(mask_np).to(self.device)
                 if self.autocast_dtype is not None:
                     kind = self.device.split(":")[0]
                     with torch.autocast(device_type=kind, dtype=self.autocast_dtype):
@@ -221,9 +284,30 @@ class Encoder:
                     hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-                pooled = torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)
-                out[index] = pooled.cpu().numpy()
+                pooled_batches.append(torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1))
+            out[order] = torch.cat(pooled_batches).cpu().numpy()
         return out
+
+
+def _padded_batch(
+    token_ids: Sequence[Sequence[int]], index: np.ndarray, lengths: np.ndarray, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``index`` of ``token_ids`` as right-padded int64 arrays ``(ids, mask)`` of shape
+    (len(index), max(1, longest)); the mask is 1 on real tokens and 0 on padding."""
+    width = max(1, int(lengths.max()))
+    mask = np.arange(width) < lengths[:, None]
+    ids = np.full((len(index), width), pad_id, dtype=np.int64)
+    # Row-major boolean assignment fills each row's first len(row) cells in order.
+    ids[mask] = np.fromiter(
+        itertools.chain.from_iterable(token_ids[i] for i in index),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    return ids, mask.astype(np.int64)
+
+
+#: Texts per chunk of the CUDA tokenise/encode pipeline (:meth:`Encoder.encode_texts`).
+PIPELINE_CHUNK_ROWS = 4096
 
 
 def cpu_has_native_bf16() -> bool:
@@ -301,6 +385,8 @@ def load_encoder(
             autocast,
             tokenizer=tokenizer,
             name=path.name,
+            cut_tails=splits_at_spaces(tokenizer),
+            backend=truncating_backend(tokenizer, config.max_length),
         )
     elif config.kind == "sequence":
         vocab_file = path / SEQUENCE_VOCAB_FILE
