@@ -290,6 +290,8 @@ def test_no_future_event_reaches_a_fitted_artefact(spark: SparkSession) -> None:
     )
     history_a, targets_a = _history_and_targets(original, config)
     history_b, targets_b = _history_and_targets(perturbed, config)
+    # Computed once each (every fit below reads them several times); caching changes no row.
+    history_a, history_b = history_a.cache(), history_b.cache()
     assert targets_a.exceptAll(targets_b).count() > 0  # the future did change
     assertDataFrameEqual(history_a, history_b)
     # Every method's fit reads history units only (jobs.evaluation.backtest); its artefacts are
@@ -307,6 +309,8 @@ def test_no_future_event_reaches_a_fitted_artefact(spark: SparkSession) -> None:
         lambda h: aggregate_segments(h, k=3, config=config, cluster=cluster),
     ):
         assertDataFrameEqual(fit(history_a), fit(history_b))
+    history_a.unpersist()
+    history_b.unpersist()
 
 
 # ------------------------------------------------------------------------ known answers
