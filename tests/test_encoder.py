@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,6 +187,50 @@ def test_long_texts_are_cut_to_their_tail_with_identical_tokens(text_encoder: En
     full = text_encoder.tokenizer(texts, truncation=True, max_length=64, padding=False)
     assert text_encoder.tokenize(texts) == [list(ids) for ids in full["input_ids"]]
     assert [len(ids) for ids in text_encoder.tokenize([history, long_words])] == [64, 64]
+
+
+def _with_added_token(source: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.add_tokens(["new york"])
+    return tokenizer
+
+
+def _splitting_special_tokens(source: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, split_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "max_length", "text", "length"),
+    [
+        # An added token holding a space could be split by a cut: such tokenizers are not cut.
+        (
+            _with_added_token,
+            8,
+            "hello " * 20 + "new york electronics electronics electronics x x",
+            8,  # [CLS] "new york" electronics x3 x x [SEP]: the added token is kept whole
+        ),
+        # split_special_tokens is not in the serialised Rust tokenizer: the copy gets it too.
+        (_splitting_special_tokens, 16, "hello [MASK] [SEP] world", 10),  # spelled out
+    ],
+    ids=["added-token-with-a-space", "split-special-tokens"],
+)
+def test_tokenizer_settings_a_cut_or_the_rust_copy_could_miss(
+    tmp_path: Path, make: Any, max_length: int, text: str, length: int
+) -> None:
+    """A model directory as a user would configure it in ``encoder.model_path``: the packaged
+    MiniLM's weights (linked) with a tokenizer saved by ``make``."""
+    source = packaged_minilm_path()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(source / name)
+    make(source).save_pretrained(tmp_path)
+    encoder = load_encoder(EncoderConfig(model_path=str(tmp_path), max_length=max_length))
+    expected = encoder.tokenizer([text], truncation=True, max_length=max_length)["input_ids"]
+    assert encoder.tokenize([text]) == [list(ids) for ids in expected]
+    assert len(expected[0]) == length
 
 
 def test_pipelined_encoding_matches_one_pass(
