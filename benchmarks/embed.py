@@ -12,11 +12,12 @@ machine:
   the cosine of each row's vector to fp32's is printed (min and mean; target >= 0.99 on every
   row), and the speedup of the default path over fp32 (target >= 2.0): the paths take turns
   ``--repeats`` times and the median of the per-repeat ratios is reported, with each ratio;
-* **bare**: ``Encoder.encode`` in this process with torch using all local cores (default path);
+* **bare**: ``Encoder.encode`` in this process with torch using all local cores (default path),
+  median of ``--repeats`` runs;
 * **udf**: ``embedding_udf`` on ``local[N]`` (N tasks, one torch thread each), results written to
   Spark's ``noop`` sink so only the computation and the Arrow round trip are timed.  The first UDF
-  job ("cold") includes loading the model in each Python worker; the second ("warm") reuses the
-  workers, as a long embed job does after its first batches.
+  job ("cold") includes loading the model in each Python worker; the next ``--repeats`` ("warm",
+  median) reuse the workers, as a long embed job does after its first batches.
 
 Prints sequences/s and tokens/s of each, the warm UDF / bare ratio (target:
 >= 0.9) and peak resident memory.  Usage::
@@ -126,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--unit", default="user", choices=["user", "session"])
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of each numeric path (median)"
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs of each numeric path, the bare encoder and the warm UDF (median)",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -187,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     encoder = load_encoder(encoder_config, device="cpu", num_threads=args.cores)
     tokens = sum(len(ids) for ids in encoder.tokenize(texts))
     encoder.encode(texts[: args.batch_size])  # warm-up: first-call allocations
-    started = time.perf_counter()
-    bare_vectors = encoder.encode(texts)
-    bare_s = time.perf_counter() - started
+    bare_times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        bare_vectors = encoder.encode(texts)
+        bare_times.append(time.perf_counter() - started)
+    bare_s = statistics.median(bare_times)
     bare_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     del encoder
     torch.set_num_threads(1)  # the driver stays idle while the UDF's workers compute
@@ -202,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = str(resolve_model_path(encoder_config))
     embedded = frame.select(embedding_udf(encoder_config, model_dir)("rendered").alias("v"))
     timings = []
-    for _ in range(2):
+    for _ in range(1 + args.repeats):  # the cold job, then --repeats warm ones (median)
         started = time.perf_counter()
         embedded.write.format("noop").mode("overwrite").save()
         timings.append(time.perf_counter() - started)
-    cold_s, warm_s = timings
+    cold_s, warm_s = timings[0], statistics.median(timings[1:])
     worker_rss = _python_worker_peak_rss_mb()
     # The UDF computes what the core computes (spot check on the first rows).
     sample = [
@@ -264,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         f"UDF cold:        {n / cold_s:8.1f} seq/s  (first job, includes loading the model "
         f"in each of {args.cores} workers; {cold_s:.1f}s)"
     )
-    print(f"ratio UDF/bare (warm): {ratio:.2f}  (target >= 0.95); cold {bare_s / cold_s:.2f}")
+    print(
+        f"ratio UDF/bare (warm): {ratio:.2f}  (target >= 0.95); cold {bare_s / cold_s:.2f}; "
+        f"warm UDF jobs {', '.join(f'{t:.1f}s' for t in timings[1:])}"
+    )
     print(f"UDF vs core on the same rows: max abs difference {max_diff:.2e}")
     print(
         json.dumps(
