@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jobs.core.config import EncoderConfig  # noqa: E402  (Spark-free)
+from jobs.core.config.sections import Precision  # noqa: E402
 
 #: Rows of the CPU-vs-CUDA agreement check (CPU fp32 is the slow side).
 AGREEMENT_ROWS = 1024
@@ -101,14 +103,17 @@ def _read_texts(path: Path) -> list[str]:
     return [json.loads(line) for line in raw.decode("utf-8").splitlines()]
 
 
-def _load(model_path: str | None, batch_size: int, max_length: int, device: str, precision: str):
+def _load(
+    model_path: str | None, batch_size: int, max_length: int, device: str, precision: Precision
+) -> tuple[Any, Any]:
+    """The encoder on ``device`` with fp32 weights, and the dtype its weights were stored in."""
     import torch
 
     from udfs.encoder import load_encoder
 
     config = EncoderConfig(
         model_path=model_path, max_length=max_length, batch_size=batch_size, precision=precision
-    )  # type: ignore[arg-type]
+    )
     encoder = load_encoder(config, device=device)
     stored = next(encoder.model.parameters()).dtype
     encoder.model.to(torch.float32)  # fp32 weights whatever dtype they were stored in
@@ -155,11 +160,11 @@ def run(args: argparse.Namespace) -> int:
         token_ids = fp32.tokenize(texts)
         tokens = sum(len(ids) for ids in token_ids)
         paths: dict[str, Callable[[], Any]] = {
-            "tokenize": lambda enc=fp32: enc.tokenize(texts),
-            "fp32 every row": lambda enc=fp32: enc.encode_texts(texts),
-            "bf16 every row": lambda enc=bf16: enc.encode_texts(texts),
-            "bf16 model only": lambda enc=bf16, ids=token_ids: enc.encode_ids(ids),
-            "bf16 + dedup": lambda enc=bf16: enc.encode(texts),
+            "tokenize": partial(fp32.tokenize, texts),
+            "fp32 every row": partial(fp32.encode_texts, texts),
+            "bf16 every row": partial(bf16.encode_texts, texts),
+            "bf16 model only": partial(bf16.encode_ids, token_ids),
+            "bf16 + dedup": partial(bf16.encode, texts),
         }
         for path in paths.values():  # warm-up: kernels, allocator, autotuning
             path()
