@@ -5,7 +5,7 @@ Same rows (user or session sequences rendered from generated data), same model, 
 machine:
 
 * **fp32**: the encoder as it ran before distinct-text reuse and CPU bf16 (every row encoded,
-  fp32): ``encode_ids(tokenize(texts))`` with ``encoder.precision=fp32``;
+  fp32): ``Encoder.encode_texts`` (every row) with ``encoder.precision=fp32``;
 * **fp32 + dedup**: ``Encoder.encode`` (each distinct text once), fp32;
 * **bf16 + dedup**: ``Encoder.encode`` with ``torch.autocast(cpu, bfloat16)``, the default
   (``precision: auto``) on CPUs with native bf16 (skipped elsewhere, and said so);
@@ -37,7 +37,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +112,6 @@ def rendered_sequences(
     return texts
 
 
-def _every_row(encoder: Any) -> Callable[[list[str]], Any]:
-    """The path before distinct-text reuse: every row tokenized and encoded."""
-    return lambda texts: encoder.encode_ids(encoder.tokenize(texts))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=4096)
@@ -168,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = {}
     for name, (config, dedup) in paths.items():
         loaded = load_encoder(config, device="cpu", num_threads=args.cores)
-        run = loaded.encode if dedup else _every_row(loaded)
+        # encode_texts: every row tokenised and encoded (no distinct-text reuse).
+        run = loaded.encode if dedup else loaded.encode_texts
         run(texts[: args.batch_size])  # warm-up: first-call allocations
         runners[name] = run
     # The paths take turns, once per repeat, so that a slow spell of a shared machine (CPU
