@@ -63,7 +63,7 @@ def assignments(lake: Lake, run_id: str) -> dict[str, int]:
     return {r["id"]: r["cluster_id"] for r in table.collect()}
 
 
-def test_cpu_kmeans_recovers_the_blobs_deterministically(
+def test_cpu_kmeans_recovers_the_blobs_and_assigns_again_with_the_saved_model(
     spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
 ) -> None:
     config, points, labels = blob_lake
@@ -87,16 +87,25 @@ def test_cpu_kmeans_recovers_the_blobs_deterministically(
         expected = np.linalg.norm(points[index[row["id"]]] - centre[row["cluster_id"]])
         assert row["distance"] == pytest.approx(expected, abs=1e-5)
 
+    # assign-only: the saved model assigns every row as the fit did, with no sweep.
+    assert result.model_path and Path(result.model_path).exists()
+    reuse = dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, assign_with_model=result.model_path)
+    )
+    again = cluster.run(spark, lake, reuse, run_id="assign")
+    assert again.sweep == () and again.k == K_TRUE
+    assert assignments(lake, "assign") == got
+
 
 def test_rerunning_a_run_replaces_its_rows(
     spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
 ) -> None:
     config, _, _ = blob_lake
     lake = Lake(spark, config.lake)
-    sweep = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, k=(4, 5)))
-    cluster.run(spark, lake, sweep, run_id="r")
+    # One k: the sweep's rows per candidate are checked by the sweep test below.
+    cluster.run(spark, lake, config, run_id="r")
     first = assignments(lake, "r")
-    cluster.run(spark, lake, sweep, run_id="r")
+    cluster.run(spark, lake, config, run_id="r")
     assert lake.read("cluster_assignments").count() == N
     assert assignments(lake, "r") == first  # same seed, same assignments
     assert lake.read("cluster_centroids").count() == K_TRUE
@@ -104,7 +113,7 @@ def test_rerunning_a_run_replaces_its_rows(
     assert sorted((m["metric"], m["k"]) for m in metrics) == [
         (name, k)
         for name in ("restart_cost", "restart_cost_spread", "silhouette_sqeuclidean", "sse")
-        for k in (4, 5)
+        for k in (K_TRUE,)
     ]
 
 
@@ -150,21 +159,6 @@ def test_sweep_picks_the_true_k_and_records_every_candidate(
     )
     recorded = next(m["value"] for m in metrics if m["metric"] == "sse" and m["k"] == K_TRUE)
     assert recorded == pytest.approx(sse, rel=1e-4)
-
-
-def test_assign_only_with_a_saved_model(
-    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
-) -> None:
-    config, _, _ = blob_lake
-    lake = Lake(spark, config.lake)
-    fitted = cluster.run(spark, lake, config, run_id="fit")
-    assert fitted.model_path and Path(fitted.model_path).exists()
-    reuse = dataclasses.replace(
-        config, cluster=dataclasses.replace(config.cluster, assign_with_model=fitted.model_path)
-    )
-    again = cluster.run(spark, lake, reuse, run_id="assign")
-    assert again.sweep == () and again.k == K_TRUE
-    assert assignments(lake, "assign") == assignments(lake, "fit")
 
 
 def test_bisecting_kmeans_recovers_the_blobs_and_reloads(
