@@ -38,6 +38,7 @@ from jobs.clustering.kmeans import (
 )
 from jobs.clustering.tracking import log_cluster_run
 from jobs.core.config import AppConfig, ConfigError
+from jobs.core.errors import DataError
 from jobs.core.lake import Lake
 from jobs.core.metrics import Metric, record_metrics
 from jobs.core.tables import CLUSTER_ASSIGNMENTS, CLUSTER_CENTROIDS, EMBEDDINGS
@@ -191,13 +192,13 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
 def _fittable_ks(candidates: tuple[int, ...], distinct: int) -> tuple[int, ...]:
     """The candidate ks that ``distinct`` distinct embeddings can support (K-Means cannot make
     more clusters than distinct points); when none can, k = ``distinct`` (>= 2).  Logged;
-    ``ValueError`` when fewer than two distinct embeddings exist."""
+    :class:`DataError` when fewer than two distinct embeddings exist."""
     if distinct >= max(candidates):
         return candidates
     if distinct == 0:
-        raise ValueError("there are no embeddings to cluster: run the embed stage first")
+        raise DataError("there are no embeddings to cluster: run the embed stage first")
     if distinct < 2:
-        raise ValueError(
+        raise DataError(
             "every embedding is identical (1 distinct vector): there is nothing to cluster; "
             "check the embed stage's input"
         )

@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 
 from jobs.clustering.kmeans import latest_model_version
 from jobs.core.config import AppConfig
+from jobs.core.errors import DataError
 from jobs.core.lake import ConcurrentWriteError, Lake
 from jobs.core.lake.paths import Outbox, is_local, native_uri
 from jobs.core.metrics import Metric, record_metrics
@@ -151,7 +152,7 @@ def _latest_cluster_run(lake: Lake) -> str:
             return str(row["run_id"])
     row = runs.agg(F.max("run_id")).first()
     if row is None or row[0] is None:
-        raise ValueError(f"{CLUSTER_ASSIGNMENTS} is empty: run the cluster stage first")
+        raise DataError(f"{CLUSTER_ASSIGNMENTS} is empty: run the cluster stage first")
     return str(row[0])
 
 
@@ -161,7 +162,7 @@ def _plan(lake: Lake, config: AppConfig) -> _Target:
         lake.read(CLUSTER_ASSIGNMENTS).where(F.col("run_id") == cluster_run).select("unit").first()
     )
     if first is None:
-        raise ValueError(f"cluster run {cluster_run!r} has no assignments")
+        raise DataError(f"cluster run {cluster_run!r} has no assignments (evaluate.cluster_run_id)")
     unit = first["unit"]
     k = lake.read(CLUSTER_CENTROIDS).where(F.col("run_id") == cluster_run).count()
     # The cluster stage's own row for the chosen k says which model and backend it used.

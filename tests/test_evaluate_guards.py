@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs import evaluate
-from jobs.core.config import AppConfig
+from jobs.core.config import AppConfig, LakeConfig
 from jobs.core.lake import Lake
 from jobs.core.metrics import Metric, record_metrics
 from jobs.core.tables import CLUSTER_ASSIGNMENTS, CLUSTER_METRICS
@@ -254,3 +254,92 @@ def test_ground_truth_only_when_configured_or_generated(
     assert labels is not None
     clustered = spark.createDataFrame([("u9", 0)], "user_id string, cluster_id int")
     assert external_metrics(clustered, labels) == {}  # matches no user: skipped, no crash
+
+
+def test_float32_clusters_of_identical_points_have_no_calinski_harabasz(
+    spark: SparkSession,
+) -> None:
+    # array<float>, as embeddings holds: squared in float32, the norms left each collapsed
+    # cluster ~1e-7 of dispersion, and CH came out as ~1e11 (stored as the best value).
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(3, 16)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rows = [([float(x) for x in centres[i % 3]], i % 3) for i in range(120)]
+    df = spark.createDataFrame(rows, "embedding array<float>, cluster_id int")
+    values, skipped = internal_metrics(df, sample=200, seed=1)
+    assert "calinski_harabasz" not in values
+    assert skipped["calinski_harabasz"].startswith("every point sits on its centroid")
+    assert values["sse"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_segments_that_came_out_empty_count_in_the_size_metrics() -> None:
+    from jobs.evaluation.internal import ClusterAggregates, size_balance
+
+    two = ClusterAggregates(
+        cluster_ids=np.array([0, 3]),
+        counts=np.array([50.0, 50.0]),
+        sums=np.zeros((2, 4)),
+        squared_norms=np.array([50.0, 50.0]),
+    )
+    assert size_balance(two) == {"size_min_share": 0.5, "size_max_share": 0.5, "size_entropy": 1.0}
+    asked_six = size_balance(two, k=6)
+    assert asked_six["size_min_share"] == 0.0 and asked_six["size_max_share"] == 0.5
+    assert asked_six["size_entropy"] == pytest.approx(math.log(2) / math.log(6))
+
+
+def test_exact_sample_silhouette_cross_checks_the_squared_euclidean_one(
+    spark: SparkSession,
+) -> None:
+    # The sample holds every row: scikit-learn's value must equal Spark's, up to rounding.
+    rng = np.random.default_rng(8)
+    points = rng.normal(size=(45, 3)) + np.repeat(np.eye(3) * 4, 15, axis=0)
+    rows = [([float(x) for x in p], i // 15) for i, p in enumerate(points)]
+    df = spark.createDataFrame(rows, "embedding array<double>, cluster_id int")
+    values, _ = internal_metrics(df, sample=100, seed=1)
+    assert values["silhouette_exact_sample"] == pytest.approx(
+        values["silhouette_sqeuclidean"], abs=1e-9
+    )
+
+
+def test_ari_of_a_single_matched_user_is_scikit_learns() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from jobs.evaluation.external import adjusted_rand_index
+
+    assert adjusted_rand_index(np.array([[1.0]])) == adjusted_rand_score([0], [1]) == 1.0
+    assert adjusted_rand_index(np.zeros((1, 1))) == 1.0
+
+
+def test_stability_refits_that_cannot_split_the_rows_are_left_out(spark: SparkSession) -> None:
+    # Every row identical: no refit can make two clusters; an error here failed the stage.
+    from jobs.evaluation.stability import segment_jaccard, stability_metrics
+
+    rows = spark.createDataFrame(
+        [(f"u{i}", [1.0, 0.0], i % 2) for i in range(12)],
+        "id string, embedding array<double>, cluster_id int",
+    )
+    cluster = AppConfig().cluster
+    assert stability_metrics(rows, k=2, cluster=cluster, seeds=[1, 2]) == {}
+    assert segment_jaccard(rows, k=2, cluster=cluster, bootstraps=2, seed=3) == {}
+
+
+def test_a_stage_without_data_to_work_on_fails_in_one_line(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.cluster import main
+
+    lake = Lake(spark, LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")))
+    lake.overwrite_partitions(
+        "embeddings",
+        spark.createDataFrame(
+            [("session", "s1", "u1", [1.0, 0.0], "h", "t", "v", "r0", None)],
+            lake.contract("embeddings").schema,
+        ).withColumn("embedded_at", F.current_timestamp()),
+        {"unit": ["session"], "model_version": ["v"]},
+    )
+    code = main(["--set", f"lake.root={lake.config.root}", "--set", "mlflow.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "segments cluster: error: embeddings has no rows for unit 'user': run embed first"
+    )

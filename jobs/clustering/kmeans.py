@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from jobs.clustering.sample import distinct_points, vectors_from_arrow
 from jobs.core.config import ClusterConfig
+from jobs.core.errors import DataError
 
 FEATURES = "features"
 PREDICTION = "cluster_id"
@@ -128,7 +129,7 @@ def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
     return SampledStartKMeans(k=k, config=config)
 
 
-class SingleCluster(ValueError):
+class SingleCluster(DataError):
     """Every point coincides: there is nothing to split into clusters."""
 
 
@@ -333,7 +334,7 @@ def latest_model_version(embeddings: DataFrame, unit: str) -> str:
         .first()
     )
     if row is None:
-        raise ValueError(f"embeddings has no rows for unit {unit!r}: run embed first")
+        raise DataError(f"embeddings has no rows for unit {unit!r}: run embed first")
     return str(row["model_version"])
 
 

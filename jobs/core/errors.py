@@ -10,3 +10,9 @@ from __future__ import annotations
 class PipelineError(RuntimeError):
     """A stage cannot go on: bad input, a table in an unexpected state, a concurrent run.  The
     message names the setting, file or table concerned."""
+
+
+class DataError(PipelineError, ValueError):
+    """The tables hold nothing a stage can work on (no rows, no run, every point identical):
+    printed as one line like every :class:`PipelineError`, and still a ``ValueError`` for callers
+    of the domain functions that raise it."""

@@ -37,8 +37,11 @@ def _comb2(x: np.ndarray) -> np.ndarray:
 
 def adjusted_rand_index(table: np.ndarray) -> float:
     """ARI from a contingency table (Hubert and Arabie's adjustment, as scikit-learn): 1.0 for
-    identical partitions, about 0 for independent ones."""
+    identical partitions, about 0 for independent ones; 1.0 for fewer than two rows (no pair
+    to disagree on), as scikit-learn's ``adjusted_rand_score``."""
     n = table.sum()
+    if n < 2:
+        return 1.0
     index = float(_comb2(table).sum())
     rows = float(_comb2(table.sum(axis=1)).sum())
     cols = float(_comb2(table.sum(axis=0)).sum())

@@ -4,8 +4,8 @@ Nothing here is pairwise over the rows.  Each metric is one or two distributed p
 the data to per-cluster aggregates (counts, vector sums, sums of squared norms, mean distances);
 only those small results reach the driver, where the closed forms are evaluated.  Silhouettes
 come from Spark's ``ClusteringEvaluator`` (exact for squared-Euclidean and cosine distance,
-computed from cluster aggregates as well); ``silhouette_exact_sample`` cross-checks them with
-scikit-learn on a bounded sample.
+computed from cluster aggregates as well); ``silhouette_exact_sample`` cross-checks the
+squared-Euclidean one with scikit-learn (``metric="sqeuclidean"``) on a bounded sample.
 
 Inputs: a DataFrame with an ``array<float>`` (or ``array<double>``) column ``embedding`` and an
 integer cluster column ``cluster_id``.  Metric names are listed in the README ("Evaluation").
@@ -61,7 +61,13 @@ def with_squared_norms(df: DataFrame, *, features: str = "embedding") -> DataFra
     :func:`cluster_aggregates` of those rows reuses them instead of another pass over the
     ``d`` elements of each row.
     """
-    squared = F.aggregate(features, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)
+    # Each element is squared in double: a float32 square (``array<float>``, as ``embeddings``
+    # holds) rounds to ~1e-7, which leaves clusters of identical points a non-zero dispersion.
+    squared = F.aggregate(
+        features,
+        F.lit(0.0).cast("double"),
+        lambda acc, x: acc + x.cast("double") * x.cast("double"),
+    )
     return df.withColumn(squared_norm_column(features), squared)
 
 
@@ -116,16 +122,24 @@ def sse(agg: ClusterAggregates) -> float:
     return float(np.clip(per_cluster, 0.0, None).sum())
 
 
+#: Within-cluster dispersion at most this share of the total counts as none: clusters of
+#: identical points leave ~1e-16 of the total in double-precision rounding, never exactly 0.
+COLLAPSED_SHARE = 1e-9
+
+
 def calinski_harabasz(agg: ClusterAggregates) -> float:
     """Between-cluster over within-cluster dispersion, each per degree of freedom (Calinski and
-    Harabasz, 1974).  NaN for k < 2 or n <= k; inf when every point sits on its centroid."""
+    Harabasz, 1974).  NaN for k < 2 or n <= k; inf when every point sits on its centroid
+    (within-cluster dispersion at most :data:`COLLAPSED_SHARE` of the total)."""
     n, k = agg.counts.sum(), len(agg.counts)
     if k < 2 or n <= k:
         return float("nan")
     overall = agg.sums.sum(axis=0) / n
     between = float((agg.counts * ((agg.centroids - overall) ** 2).sum(axis=1)).sum())
     within = sse(agg)
-    return float("inf") if within == 0 else between * (n - k) / (within * (k - 1))
+    if within <= COLLAPSED_SHARE * (within + between):
+        return float("inf")
+    return between * (n - k) / (within * (k - 1))
 
 
 def davies_bouldin(
@@ -190,12 +204,19 @@ def silhouette(
     return float(evaluator.evaluate(vectors))
 
 
-def size_balance(agg: ClusterAggregates) -> dict[str, float]:
+def size_balance(agg: ClusterAggregates, *, k: int | None = None) -> dict[str, float]:
     """``size_min_share`` and ``size_max_share`` (in [0, 1]) and ``size_entropy``, the entropy
-    of the size shares normalised to [0, 1] by log k (1.0 for a single cluster)."""
+    of the size shares normalised to [0, 1] by log k (1.0 for a single cluster).
+
+    ``k``: the segments asked for; those that came out empty (no row in ``agg``) count as share
+    0, so a method asked for 6 segments that made 2 shows min share 0 and entropy log 2 / log 6,
+    not a perfect balance.  None: the clusters in ``agg``."""
     shares = agg.counts / agg.counts.sum()
+    if k is not None and k > len(shares):
+        shares = np.concatenate([shares, np.zeros(k - len(shares))])
     k = len(shares)
-    entropy = float(-(shares * np.log(shares)).sum() / math.log(k)) if k > 1 else 1.0
+    filled = shares[shares > 0]  # 0 log 0 = 0
+    entropy = float(-(filled * np.log(filled)).sum() / math.log(k)) if k > 1 else 1.0
     return {
         "size_min_share": float(shares.min()),
         "size_max_share": float(shares.max()),
@@ -210,15 +231,17 @@ def sample_rows(df: DataFrame, *, sample: int, seed: int) -> list[Any]:
 
 
 def internal_metrics(
-    df: DataFrame, *, sample: int, seed: int
+    df: DataFrame, *, sample: int, seed: int, k: int | None = None
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Every internal metric of ``embedding`` / ``cluster_id`` rows that can be computed, by
     metric name, and the reason for each one that cannot (every value returned is finite).
+    ``k``: the segments asked for (empty ones count in the ``size_*`` metrics), None: those in
+    ``df``.
 
     Not applicable: everything but ``sse`` and ``size_*`` for a single cluster; the cosine
     silhouette when a vector is all zeros; Calinski-Harabasz when every point sits on its
     centroid (clusters collapsed onto duplicate points: the ratio is infinite); Davies-Bouldin
-    when centroids coincide; ``silhouette_exact_sample`` (scikit-learn, Euclidean, on
+    when centroids coincide; ``silhouette_exact_sample`` (scikit-learn, squared Euclidean, on
     :func:`sample_rows`) when the sample has a single cluster or no more rows than clusters.
     For unit vectors (every embedding) the cosine silhouette equals the squared-Euclidean one
     and is not measured twice.
@@ -226,7 +249,7 @@ def internal_metrics(
     from sklearn.metrics import silhouette_score
 
     agg = cluster_aggregates(df)
-    values = {"sse": sse(agg), **size_balance(agg)}
+    values = {"sse": sse(agg), **size_balance(agg, k=k)}
     skipped: dict[str, str] = {}
     if len(agg.counts) < 2:
         for name in (
@@ -271,7 +294,10 @@ def internal_metrics(
     labels = np.array([r["cluster_id"] for r in rows])
     if len(set(labels)) > 1 and len(rows) > len(set(labels)):
         points = np.array([r["embedding"] for r in rows], dtype=np.float64)
-        values["silhouette_exact_sample"] = float(silhouette_score(points, labels))
+        # Squared Euclidean, as Spark's silhouette_sqeuclidean: on the same rows they agree.
+        values["silhouette_exact_sample"] = float(
+            silhouette_score(points, labels, metric="sqeuclidean")
+        )
     else:
         skipped["silhouette_exact_sample"] = "the sample has a single cluster or too few rows"
     return values, skipped

@@ -71,7 +71,7 @@ def same_rows_metrics(
         labelled = _method_rows(rows, segments).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             values, reasons = internal_metrics(
-                labelled, sample=cfg.silhouette_sample, seed=cfg.seed
+                labelled, sample=cfg.silhouette_sample, seed=cfg.seed, k=k
             )
             skipped.update({(method, name): why for name, why in reasons.items()})
             if truth is not None:
@@ -134,6 +134,11 @@ def same_rows_metrics(
     skipped[("global_baseline", "internal")] = "one segment: partition metrics do not apply"
     emb = results["embedding"]
     emb.update(stability)
+    unsplittable = "every refit's start sample held a single distinct point"
+    if cfg.stability_seeds > 0 and not stability:
+        skipped[("embedding", "stability_*")] = unsplittable
+    if cfg.stability_bootstraps > 0 and not jaccard:
+        skipped[("embedding", "segment_jaccard_*")] = unsplittable
     if jaccard:
         emb["segment_jaccard_mean"] = float(np.mean(list(jaccard.values())))
         emb["segment_jaccard_min"] = float(min(jaccard.values()))

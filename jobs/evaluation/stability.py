@@ -9,7 +9,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.clustering.kmeans import PREDICTION, kmeans_estimator, with_features
+from jobs.clustering.kmeans import PREDICTION, SingleCluster, kmeans_estimator, with_features
 from jobs.core.config import ClusterConfig
 from jobs.evaluation.external import adjusted_rand_index, contingency, normalized_mutual_info
 
@@ -26,17 +26,26 @@ def stability_metrics(
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's labels).  One refit per seed in
     ``seeds`` (non-empty), with ``cluster``'s other settings.  Returns ``stability_ari_mean``,
-    ``stability_ari_sd`` (sample sd, 0.0 for a single seed) and ``stability_nmi_mean``.
+    ``stability_ari_sd`` (sample sd, 0.0 for a single seed) and ``stability_nmi_mean``, or ``{}``
+    when no refit could be made (its start sample held a single distinct point: a refit that
+    cannot split the rows is left out, not an error).
     """
     features = rows.select("id", "embedding").transform(with_features).cache()
     aris, nmis = [], []
-    for seed in seeds:
-        model = kmeans_estimator("cpu", k, replace(cluster, seed=seed)).fit(features)
-        refit = model.transform(features).select("id", F.col(PREDICTION).alias("__refit"))
-        table = contingency(rows.join(refit, "id"), "cluster_id", "__refit")
-        aris.append(adjusted_rand_index(table))
-        nmis.append(normalized_mutual_info(table))
-    features.unpersist()
+    try:
+        for seed in seeds:
+            try:
+                model = kmeans_estimator("cpu", k, replace(cluster, seed=seed)).fit(features)
+            except SingleCluster:
+                continue
+            refit = model.transform(features).select("id", F.col(PREDICTION).alias("__refit"))
+            table = contingency(rows.join(refit, "id"), "cluster_id", "__refit")
+            aris.append(adjusted_rand_index(table))
+            nmis.append(normalized_mutual_info(table))
+    finally:
+        features.unpersist()
+    if not aris:
+        return {}
     return {
         "stability_ari_mean": float(np.mean(aris)),
         "stability_ari_sd": float(np.std(aris, ddof=1)) if len(aris) > 1 else 0.0,
@@ -79,6 +88,8 @@ def segment_jaccard(
     ``bootstraps`` resamples of the rows (with replacement), refit K-Means (CPU, ``cluster``'s
     settings, ``k``), and for each of the run's segments take the best Jaccard similarity with a
     refit cluster over the resampled points; return each segment's mean over the resamples.
+    A resample whose start sample holds a single distinct point (e.g. it missed the one row
+    that differs) cannot be split and is left out.
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
     refit is one K-Means fit and one ``groupBy`` (O(n·k)); the k x k tables reach the driver.
@@ -93,9 +104,11 @@ def segment_jaccard(
     try:
         for b in range(bootstraps):
             sample = features.sample(withReplacement=True, fraction=1.0, seed=seed + 7919 * b)
-            model = kmeans_estimator("cpu", k, replace(cluster, seed=cluster.seed + b + 1)).fit(
-                sample
-            )
+            estimator = kmeans_estimator("cpu", k, replace(cluster, seed=cluster.seed + b + 1))
+            try:
+                model = estimator.fit(sample)
+            except SingleCluster:
+                continue
             points = features.join(sample.select("id").distinct(), "id")
             refit = model.transform(points).select("__run", F.col(PREDICTION).alias("__b"))
             counts = refit.groupBy("__run", "__b").count().collect()
