@@ -173,6 +173,29 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
         )
         sizes = tuple(int(r["size"]) for r in centroids.orderBy(PREDICTION).collect())
         centroids.unpersist()
+        if cfg.assign_with_model:
+            # The run's own sse and silhouette at the model's k: what evaluate plans with
+            # (the latest run, its model version and backend), as for a fitted run.
+            total = (
+                lake.read(CLUSTER_ASSIGNMENTS)
+                .where(F.col("run_id") == run_id)
+                .agg(F.sum(F.col("distance") * F.col("distance")).alias("sse"))
+                .first()
+            )
+            assert total is not None  # a global aggregate has one row
+            sweep_rows = (
+                ("sse", float(total["sse"])),
+                ("silhouette_sqeuclidean", silhouette_sqeuclidean(assigned)),
+            )
+            record_metrics(
+                spark,
+                lake,
+                run_id,
+                [
+                    Metric("embedding", name, value, chosen_k, unit, version, backend, n)
+                    for name, value in sweep_rows
+                ],
+            )
     finally:
         rows.unpersist()
     log.info("k=%d chosen (%s); cluster sizes %s", chosen_k, cfg.criterion, sizes)

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import SparkSession
 from sklearn.metrics import adjusted_rand_score
 
-from jobs import cluster
+from jobs import cluster, evaluate
 from jobs.clustering.kmeans import pick_k
 from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
 from jobs.core.lake import Lake
@@ -95,6 +95,17 @@ def test_cpu_kmeans_recovers_the_blobs_and_assigns_again_with_the_saved_model(
     again = cluster.run(spark, lake, reuse, run_id="assign")
     assert again.sweep == () and again.k == K_TRUE
     assert assignments(lake, "assign") == got
+    # It records its own sse and silhouette, so evaluate's default run is this latest one.
+    recorded = lake.read("cluster_metrics").where("run_id = 'assign'").collect()
+    assert sorted((m["metric"], m["k"], m["model_version"]) for m in recorded) == [
+        ("silhouette_sqeuclidean", K_TRUE, "v-blobs"),
+        ("sse", K_TRUE, "v-blobs"),
+    ]
+    fitted_sse = lake.read("cluster_metrics").where("run_id = 'a' AND metric = 'sse'").first()
+    assert {m["metric"]: m["value"] for m in recorded}["sse"] == pytest.approx(
+        fitted_sse["value"], rel=1e-6
+    )
+    assert evaluate._latest_cluster_run(lake) == "assign"
 
 
 def test_rerunning_a_run_replaces_its_rows(
