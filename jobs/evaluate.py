@@ -326,6 +326,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         sequences,
         lake.read(SESSIONS),
         jaccard=jaccard,
+        unit=unit,
     )
     lake.overwrite_partitions(
         CLUSTER_PROFILES,

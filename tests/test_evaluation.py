@@ -141,3 +141,29 @@ def test_evaluate_result_summary_and_closing_lines() -> None:
         "\nheadline (k=3): silhouette 0.100 (cosine)",
         "report: None",
     ]
+
+
+def test_session_profiles_rate_each_session_not_its_user(spark: SparkSession) -> None:
+    # u1 bought in session s1 only: its other session s2 is not a converting member.
+    ts = datetime(2024, 3, 1)
+    assignments = spark.createDataFrame(
+        [("s1", "u1", 0, 0.1), ("s2", "u1", 1, 0.2), ("s3", "u2", 1, 0.3)],
+        "id string, user_id string, cluster_id int, distance double",
+    )
+    sequences = spark.createDataFrame(
+        [(s, [(ts, "view", "i1", "A", "x", 1.0)]) for s in ("s1", "s2", "s3")],
+        f"id string, events array<{EVENT}>",
+    )
+    sessions = spark.createDataFrame(
+        [("s1", "u1", 60.0, 4, 1, 1), ("s2", "u1", 0.0, 1, 0, 0), ("s3", "u2", 20.0, 2, 0, 1)],
+        "session_id string, user_id string, duration_s double, n_events long, "
+        "n_purchases long, n_add_to_cart long",
+    )
+    rows = {
+        r["cluster_id"]: r
+        for r in cluster_profiles(assignments, sequences, sessions, unit="session").collect()
+    }
+    assert (rows[0]["conversion_rate"], rows[1]["conversion_rate"]) == (1.0, 0.0)
+    assert rows[1]["cart_rate"] == 0.5
+    assert rows[1]["mean_events_per_session"] == 1.5
+    assert rows[1]["mean_session_duration_s"] == 10.0

@@ -53,6 +53,7 @@ def cluster_profiles(
     top_n: int = 5,
     representatives: int = 3,
     jaccard: Mapping[int, float] | None = None,
+    unit: str = "user",
 ) -> DataFrame:
     """One row per cluster for analysts: size and share, behaviour rates, top categories /
     brands / items with share and lift, and the ids closest to the centroid.
@@ -66,15 +67,30 @@ def cluster_profiles(
     ``representatives`` ids nearest the centroid, nearest first) and stability_jaccard (from
     ``jaccard``: cluster id -> mean bootstrap Jaccard,
     :func:`jobs.evaluation.stability.segment_jaccard`).
+
+    The rates are per member: for ``unit`` ``user`` a member is a user (bought in any of their
+    sessions; their mean session length and duration); for ``session`` it is the session itself
+    (``sessions`` then also needs ``session_id``, the assignments' ``id``).
     """
-    per_user_sessions = sessions.groupBy("user_id").agg(
-        F.avg("duration_s").alias("__duration"),
-        F.max(F.col("n_purchases") > 0).alias("__bought"),
-        F.max(F.col("n_add_to_cart") > 0).alias("__carted"),
-        F.avg("n_events").alias("__events_per_session"),
-    )
+    if unit == "session":
+        per_member = sessions.select(
+            F.col("session_id").alias("id"),
+            F.col("duration_s").alias("__duration"),
+            (F.col("n_purchases") > 0).alias("__bought"),
+            (F.col("n_add_to_cart") > 0).alias("__carted"),
+            F.col("n_events").alias("__events_per_session"),
+        )
+        key = "id"
+    else:
+        per_member = sessions.groupBy("user_id").agg(
+            F.avg("duration_s").alias("__duration"),
+            F.max(F.col("n_purchases") > 0).alias("__bought"),
+            F.max(F.col("n_add_to_cart") > 0).alias("__carted"),
+            F.avg("n_events").alias("__events_per_session"),
+        )
+        key = "user_id"
     sized = (
-        assignments.join(per_user_sessions, "user_id", "left")
+        assignments.join(per_member, key, "left")
         .groupBy("cluster_id")
         .agg(
             F.count(F.lit(1)).alias("size"),
