@@ -394,3 +394,27 @@ def test_the_start_sample_arrives_through_arrow_and_dedups_in_a_fixed_order(
     with pytest.raises(ValueError, match="different dimensions"):
         mixed = [(DenseVector([1.0, 2.0]),), (DenseVector([1.0, 2.0, 3.0]),)]
         vectors_from_arrow(spark.createDataFrame(mixed, schema).toArrow()[0])
+
+
+def test_a_sample_that_missed_the_rare_points_is_topped_up_from_the_full_data(
+    spark: SparkSession,
+) -> None:
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans
+
+    # 600 identical rows and 3 rare ones: a start sample of 30 rows holds one distinct point,
+    # which made K-Means fail ("every sampled point coincides") though the data has four.
+    rare = [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]]
+    rows = [[1.0, 0.0, 0.0]] * 600 + rare
+    frame = spark.createDataFrame([(r,) for r in rows], "e array<double>").select(
+        array_to_vector(F.col("e")).alias(FEATURES)
+    )
+    estimator = SampledStartKMeans(k=3, config=ClusterConfig(k=3, init_sample=30))
+    model = estimator.fit(frame)
+    assert estimator.last_start is not None and estimator.last_start.sample_rows <= 30
+    centres = np.array(model.clusterCenters())
+    assert centres.shape == (3, 3)
+    # Every centre is the mean of the rows nearest it: the majority point is one of them.
+    assert np.isclose(centres, [1.0, 0.0, 0.0]).all(axis=1).any()

@@ -184,8 +184,8 @@ class SampledStartKMeans:
 
     def fit(self, features: DataFrame) -> Any:
         """An MLlib ``KMeansModel`` of ``features`` (column :data:`FEATURES`, dense or sparse
-        vectors).  Fewer than k centres when the sample has fewer distinct points;
-        :class:`SingleCluster` when it has one."""
+        vectors).  Fewer than k centres when the data has fewer distinct points (a sample
+        with fewer is topped up from the full data); :class:`SingleCluster` when it has one."""
         import numpy as np
         from pyspark import StorageLevel
         from pyspark.ml.stat import Summarizer
@@ -201,7 +201,16 @@ class SampledStartKMeans:
         if sampled > cfg.init_sample:  # an unbiased subsample, not the first partitions
             keep = np.random.default_rng(cfg.seed).choice(sampled, cfg.init_sample, False)
             table, sampled = table.take(np.sort(keep)), cfg.init_sample
-        points, weights = distinct_points(vectors_from_arrow(table.column(0)))
+        raw = vectors_from_arrow(table.column(0))
+        points, weights = distinct_points(raw)
+        if points.shape[0] < self.k and total > sampled:
+            # The sample missed rare points of the full data (the caller counted its distinct
+            # vectors): up to k of them join the start (one bounded job), so that it can hold k
+            # centres; the Lloyd passes below then refine them on every row.
+            extra = vectors_from_arrow(
+                features.select(FEATURES).distinct().limit(self.k).toArrow().column(0)
+            )
+            points, weights = distinct_points(_stacked(raw, extra))
         if points.shape[0] < 2:
             raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
         if points.shape[0] <= self.k:
@@ -236,6 +245,20 @@ class SampledStartKMeans:
                     data.unpersist()
         self.last_start = StartReport(sampled, tuple(costs), passes)
         return model
+
+
+def _stacked(first: Any, second: Any) -> Any:
+    """The rows of ``first`` then ``second`` (both dense arrays, or either a CSR matrix)."""
+    import numpy as np
+
+    if first.shape[0] == 0:  # an empty sample has no width to stack on
+        return second
+
+    if hasattr(first, "tocsr") or hasattr(second, "tocsr"):
+        from scipy.sparse import csr_matrix, vstack
+
+        return vstack([csr_matrix(first), csr_matrix(second)]).tocsr()
+    return np.vstack([first, second])
 
 
 def _dense(points: Any) -> Any:
