@@ -89,6 +89,11 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             log.info("assigning %d %ss with saved model %s", n, unit, cfg.assign_with_model)
             chosen_k, model_path = len(model.clusterCenters()), cfg.assign_with_model
             best = model
+            if n == 0:
+                raise DataError(
+                    f"embeddings has no {unit} rows of model version {version} to assign "
+                    "(cluster.model_version)"
+                )
         else:
             candidates = _fittable_ks(candidates, distinct_vectors(rows, at_most=max(candidates)))
             backend, reason = resolve_backend(spark, cfg.backend, cfg.algorithm)
@@ -183,10 +188,11 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
                 .first()
             )
             assert total is not None  # a global aggregate has one row
-            sweep_rows = (
-                ("sse", float(total["sse"])),
-                ("silhouette_sqeuclidean", silhouette_sqeuclidean(assigned)),
-            )
+            sweep_rows = [("sse", float(total["sse"]))]
+            if sum(1 for size in sizes if size) > 1:
+                sweep_rows.append(("silhouette_sqeuclidean", silhouette_sqeuclidean(assigned)))
+            else:  # a batch in one cluster: the silhouette needs two
+                log.info("the assigned rows fall into one cluster: no silhouette recorded")
             record_metrics(
                 spark,
                 lake,

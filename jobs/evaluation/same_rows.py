@@ -134,7 +134,7 @@ def same_rows_metrics(
     skipped[("global_baseline", "internal")] = "one segment: partition metrics do not apply"
     emb = results["embedding"]
     emb.update(stability)
-    unsplittable = "every refit's start sample held a single distinct point"
+    unsplittable = "every refit's rows held a single distinct point"
     if cfg.stability_seeds > 0 and not stability:
         skipped[("embedding", "stability_*")] = unsplittable
     if cfg.stability_bootstraps > 0 and not jaccard:

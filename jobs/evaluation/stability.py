@@ -27,7 +27,7 @@ def stability_metrics(
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's labels).  One refit per seed in
     ``seeds`` (non-empty), with ``cluster``'s other settings.  Returns ``stability_ari_mean``,
     ``stability_ari_sd`` (sample sd, 0.0 for a single seed) and ``stability_nmi_mean``, or ``{}``
-    when no refit could be made (its start sample held a single distinct point: a refit that
+    when no refit could be made (its rows held a single distinct point: a refit that
     cannot split the rows is left out, not an error).
     """
     features = rows.select("id", "embedding").transform(with_features).cache()
@@ -88,7 +88,7 @@ def segment_jaccard(
     ``bootstraps`` resamples of the rows (with replacement), refit K-Means (CPU, ``cluster``'s
     settings, ``k``), and for each of the run's segments take the best Jaccard similarity with a
     refit cluster over the resampled points; return each segment's mean over the resamples.
-    A resample whose start sample holds a single distinct point (e.g. it missed the one row
+    A resample that holds a single distinct point (e.g. it missed the one row
     that differs) cannot be split and is left out.
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
