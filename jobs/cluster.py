@@ -84,16 +84,16 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
         n = rows.count()
         sweep: list[tuple[int, float, float]] = []
         if cfg.assign_with_model:
+            if n == 0:  # before loading the model: there is nothing to assign
+                raise DataError(
+                    f"embeddings has no {unit} rows of model version {version} to assign "
+                    "(cluster.model_version)"
+                )
             model = load_model(cfg.assign_with_model)
             backend = "gpu" if type(model).__module__.startswith("spark_rapids_ml") else "cpu"
             log.info("assigning %d %ss with saved model %s", n, unit, cfg.assign_with_model)
             chosen_k, model_path = len(model.clusterCenters()), cfg.assign_with_model
             best = model
-            if n == 0:
-                raise DataError(
-                    f"embeddings has no {unit} rows of model version {version} to assign "
-                    "(cluster.model_version)"
-                )
         else:
             candidates = _fittable_ks(candidates, distinct_vectors(rows, at_most=max(candidates)))
             backend, reason = resolve_backend(spark, cfg.backend, cfg.algorithm)

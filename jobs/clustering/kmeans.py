@@ -254,7 +254,6 @@ def _stacked(first: Any, second: Any) -> Any:
 
     if first.shape[0] == 0:  # an empty sample has no width to stack on
         return second
-
     if hasattr(first, "tocsr") or hasattr(second, "tocsr"):
         from scipy.sparse import csr_matrix, vstack
 
