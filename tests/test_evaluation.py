@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -167,3 +168,45 @@ def test_session_profiles_rate_each_session_not_its_user(spark: SparkSession) ->
     assert rows[1]["cart_rate"] == 0.5
     assert rows[1]["mean_events_per_session"] == 1.5
     assert rows[1]["mean_session_duration_s"] == 10.0
+
+
+@pytest.mark.parametrize("init_sample", [20000, 100], ids=["on-the-driver", "on-spark"])
+def test_refits_on_the_driver_are_the_cluster_stages_fit(
+    spark: SparkSession, init_sample: int
+) -> None:
+    """Rows that fit the start sample are refitted on the driver (evaluate's baselines and
+    stability); the partition is the one the cluster stage's K-Means makes on Spark."""
+    from pyspark.ml.functions import array_to_vector
+    from sklearn.metrics import adjusted_rand_score
+
+    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans, fit_on_driver
+    from jobs.core.config import ClusterConfig
+    from jobs.evaluation.stability import segment_jaccard, stability_metrics
+
+    rng = np.random.default_rng(4)
+    truth = np.arange(400) % 4
+    points = rng.normal(size=(4, 12))[truth] + rng.normal(scale=0.3, size=(400, 12))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    frame = spark.createDataFrame(
+        [(f"u{i}", [float(x) for x in p]) for i, p in enumerate(points)],
+        "id string, embedding array<double>",
+    )
+    config = ClusterConfig(k=4, init_sample=init_sample)
+    model = SampledStartKMeans(k=4, config=ClusterConfig(k=4)).fit(
+        frame.withColumn(FEATURES, array_to_vector("embedding"))
+    )
+    run = model.transform(frame.withColumn(FEATURES, array_to_vector("embedding")))
+    by_id = {r["id"]: r["cluster_id"] for r in run.select("id", "cluster_id").collect()}
+    on_spark = np.array([by_id[f"u{i}"] for i in range(400)])
+    assert adjusted_rand_score(truth, on_spark) == 1.0
+    if init_sample >= 400:
+        labels, costs = fit_on_driver(points, k=4, config=config)
+        assert adjusted_rand_score(on_spark, labels) == 1.0 and len(costs) == config.n_init
+    else:
+        with pytest.raises(ValueError, match=r"cluster\.init_sample=100"):
+            fit_on_driver(points, k=4, config=config)
+    rows = run.select("id", "embedding", "cluster_id")
+    stable = stability_metrics(rows, k=4, cluster=config, seeds=[config.seed, config.seed + 1])
+    assert stable == {"stability_ari_mean": 1.0, "stability_ari_sd": 0.0, "stability_nmi_mean": 1.0}
+    jaccard = segment_jaccard(rows, k=4, cluster=config, bootstraps=2, seed=5)
+    assert sorted(jaccard) == [0, 1, 2, 3] and min(jaccard.values()) == 1.0

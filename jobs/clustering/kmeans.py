@@ -212,13 +212,7 @@ class SampledStartKMeans:
                 features.select(FEATURES).distinct().limit(self.k).toArrow().column(0)
             )
             points, weights = distinct_points(_stacked(raw, extra))
-        if points.shape[0] < 2:
-            raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
-        if points.shape[0] <= self.k:
-            # No more distinct points than clusters: each point is a centre, at cost 0.
-            centres, costs = _dense(points), [0.0] * cfg.n_init
-        else:
-            centres, costs = _kmeans_pp_restarts(points, weights, k=self.k, config=cfg)
+        centres, costs = _start(points, weights, k=self.k, config=cfg)
         spark = features.sparkSession
         model = _model_with_centres(spark, centres, seed=cfg.seed)
         passes = 0
@@ -246,6 +240,39 @@ class SampledStartKMeans:
                     data.unpersist()
         self.last_start = StartReport(sampled, tuple(costs), passes)
         return model
+
+
+def _start(points: Any, weights: Any, *, k: int, config: ClusterConfig) -> tuple[Any, list[float]]:
+    """The start's centres ((k', d) dense, k' <= k) and every restart's cost, from distinct
+    ``points`` weighted by ``weights``; :class:`SingleCluster` when there are fewer than two."""
+    if points.shape[0] < 2:
+        raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
+    if points.shape[0] <= k:
+        # No more distinct points than clusters: each point is a centre, at cost 0.
+        return _dense(points), [0.0] * config.n_init
+    return _kmeans_pp_restarts(points, weights, k=k, config=config)
+
+
+def fit_on_driver(raw: Any, *, k: int, config: ClusterConfig) -> tuple[Any, list[float]]:
+    """``(labels, restart costs)`` of CPU K-Means on every row of ``raw`` ((n, d) array or CSR
+    matrix, n <= ``config.init_sample``), computed on the driver: labels ``(n,)`` int in
+    [0, k') (k' <= k; ids are arbitrary, only the partition counts).
+
+    This is :class:`SampledStartKMeans` on data that fits its start sample: the sample is then
+    every row, its k-means++ restarts are the whole fit (no Lloyd pass on Spark follows), and
+    each row goes to its nearest centre, as the model's ``transform`` assigns it.  ``evaluate``
+    refits baselines and stability models this way on small data: one Arrow fetch instead of
+    a Spark job per step and a model wrapper per fit.  :class:`SingleCluster` when the rows
+    hold fewer than two distinct points."""
+    from sklearn.metrics import pairwise_distances_argmin
+
+    if raw.shape[0] > config.init_sample:
+        raise ValueError(
+            f"{raw.shape[0]} rows exceed cluster.init_sample={config.init_sample}: fit on Spark"
+        )
+    points, weights = distinct_points(raw)
+    centres, costs = _start(points, weights, k=k, config=config)
+    return pairwise_distances_argmin(raw, centres), costs
 
 
 def _stacked(first: Any, second: Any) -> Any:

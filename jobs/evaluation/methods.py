@@ -34,9 +34,11 @@ from jobs.clustering.kmeans import (
     FEATURES,
     PREDICTION,
     SingleCluster,
+    fit_on_driver,
     kmeans_estimator,
     with_features,
 )
+from jobs.clustering.sample import vectors_from_arrow
 from jobs.core.config import AppConfig, ClusterConfig, EncoderConfig, EvaluateConfig
 from jobs.core.metrics import METHODS
 from jobs.evaluation.baselines import TFIDF_BASELINES, token_bags
@@ -57,9 +59,18 @@ class NotApplicable(Exception):
 def _kmeans_segments(
     features: DataFrame, *, k: int, cluster: ClusterConfig, seed: int | None = None
 ) -> DataFrame:
-    """``id``, ``segment`` of MLlib K-Means on ``features`` (``id``, vector column
-    :data:`FEATURES`); :class:`NotApplicable` when there are fewer distinct points than ``k``."""
+    """``id``, ``segment`` of CPU K-Means (the cluster stage's, ``cluster``'s settings) on
+    ``features`` (``id``, vector column :data:`FEATURES`); :class:`NotApplicable` when the
+    rows hold a single distinct point or K-Means finds a single cluster.
+
+    Rows that fit ``cluster.init_sample`` are fitted on the driver from one Arrow fetch
+    (:func:`jobs.clustering.kmeans.fit_on_driver`: the same fit, without a Spark job per
+    step); larger data and bisecting K-Means are fitted on Spark."""
     settings = cluster if seed is None else replace(cluster, seed=seed)
+    if settings.algorithm == "kmeans":
+        local = _driver_segments(features, k=k, cluster=settings)
+        if local is not None:
+            return local
     try:
         model = kmeans_estimator("cpu", k, settings).fit(features)
     except SingleCluster as reason:
@@ -67,6 +78,25 @@ def _kmeans_segments(
     if len(model.clusterCenters()) < 2:
         raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
     return model.transform(features).select("id", F.col(PREDICTION).cast("int").alias(SEGMENT))
+
+
+def _driver_segments(features: DataFrame, *, k: int, cluster: ClusterConfig) -> DataFrame | None:
+    """:func:`_kmeans_segments` on the driver, or None when the rows exceed
+    ``cluster.init_sample`` (one bounded fetch decides: at most that many rows plus one)."""
+    import numpy as np
+    import pyarrow as pa
+
+    table = features.select("id", FEATURES).limit(cluster.init_sample + 1).toArrow()
+    if table.num_rows > cluster.init_sample:
+        return None
+    try:
+        labels, _ = fit_on_driver(vectors_from_arrow(table.column(FEATURES)), k=k, config=cluster)
+    except SingleCluster as reason:
+        raise NotApplicable(str(reason)) from None
+    if len(np.unique(labels)) < 2:
+        raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
+    segments = pa.table({"id": table.column("id"), SEGMENT: pa.array(labels, pa.int32())})
+    return features.sparkSession.createDataFrame(segments)
 
 
 #: Column of :func:`encoded_histories`: true where the vector was encoded by this call.

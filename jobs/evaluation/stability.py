@@ -8,8 +8,15 @@ from dataclasses import replace
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from sklearn.metrics.cluster import contingency_matrix
 
-from jobs.clustering.kmeans import PREDICTION, SingleCluster, kmeans_estimator, with_features
+from jobs.clustering.kmeans import (
+    PREDICTION,
+    SingleCluster,
+    fit_on_driver,
+    kmeans_estimator,
+    with_features,
+)
 from jobs.core.config import ClusterConfig
 from jobs.evaluation.external import adjusted_rand_index, contingency, normalized_mutual_info
 
@@ -28,10 +35,22 @@ def stability_metrics(
     ``seeds`` (non-empty), with ``cluster``'s other settings.  Returns ``stability_ari_mean``,
     ``stability_ari_sd`` (sample sd, 0.0 for a single seed) and ``stability_nmi_mean``, or ``{}``
     when no refit could be made (its rows held a single distinct point: a refit that
-    cannot split the rows is left out, not an error).
+    cannot split the rows is left out, not an error).  Rows that fit ``cluster.init_sample``
+    are fetched once and refitted on the driver (:func:`jobs.clustering.kmeans.fit_on_driver`).
     """
+    local = _driver_rows(rows, cluster)
+    if local is not None:
+        points, run = local
+        tables = []
+        for seed in seeds:
+            try:
+                labels, _ = fit_on_driver(points, k=k, config=replace(cluster, seed=seed))
+            except SingleCluster:
+                continue
+            tables.append(contingency_matrix(run, labels).astype(np.float64))
+        return _agreement(tables)
     features = rows.select("id", "embedding").transform(with_features).cache()
-    aris, nmis = [], []
+    tables = []
     try:
         for seed in seeds:
             try:
@@ -39,13 +58,18 @@ def stability_metrics(
             except SingleCluster:
                 continue
             refit = model.transform(features).select("id", F.col(PREDICTION).alias("__refit"))
-            table = contingency(rows.join(refit, "id"), "cluster_id", "__refit")
-            aris.append(adjusted_rand_index(table))
-            nmis.append(normalized_mutual_info(table))
+            tables.append(contingency(rows.join(refit, "id"), "cluster_id", "__refit"))
     finally:
         features.unpersist()
-    if not aris:
+    return _agreement(tables)
+
+
+def _agreement(tables: list[np.ndarray]) -> dict[str, float]:
+    """The stability metrics of the run-versus-refit contingency tables (``{}`` for none)."""
+    if not tables:
         return {}
+    aris = [adjusted_rand_index(table) for table in tables]
+    nmis = [normalized_mutual_info(table) for table in tables]
     return {
         "stability_ari_mean": float(np.mean(aris)),
         "stability_ari_sd": float(np.std(aris, ddof=1)) if len(aris) > 1 else 0.0,
@@ -93,8 +117,14 @@ def segment_jaccard(
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
     refit is one K-Means fit and one ``groupBy`` (O(n·k)); the k x k tables reach the driver.
-    A segment absent from every resample is left out.
+    Rows that fit ``cluster.init_sample`` are fetched once and refitted on the driver
+    (:func:`_driver_segment_jaccard`).  A segment absent from every resample is left out.
     """
+    local = _driver_rows(rows, cluster)
+    if local is not None:
+        return _driver_segment_jaccard(
+            *local, k=k, cluster=cluster, bootstraps=bootstraps, seed=seed
+        )
     features = (
         rows.select("id", "embedding", F.col("cluster_id").alias("__run"))
         .transform(with_features)
@@ -125,4 +155,50 @@ def segment_jaccard(
                     per_segment.setdefault(segment, []).append(float(value))
     finally:
         features.unpersist()
+    return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
+
+
+def _driver_rows(rows: DataFrame, cluster: ClusterConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(points (n, d) float64, run labels (n,))`` of ``rows`` fetched once through Arrow when
+    the refits can run on the driver (``cluster.algorithm`` kmeans and n <= ``init_sample``:
+    :func:`jobs.clustering.kmeans.fit_on_driver`); None otherwise (refit on Spark)."""
+    if cluster.algorithm != "kmeans":
+        return None
+    table = rows.select("embedding", "cluster_id").limit(cluster.init_sample + 1).toArrow()
+    n = table.num_rows
+    if n > cluster.init_sample:
+        return None
+    vectors = table.column("embedding").combine_chunks()
+    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    points = flat.reshape(n, -1) if n else np.zeros((0, 0))
+    return points, table.column("cluster_id").to_numpy(zero_copy_only=False)
+
+
+def _driver_segment_jaccard(
+    points: np.ndarray,
+    run: np.ndarray,
+    *,
+    k: int,
+    cluster: ClusterConfig,
+    bootstraps: int,
+    seed: int,
+) -> dict[int, float]:
+    """:func:`segment_jaccard` on the driver: each resample draws n of the n rows with
+    replacement (the classic bootstrap of ``clusterboot``; the Spark path's Poisson sampling
+    approximates it), the refit labels each distinct drawn row, and the run's segments are
+    compared with the refit's clusters over those rows."""
+    per_segment: dict[int, list[float]] = {}
+    n = len(run)
+    for b in range(bootstraps):
+        drawn = np.random.default_rng(seed + 7919 * b).integers(0, n, n)
+        settings = replace(cluster, seed=cluster.seed + b + 1)
+        try:
+            labels, _ = fit_on_driver(points[drawn], k=k, config=settings)
+        except SingleCluster:
+            continue
+        rows, first = np.unique(drawn, return_index=True)  # a row's copies share a centre
+        segments, table = np.unique(run[rows]), contingency_matrix(run[rows], labels[first])
+        for segment, value in zip(segments, best_jaccard(table.astype(np.float64)), strict=True):
+            if np.isfinite(value):
+                per_segment.setdefault(int(segment), []).append(float(value))
     return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
