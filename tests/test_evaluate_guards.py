@@ -22,8 +22,7 @@ from jobs.core.lake import Lake
 from jobs.core.metrics import Metric, record_metrics
 from jobs.core.tables import CLUSTER_ASSIGNMENTS, CLUSTER_METRICS
 from jobs.evaluation.backtest import Backtest
-from jobs.evaluation.external import external_metrics
-from jobs.evaluation.internal import internal_metrics
+from jobs.evaluation.measure import external_metrics, internal_metrics
 from jobs.evaluation.report import cell, write_report
 
 
@@ -310,7 +309,10 @@ def test_ari_of_a_single_matched_user_is_scikit_learns() -> None:
     assert adjusted_rand_index(np.zeros((1, 1))) == 1.0
 
 
-def test_stability_refits_that_cannot_split_the_rows_are_left_out(spark: SparkSession) -> None:
+@pytest.mark.parametrize("init_sample", [20000, 4], ids=["on-the-driver", "on-spark"])
+def test_stability_refits_that_cannot_split_the_rows_are_left_out(
+    spark: SparkSession, init_sample: int
+) -> None:
     # Every row identical: no refit can make two clusters; an error here failed the stage.
     from jobs.evaluation.stability import segment_jaccard, stability_metrics
 
@@ -318,7 +320,7 @@ def test_stability_refits_that_cannot_split_the_rows_are_left_out(spark: SparkSe
         [(f"u{i}", [1.0, 0.0], i % 2) for i in range(12)],
         "id string, embedding array<double>, cluster_id int",
     )
-    cluster = AppConfig().cluster
+    cluster = dataclasses.replace(AppConfig().cluster, init_sample=init_sample)
     assert stability_metrics(rows, k=2, cluster=cluster, seeds=[1, 2]) == {}
     assert segment_jaccard(rows, k=2, cluster=cluster, bootstraps=2, seed=3) == {}
 

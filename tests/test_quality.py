@@ -105,3 +105,65 @@ def test_ari_nmi_purity_from_a_contingency_table(spark: SparkSession) -> None:
     identical = external.contingency(df, "truth", "truth")
     assert external.adjusted_rand_index(identical) == pytest.approx(1.0)
     assert external.normalized_mutual_info(identical) == pytest.approx(1.0)
+
+
+def test_one_pass_measures_every_stacked_clustering_as_the_library_does(
+    spark: SparkSession, data: tuple[DataFrame, np.ndarray, np.ndarray]
+) -> None:
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from pyspark.ml.functions import array_to_vector
+
+    from jobs.evaluation.measure import internal_metrics_by, sample_ids
+
+    _, points, labels = data
+    shuffled = np.random.default_rng(9).permutation(labels)
+    rows = [
+        (method, f"u{i}", [float(x) for x in p], int(c))
+        for method, these in (("a", labels), ("b", shuffled))
+        for i, (p, c) in enumerate(zip(points, these, strict=True))
+    ]
+    long = spark.createDataFrame(
+        rows, "method string, id string, embedding array<double>, cluster_id int"
+    ).repartition(3)
+    everyone = sample_ids(long.where("method = 'a'"), sample=len(points), seed=1)
+    values, skipped = internal_metrics_by(long, sample_ids=everyone)
+    assert set(values) == {"a", "b"} and skipped == {"a": {}, "b": {}}
+    for method, these in (("a", labels), ("b", shuffled)):
+        one = long.where(F.col("method") == method)
+        library = ClusteringEvaluator(
+            featuresCol="v", predictionCol="c", distanceMeasure="squaredEuclidean"
+        ).evaluate(
+            one.select(
+                array_to_vector("embedding").alias("v"),
+                F.col("cluster_id").cast("double").alias("c"),
+            )
+        )
+        got = values[method]
+        assert got["silhouette_sqeuclidean"] == pytest.approx(library, abs=1e-9)
+        assert got["silhouette_cosine"] == got["silhouette_sqeuclidean"]  # unit vectors
+        assert got["davies_bouldin"] == pytest.approx(
+            sk.davies_bouldin_score(points, these), rel=1e-9
+        )
+        assert got["calinski_harabasz"] == pytest.approx(
+            sk.calinski_harabasz_score(points, these), rel=1e-9
+        )
+        # The sample holds every row: scikit-learn's exact value is the same silhouette.
+        assert got["silhouette_exact_sample"] == pytest.approx(
+            sk.silhouette_score(points, these, metric="sqeuclidean"), abs=1e-9
+        )
+    assert values["a"]["silhouette_sqeuclidean"] > 0.3 > values["b"]["silhouette_sqeuclidean"]
+
+
+def test_a_singleton_cluster_scores_zero_as_in_spark(spark: SparkSession) -> None:
+    from jobs.evaluation.internal import aggregates_by, distance_pass, silhouette
+
+    points = [[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.5, 0.5]]
+    df = spark.createDataFrame(
+        [(p, c) for p, c in zip(points, [0, 0, 1, 1, 2], strict=True)],
+        "embedding array<double>, cluster_id int",
+    )
+    measured = distance_pass(df, aggregates_by(df, by=None), by=None)[None]
+    assert measured.silhouette_sqeuclidean == pytest.approx(
+        silhouette(df, distance="squaredEuclidean"), abs=1e-12
+    )
+    assert measured.scatter[2] == 0.0

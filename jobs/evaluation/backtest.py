@@ -113,9 +113,22 @@ def run_backtest(
     :class:`Backtest` with ``protocol`` None and the reason.  Runs Spark jobs.
     """
     key = "user_id" if unit == "user" else "session_id"
-    human = sessions.where(~F.col("is_bot")).join(
-        units.select(F.col("id").alias(key)).distinct(), key, "left_semi"
+    # Read by every count of the protocol choice and by the split: filtered and joined once.
+    human = (
+        sessions.where(~F.col("is_bot"))
+        .join(units.select(F.col("id").alias(key)).distinct(), key, "left_semi")
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    try:
+        return _run(human, unit=unit, k=k, config=config, embedding=embedding)
+    finally:
+        human.unpersist()
+
+
+def _run(
+    human: DataFrame, *, unit: str, k: int, config: AppConfig, embedding: EmbeddingSource | str
+) -> Backtest:
+    """:func:`run_backtest` on the human sessions of the evaluated units."""
     choice = choose_protocol(human, unit=unit, config=config.evaluate)
     if choice.protocol is None:
         log.warning("future metrics not applicable: %s", choice.reason)

@@ -6,6 +6,8 @@ NMI and purity are closed forms over it, equal to scikit-learn's on the same lab
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -14,12 +16,15 @@ from jobs.core.privacy import Pseudonymizer
 
 
 def contingency(df: DataFrame, left: str, right: str) -> np.ndarray:
-    """Counts of rows per (left label, right label): a (k, k') float matrix, via one groupBy.
+    """Counts of rows per (left label, right label): a (k, k') float matrix, via one groupBy
+    (:func:`count_table`)."""
+    return count_table(df.groupBy(left, right).count().collect(), left, right)
 
-    Rows follow the distinct ``left`` labels and columns the distinct ``right`` labels, each
-    sorted by their string form.
-    """
-    rows = df.groupBy(left, right).count().collect()
+
+def count_table(rows: list[Any], left: str, right: str) -> np.ndarray:
+    """The (k, k') matrix of ``groupBy(left, right).count()`` result rows: rows follow the
+    distinct ``left`` labels and columns the distinct ``right`` labels, each sorted by their
+    string form."""
     lefts = sorted({r[left] for r in rows}, key=str)
     rights = sorted({r[right] for r in rows}, key=str)
     li = {v: i for i, v in enumerate(lefts)}
@@ -82,17 +87,3 @@ def truth_labels(raw: DataFrame, pseudonymizer: Pseudonymizer | None) -> DataFra
     if pseudonymizer is not None:
         truth = pseudonymizer.pseudonymize(truth, {"user_id": F.trim("user_id")})
     return truth
-
-
-def external_metrics(df: DataFrame, truth: DataFrame) -> dict[str, float]:
-    """``ari_vs_truth``, ``nmi_vs_truth`` and ``purity_vs_truth`` of ``df.cluster_id`` against
-    ``truth.persona``, joined on ``user_id`` (rows without a truth label are left out); ``{}``
-    when no row has a truth label."""
-    table = contingency(df.join(truth, "user_id"), "persona", "cluster_id")
-    if table.sum() == 0:
-        return {}  # no clustered user has a truth label (the caller logs the skip)
-    return {
-        "ari_vs_truth": adjusted_rand_index(table),
-        "nmi_vs_truth": normalized_mutual_info(table),
-        "purity_vs_truth": purity(table),
-    }

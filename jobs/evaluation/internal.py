@@ -74,15 +74,26 @@ def with_squared_norms(df: DataFrame, *, features: str = "embedding") -> DataFra
 def cluster_aggregates(
     df: DataFrame, *, features: str = "embedding", cluster: str = "cluster_id"
 ) -> ClusterAggregates:
-    """Count, vector sum and sum of squared norms per cluster, in one job.
+    """Count, vector sum and sum of squared norms per cluster, in one job
+    (:func:`aggregates_by` of a single clustering).  Raises ``ValueError`` when ``df`` is
+    empty."""
+    return aggregates_by(df, by=None, features=features, cluster=cluster)[None]
 
-    ``df``: n rows with a length-d array column ``features`` (the same d on every row and no
+
+def aggregates_by(
+    df: DataFrame, *, by: str | None, features: str = "embedding", cluster: str = "cluster_id"
+) -> dict[Any, ClusterAggregates]:
+    """:class:`ClusterAggregates` of each value of column ``by`` (several clusterings of the
+    same rows stacked: ``by`` names the clustering; None: ``df`` is one clustering, keyed
+    None), in one job.
+
+    ``df``: rows with a length-d array column ``features`` (the same d on every row and no
     null vector or element, as in ``embeddings``; otherwise MLlib's ``Summarizer`` fails the
     job) and a cluster column; the norms of :func:`with_squared_norms` are used when ``df``
-    has them, else computed.  The vector sums are
-    MLlib's ``Summarizer.sum`` per cluster (one aggregate buffer of d doubles per cluster; d
-    separate ``sum`` columns would turn off whole-stage code generation beyond 100 fields).
-    Only the k result rows reach the driver.  Raises ``ValueError`` when ``df`` is empty.
+    has them, else computed.  The vector sums are MLlib's ``Summarizer.sum`` per (clustering,
+    cluster): one aggregate buffer of d doubles each (d separate ``sum`` columns would turn off
+    whole-stage code generation beyond 100 fields).  Only those k rows per clustering reach
+    the driver.  Raises ``ValueError`` when ``df`` is empty.
     """
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.ml.stat import Summarizer
@@ -91,8 +102,9 @@ def cluster_aggregates(
     if norm not in df.columns:
         df = df.transform(with_squared_norms, features=features)
     squared = F.col(norm)
+    key = F.col(by).cast("string") if by else F.lit(None).cast("string")
     table = (
-        df.groupBy(cluster)
+        df.groupBy(key.alias("__by"), F.col(cluster))
         .agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(squared).alias("sq"),
@@ -100,20 +112,30 @@ def cluster_aggregates(
             F.count(F.when(F.abs(squared - 1.0) > UNIT_TOLERANCE, 1)).alias("non_unit"),
             vector_to_array(Summarizer.sum(array_to_vector(F.col(features)))).alias("sums"),
         )
-        .orderBy(cluster)
+        .orderBy("__by", cluster)
         .toArrow()
     )
     if table.num_rows == 0:
         raise ValueError("cannot compute cluster metrics of an empty DataFrame")
+    keys = np.array(table.column("__by").to_pylist(), dtype=object)
     sums = table.column("sums").combine_chunks()
-    return ClusterAggregates(
-        cluster_ids=np.array(table.column(cluster).to_pylist()),
-        counts=table.column("n").to_numpy().astype(np.float64),
-        sums=sums.flatten().to_numpy().reshape(len(sums), -1).astype(np.float64),
-        squared_norms=table.column("sq").to_numpy().astype(np.float64),
-        zero_vectors=int(table.column("zeros").to_numpy().sum()),
-        non_unit_vectors=int(table.column("non_unit").to_numpy().sum()),
-    )
+    all_sums = sums.flatten().to_numpy().reshape(len(sums), -1).astype(np.float64)
+    ids = np.array(table.column(cluster).to_pylist())
+    counts = table.column("n").to_numpy().astype(np.float64)
+    squares = table.column("sq").to_numpy().astype(np.float64)
+    zeros, non_unit = table.column("zeros").to_numpy(), table.column("non_unit").to_numpy()
+    out: dict[Any, ClusterAggregates] = {}
+    for value in dict.fromkeys(keys.tolist()):
+        mine = keys == value
+        out[value] = ClusterAggregates(
+            cluster_ids=ids[mine],
+            counts=counts[mine],
+            sums=all_sums[mine],
+            squared_norms=squares[mine],
+            zero_vectors=int(zeros[mine].sum()),
+            non_unit_vectors=int(non_unit[mine].sum()),
+        )
+    return out
 
 
 def sse(agg: ClusterAggregates) -> float:
@@ -142,6 +164,145 @@ def calinski_harabasz(agg: ClusterAggregates) -> float:
     return between * (n - k) / (within * (k - 1))
 
 
+@dataclass(frozen=True)
+class Distances:
+    """What :func:`distance_pass` measured for one clustering."""
+
+    #: (k,) mean Euclidean distance of each cluster's rows to its centroid, in the order of
+    #: :attr:`ClusterAggregates.cluster_ids`.
+    scatter: np.ndarray
+    #: Mean squared-Euclidean silhouette over the rows, as Spark's ``ClusteringEvaluator``.
+    silhouette_sqeuclidean: float
+
+
+def distance_pass(
+    df: DataFrame,
+    aggregates: dict[Any, ClusterAggregates],
+    *,
+    by: str | None,
+    features: str = "embedding",
+    cluster: str = "cluster_id",
+) -> dict[Any, Distances]:
+    """Davies-Bouldin scatter and squared-Euclidean silhouette of every clustering in ``df``
+    with at least two clusters, in one job: each row's distances to its clustering's k
+    clusters from ``aggregates`` (:func:`aggregates_by` of the same ``df`` and ``by``).
+
+    The silhouette is Spark's own O(n·k·d) form (``SquaredEuclideanSilhouette`` behind
+    ``pyspark.ml.evaluation.ClusteringEvaluator``): the mean squared distance from x to the
+    rows of cluster C is ``||x||^2 + Q_C / n_C - 2 x . S_C / n_C`` (S: vector sum, Q: sum of
+    squared norms); for x's own cluster it is scaled by ``n_C / (n_C - 1)`` to leave x out,
+    and a row alone in its cluster scores 0.  Written here rather than calling the evaluator
+    because that measures one clustering per call (two jobs each); this measures all the
+    clusterings stacked in ``df`` in one pass and agrees with the evaluator to 1e-9
+    (tests/test_quality.py).  Each Arrow batch is one (rows x k) matrix product in NumPy
+    (``mapInArrow``); Spark SQL's higher-order functions evaluate the same d-long dot products
+    element by element, about 5x slower.
+    """
+    import pyarrow as pa
+
+    spread = {key: agg for key, agg in aggregates.items() if len(agg.counts) >= 2}
+    if not spread:
+        return {}
+    tables = {
+        None if key is None else str(key): (
+            agg.cluster_ids,
+            agg.centroids,
+            agg.counts,
+            agg.squared_norms / agg.counts,
+        )
+        for key, agg in spread.items()
+    }
+    key = F.col(by).cast("string") if by else F.lit(None).cast("string")
+    rows = df.select(key.alias("__key"), F.col(cluster).alias("__cluster"), F.col(features))
+    schema_ddl = "__key string, __cluster long, distance double, score double, n long"
+    schema = pa.schema(
+        [
+            ("__key", pa.string()),
+            ("__cluster", pa.int64()),
+            ("distance", pa.float64()),
+            ("score", pa.float64()),
+            ("n", pa.int64()),
+        ]
+    )
+
+    def partial_sums(batches: Any) -> Any:
+        for batch in batches:
+            yield pa.RecordBatch.from_pylist(_distance_sums(batch, tables, features), schema)
+
+    measured = (
+        rows.mapInArrow(partial_sums, schema_ddl)
+        .groupBy("__key", "__cluster")
+        .agg(*[F.sum(c).alias(c) for c in ("distance", "score", "n")])
+        .collect()
+    )
+    out: dict[Any, Distances] = {}
+    for key_value, agg in spread.items():
+        name = None if key_value is None else str(key_value)
+        mine = {r["__cluster"]: r for r in measured if r["__key"] == name}
+        scatter = np.array(
+            [mine[c]["distance"] / mine[c]["n"] for c in agg.cluster_ids], dtype=np.float64
+        )
+        total = sum(r["score"] for r in mine.values()) / sum(r["n"] for r in mine.values())
+        out[key_value] = Distances(scatter, float(total))
+    return out
+
+
+def _distance_sums(
+    batch: Any, tables: dict[Any, tuple[Any, ...]], features: str
+) -> list[dict[str, Any]]:
+    """Per (clustering, cluster) of one Arrow batch: the sum of the rows' Euclidean distances
+    to their centroid, the sum of their silhouettes and their count (:func:`distance_pass`)."""
+    keys = np.array(batch.column("__key").to_pylist(), dtype=object)
+    labels = batch.column("__cluster").to_numpy(zero_copy_only=False)
+    vectors = batch.column(features)
+    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    points = flat.reshape(len(batch), -1) if len(batch) else np.zeros((0, 0))
+    sums = []
+    for key in dict.fromkeys(keys.tolist()):
+        if key not in tables:
+            continue
+        ids, means, sizes, mean_sq = tables[key]
+        mine = keys == key
+        x, own = points[mine], np.searchsorted(ids, labels[mine])
+        rows = np.arange(len(x))
+        # Mean squared distance from each row to every cluster's rows (itself included).
+        to_cluster = (x**2).sum(axis=1)[:, None] + mean_sq[None, :] - 2.0 * x @ means.T
+        size = sizes[own]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(size > 1, to_cluster[rows, own] * size / (size - 1), 0.0)
+            to_cluster[rows, own] = np.inf
+            b = to_cluster.min(axis=1)
+            score = np.where(
+                size <= 1, 0.0, np.where(a < b, 1 - a / b, np.where(a > b, b / a - 1, 0.0))
+            )
+        distance = np.sqrt(((x - means[own]) ** 2).sum(axis=1))
+        for position in np.unique(own):
+            at = own == position
+            sums.append(
+                {
+                    "__key": key,
+                    "__cluster": int(ids[position]),
+                    "distance": float(distance[at].sum()),
+                    "score": float(score[at].sum()),
+                    "n": int(at.sum()),
+                }
+            )
+    return sums
+
+
+def davies_bouldin_index(agg: ClusterAggregates, scatter: np.ndarray) -> float:
+    """Mean over clusters of the worst (scatter_i + scatter_j) / distance(c_i, c_j) (Davies and
+    Bouldin, 1979); ``scatter``: each cluster's mean Euclidean distance to its centroid
+    (:class:`Distances`).  NaN for k < 2."""
+    if len(agg.counts) < 2:
+        return float("nan")
+    gaps = np.linalg.norm(agg.centroids[:, None, :] - agg.centroids[None, :, :], axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (scatter[:, None] + scatter[None, :]) / gaps
+    np.fill_diagonal(ratios, -np.inf)
+    return float(np.nanmax(np.where(np.isfinite(ratios), ratios, -np.inf), axis=1).mean())
+
+
 def davies_bouldin(
     df: DataFrame,
     agg: ClusterAggregates,
@@ -149,42 +310,11 @@ def davies_bouldin(
     features: str = "embedding",
     cluster: str = "cluster_id",
 ) -> float:
-    """Mean over clusters of the worst (scatter_i + scatter_j) / distance(c_i, c_j); scatter is
-    the mean Euclidean distance to the centroid (a second pass, joining the k centroids).
-
-    ``agg`` must be :func:`cluster_aggregates` of the same ``df``.  NaN for k < 2.
-    """
-    k = len(agg.counts)
-    if k < 2:
-        return float("nan")
-    spark = df.sparkSession
-    centres = spark.createDataFrame(
-        [
-            (int(c), [float(x) for x in v])
-            for c, v in zip(agg.cluster_ids, agg.centroids, strict=True)
-        ],
-        f"{cluster} int, __centroid array<double>",
-    )
-    distance = F.sqrt(
-        F.aggregate(
-            F.zip_with(features, "__centroid", lambda a, b: (a - b) * (a - b)),
-            F.lit(0.0).cast("double"),
-            lambda acc, x: acc + x,
-        )
-    )
-    scatter_rows = (
-        df.join(F.broadcast(centres), cluster)
-        .groupBy(cluster)
-        .agg(F.avg(distance).alias("s"))
-        .collect()
-    )
-    scatter_by_id = {r[cluster]: r["s"] for r in scatter_rows}
-    scatter = np.array([scatter_by_id[c] for c in agg.cluster_ids])
-    gaps = np.linalg.norm(agg.centroids[:, None, :] - agg.centroids[None, :, :], axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = (scatter[:, None] + scatter[None, :]) / gaps
-    np.fill_diagonal(ratios, -np.inf)
-    return float(np.nanmax(np.where(np.isfinite(ratios), ratios, -np.inf), axis=1).mean())
+    """Davies-Bouldin index of one clustering (:func:`davies_bouldin_index` with the scatter
+    of :func:`distance_pass`); ``agg`` must be :func:`cluster_aggregates` of the same ``df``.
+    NaN for k < 2."""
+    passed = distance_pass(df, {None: agg}, by=None, features=features, cluster=cluster)
+    return davies_bouldin_index(agg, passed[None].scatter) if passed else float("nan")
 
 
 def silhouette(
@@ -228,76 +358,3 @@ def sample_rows(df: DataFrame, *, sample: int, seed: int) -> list[Any]:
     """A seeded random sample of at most ``sample`` rows' ``embedding`` and ``cluster_id``,
     collected to the driver (the same rows for the same data, partitioning and seed)."""
     return df.orderBy(F.rand(seed)).limit(sample).select("embedding", "cluster_id").collect()
-
-
-def internal_metrics(
-    df: DataFrame, *, sample: int, seed: int, k: int | None = None
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Every internal metric of ``embedding`` / ``cluster_id`` rows that can be computed, by
-    metric name, and the reason for each one that cannot (every value returned is finite).
-    ``k``: the segments asked for (empty ones count in the ``size_*`` metrics), None: those in
-    ``df``.
-
-    Not applicable: everything but ``sse`` and ``size_*`` for a single cluster; the cosine
-    silhouette when a vector is all zeros; Calinski-Harabasz when every point sits on its
-    centroid (clusters collapsed onto duplicate points: the ratio is infinite); Davies-Bouldin
-    when centroids coincide; ``silhouette_exact_sample`` (scikit-learn, squared Euclidean, on
-    :func:`sample_rows`) when the sample has a single cluster or no more rows than clusters.
-    For unit vectors (every embedding) the cosine silhouette equals the squared-Euclidean one
-    and is not measured twice.
-    """
-    from sklearn.metrics import silhouette_score
-
-    agg = cluster_aggregates(df)
-    values = {"sse": sse(agg), **size_balance(agg, k=k)}
-    skipped: dict[str, str] = {}
-    if len(agg.counts) < 2:
-        for name in (
-            "calinski_harabasz",
-            "davies_bouldin",
-            "silhouette_sqeuclidean",
-            "silhouette_cosine",
-            "silhouette_exact_sample",
-        ):
-            skipped[name] = "a single cluster"
-        return values, skipped
-    candidates = {
-        "calinski_harabasz": (
-            lambda: calinski_harabasz(agg),
-            "every point sits on its centroid (clusters collapsed onto duplicate points)",
-        ),
-        "davies_bouldin": (lambda: davies_bouldin(df, agg), "cluster centroids coincide"),
-        "silhouette_sqeuclidean": (
-            lambda: silhouette(df, distance="squaredEuclidean"),
-            "undefined on these points",
-        ),
-    }
-    if agg.zero_vectors:
-        skipped["silhouette_cosine"] = f"{agg.zero_vectors:,} all-zero vectors have no direction"
-    elif agg.non_unit_vectors:
-        candidates["silhouette_cosine"] = (
-            lambda: silhouette(df, distance="cosine"),
-            "undefined on these points",
-        )
-    for name, (compute, reason) in candidates.items():
-        value = compute()
-        if math.isfinite(value):
-            values[name] = value
-        else:
-            skipped[name] = reason
-    if not agg.zero_vectors and not agg.non_unit_vectors and "silhouette_sqeuclidean" in values:
-        # Unit vectors: ||x - y||^2 = 2 (1 - cos(x, y)), so every dissimilarity of the squared
-        # Euclidean silhouette is twice the cosine one and the two silhouettes (ratios of such
-        # means) are equal; measured once instead of twice (Spark's evaluator makes two passes).
-        values["silhouette_cosine"] = values["silhouette_sqeuclidean"]
-    rows = sample_rows(df, sample=sample, seed=seed)
-    labels = np.array([r["cluster_id"] for r in rows])
-    if len(set(labels)) > 1 and len(rows) > len(set(labels)):
-        points = np.array([r["embedding"] for r in rows], dtype=np.float64)
-        # Squared Euclidean, as Spark's silhouette_sqeuclidean: on the same rows they agree.
-        values["silhouette_exact_sample"] = float(
-            silhouette_score(points, labels, metric="sqeuclidean")
-        )
-    else:
-        skipped["silhouette_exact_sample"] = "the sample has a single cluster or too few rows"
-    return values, skipped

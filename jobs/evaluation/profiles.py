@@ -9,17 +9,18 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 
-def _top_values(exploded: DataFrame, column: str, population: DataFrame, top_n: int) -> DataFrame:
+def _top_values(exploded: DataFrame, column: str, top_n: int) -> DataFrame:
     """Per cluster: the ``top_n`` most frequent values of ``column`` with their share of the
-    cluster's events and their lift over the whole population's share.
+    cluster's events and their lift over the share among every clustered event.
 
     Returns ``cluster_id``, ``top_<column>``: an array of (rank, value, share, lift) structs in
-    rank order (by count, ties by value); null values are skipped.
+    rank order (by count, ties by value); null values are skipped.  One pass over
+    ``exploded``: the population's counts are the sums of the clusters' counts.
     """
     counts = exploded.where(F.col(column).isNotNull()).groupBy("cluster_id", column).count()
     totals = counts.groupBy("cluster_id").agg(F.sum("count").alias("__total"))
-    overall = population.where(F.col(column).isNotNull()).groupBy(column).count()
-    overall_total = overall.agg(F.sum("count").alias("__all"))
+    overall = counts.groupBy(column).agg(F.sum("count").alias("count"))
+    overall_total = totals.agg(F.sum("__total").alias("__all"))
     ranked = (
         counts.join(totals, "cluster_id")
         .join(overall.withColumnRenamed("count", "__pop"), column)
@@ -118,7 +119,6 @@ def cluster_profiles(
             F.col("e.item_id").alias("items"),
         )
     )
-    population = exploded.drop("cluster_id")
     ranked_ids = assignments.withColumn(
         "__rank",
         F.row_number().over(Window.partitionBy("cluster_id").orderBy("distance", "id")),
@@ -131,9 +131,7 @@ def cluster_profiles(
     )
     profile = base
     for column in ("categories", "brands", "items"):
-        profile = profile.join(
-            _top_values(exploded, column, population, top_n), "cluster_id", "left"
-        )
+        profile = profile.join(_top_values(exploded, column, top_n), "cluster_id", "left")
     return profile.join(reps, "cluster_id", "left").select(
         F.col("cluster_id").cast("int"),
         "size",

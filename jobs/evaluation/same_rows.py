@@ -13,21 +13,13 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.core.config import AppConfig
+from jobs.core.config import AppConfig, EvaluateConfig
 from jobs.core.session import bind_to_thread
-from jobs.evaluation.external import external_metrics
-from jobs.evaluation.internal import internal_metrics
+from jobs.evaluation.measure import METHOD, external_metrics_by, internal_metrics_by, sample_ids
 from jobs.evaluation.methods import SEGMENT, NotApplicable, baseline_fitters
 from jobs.evaluation.stability import refit_seeds, segment_jaccard, stability_metrics
 
 log = logging.getLogger(__name__)
-
-
-def _method_rows(rows: DataFrame, segments: DataFrame) -> DataFrame:
-    """The run's rows (embeddings) with another method's segments as ``cluster_id``."""
-    return rows.drop("cluster_id").join(
-        segments.select("id", F.col(SEGMENT).alias("cluster_id")), "id"
-    )
 
 
 def same_rows_metrics(
@@ -51,42 +43,22 @@ def same_rows_metrics(
     results: dict[str, dict[str, float]] = {}
     skipped: dict[tuple[str, str], str] = {}
     units = sequences.select("id", "user_id", "events").persist(StorageLevel.MEMORY_AND_DISK)
-    if truth is not None:
-        truth = truth.localCheckpoint(eager=True)  # read and pseudonymised once, not per method
     fits = {
         method: fit
         for method, fit in baseline_fitters(config, k).items()
         if method != "global_baseline"  # one segment: nothing to measure on the same rows
     }
     run = rows.select("id", F.col("cluster_id").alias(SEGMENT))
+    segments: dict[str, DataFrame] = {"embedding": run}
 
-    def measure(method: str, fit: Callable[[DataFrame], DataFrame]) -> None:
+    def fit_baseline(method: str, fit: Callable[[DataFrame], DataFrame]) -> None:
         started = time.perf_counter()
         try:
-            segments = fit(units).localCheckpoint(eager=True)
+            segments[method] = fit(units).localCheckpoint(eager=True)
         except NotApplicable as reason:
             skipped[(method, "*")] = str(reason)
             return
-        # Read by five metric passes: joined once.
-        labelled = _method_rows(rows, segments).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            values, reasons = internal_metrics(
-                labelled, sample=cfg.silhouette_sample, seed=cfg.seed, k=k
-            )
-            skipped.update({(method, name): why for name, why in reasons.items()})
-            if truth is not None:
-                external = external_metrics(labelled, truth)
-                if not external and method == "embedding":
-                    log.warning(
-                        "the ground truth matches no clustered user: external metrics skipped"
-                    )
-                values.update(external)
-        finally:
-            labelled.unpersist()
-        results[method] = values
-        log.info(
-            "same rows: %s fitted and measured in %.1fs", method, time.perf_counter() - started
-        )
+        log.info("same rows: %s fitted in %.1fs", method, time.perf_counter() - started)
 
     stability: dict[str, float] = {}
     jaccard: dict[int, float] = {}
@@ -107,29 +79,25 @@ def same_rows_metrics(
         log.info("same rows: bootstrap refits in %.1fs", time.perf_counter() - started)
 
     try:
-        # Independent fits and metric passes, two at a time: on small data Spark's per-job
-        # overhead dominates, and a second driver thread keeps the executors busy meanwhile.
-        # Every fit is seeded, so the values do not depend on the interleaving.
+        # Independent fits, two at a time: on small data Spark's per-job overhead dominates,
+        # and a second driver thread keeps the executors busy meanwhile.  Every fit is seeded,
+        # so the values do not depend on the interleaving.
         with ThreadPoolExecutor(
             max_workers=2,
             thread_name_prefix="same-rows",
             initializer=bind_to_thread,
             initargs=(rows.sparkSession,),
         ) as pool:
-            # The two sets of stability refits first and apart: they are the longest tasks.
-            tasks = []
+            tasks = [pool.submit(fit_baseline, method, fit) for method, fit in fits.items()]
             if cfg.stability_seeds > 0:
                 tasks.append(pool.submit(measure_seed_refits))
             if cfg.stability_bootstraps > 0:
                 tasks.append(pool.submit(measure_bootstraps))
-            tasks += [
-                pool.submit(measure, method, fit)
-                for method, fit in {"embedding": lambda _: run, **fits}.items()
-            ]
             for task in tasks:
                 task.result()
     finally:
         units.unpersist()
+    results.update(_measure(rows, segments, truth, k=k, config=cfg, skipped=skipped))
     results = {m: results[m] for m in ("embedding", *fits) if m in results}
     skipped[("global_baseline", "internal")] = "one segment: partition metrics do not apply"
     emb = results["embedding"]
@@ -143,3 +111,44 @@ def same_rows_metrics(
         emb["segment_jaccard_mean"] = float(np.mean(list(jaccard.values())))
         emb["segment_jaccard_min"] = float(min(jaccard.values()))
     return results, skipped, jaccard
+
+
+def _measure(
+    rows: DataFrame,
+    segments: dict[str, DataFrame],
+    truth: DataFrame | None,
+    *,
+    k: int,
+    config: EvaluateConfig,
+    skipped: dict[tuple[str, str], str],
+) -> dict[str, dict[str, float]]:
+    """Internal (and, with ``truth``, external) metrics of every method's ``segments`` (``id``,
+    ``segment``) on the run's ``rows``, all methods in the same few jobs
+    (:mod:`jobs.evaluation.measure`); what is not applicable goes to ``skipped``."""
+    started = time.perf_counter()
+    labels = [
+        frame.select(F.lit(method).alias(METHOD), "id", F.col(SEGMENT).alias("cluster_id"))
+        for method, frame in segments.items()
+    ]
+    stacked = labels[0]
+    for more in labels[1:]:
+        stacked = stacked.unionByName(more)
+    # Read by every pass below: joined once.
+    long = stacked.join(rows.drop("cluster_id"), "id").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ids = sample_ids(rows, sample=config.silhouette_sample, seed=config.seed)
+        values, reasons = internal_metrics_by(long, sample_ids=ids, k=k)
+        for method, why in reasons.items():
+            skipped.update({(method, name): reason for name, reason in why.items()})
+        if truth is not None:
+            external = external_metrics_by(long, truth)
+            if "embedding" not in external:
+                log.warning("the ground truth matches no clustered user: external metrics skipped")
+            for method, agreement in external.items():
+                values[method].update(agreement)
+    finally:
+        long.unpersist()
+    log.info(
+        "same rows: %d methods measured in %.1fs", len(segments), time.perf_counter() - started
+    )
+    return values
