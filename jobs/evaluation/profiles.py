@@ -8,42 +8,62 @@ from collections.abc import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+#: The ``top_<column>`` columns of a profile, each from this event field.
+TOP_COLUMNS = (("categories", "category"), ("brands", "brand"), ("items", "item_id"))
 
-def _top_values(exploded: DataFrame, column: str, top_n: int) -> DataFrame:
-    """Per cluster: the ``top_n`` most frequent values of ``column`` with their share of the
-    cluster's events and their lift over the share among every clustered event.
 
-    Returns ``cluster_id``, ``top_<column>``: an array of (rank, value, share, lift) structs in
-    rank order (by count, ties by value); null values are skipped.  One pass over
-    ``exploded``: the population's counts are the sums of the clusters' counts.
+def _top_values(members: DataFrame, top_n: int) -> DataFrame:
+    """Per cluster: for each of :data:`TOP_COLUMNS`, the ``top_n`` most frequent values with
+    their share of the cluster's events and their lift over the share among every clustered
+    event.
+
+    ``members``: ``cluster_id``, ``events``.  Returns ``cluster_id`` and ``top_<column>`` for
+    each column: an array of (rank, value, share, lift) structs in rank order (by count, ties
+    by value), null when the cluster has no value of it; null values are skipped.  The three
+    columns are stacked as (kind, value) rows and ranked together: one pass over the events
+    and one set of shuffles, not one per column.
     """
-    counts = exploded.where(F.col(column).isNotNull()).groupBy("cluster_id", column).count()
-    totals = counts.groupBy("cluster_id").agg(F.sum("count").alias("__total"))
-    overall = counts.groupBy(column).agg(F.sum("count").alias("count"))
-    overall_total = totals.agg(F.sum("__total").alias("__all"))
+    stacked = members.select(
+        "cluster_id",
+        F.inline(
+            F.flatten(
+                F.transform(
+                    "events",
+                    lambda e: F.array(
+                        *[
+                            F.struct(F.lit(kind).alias("kind"), e[field].alias("value"))
+                            for kind, field in TOP_COLUMNS
+                        ]
+                    ),
+                )
+            )
+        ),
+    ).where(F.col("value").isNotNull())
+    counts = stacked.groupBy("cluster_id", "kind", "value").count()
+    totals = counts.groupBy("cluster_id", "kind").agg(F.sum("count").alias("__total"))
+    overall = counts.groupBy("kind", "value").agg(F.sum("count").alias("__pop"))
+    overall_total = totals.groupBy("kind").agg(F.sum("__total").alias("__all"))
     ranked = (
-        counts.join(totals, "cluster_id")
-        .join(overall.withColumnRenamed("count", "__pop"), column)
-        .crossJoin(overall_total)
+        counts.join(totals, ["cluster_id", "kind"])
+        .join(overall, ["kind", "value"])
+        .join(overall_total, "kind")
         .withColumn("share", F.col("count") / F.col("__total"))
         .withColumn("lift", F.col("share") / (F.col("__pop") / F.col("__all")))
         .withColumn(
-            "__rank",
+            "rank",
             F.row_number().over(
-                Window.partitionBy("cluster_id").orderBy(F.desc("count"), F.asc(column))
+                Window.partitionBy("cluster_id", "kind").orderBy(F.desc("count"), F.asc("value"))
             ),
         )
-        .where(F.col("__rank") <= top_n)
+        .where(F.col("rank") <= top_n)
     )
-    return ranked.groupBy("cluster_id").agg(
-        F.array_sort(
-            F.collect_list(
-                F.struct(
-                    F.col("__rank").alias("rank"), F.col(column).alias("value"), "share", "lift"
-                )
-            )
-        ).alias(f"top_{column}")
-    )
+
+    def top(kind: str) -> Column:
+        entry = F.struct("rank", "value", "share", "lift")
+        values = F.array_sort(F.collect_list(F.when(F.col("kind") == kind, entry)))
+        return F.when(F.size(values) > 0, values).alias(f"top_{kind}")
+
+    return ranked.groupBy("cluster_id").agg(*[top(kind) for kind, _ in TOP_COLUMNS])
 
 
 def cluster_profiles(
@@ -109,16 +129,6 @@ def cluster_profiles(
         .withColumn("share", F.col("size") / F.col("__everyone"))
         .drop("__everyone")
     )
-    exploded = (
-        sequences.join(assignments.select("id", "cluster_id"), "id")
-        .select("cluster_id", F.explode("events").alias("e"))
-        .select(
-            "cluster_id",
-            F.col("e.category").alias("categories"),
-            F.col("e.brand").alias("brands"),
-            F.col("e.item_id").alias("items"),
-        )
-    )
     ranked_ids = assignments.withColumn(
         "__rank",
         F.row_number().over(Window.partitionBy("cluster_id").orderBy("distance", "id")),
@@ -129,22 +139,25 @@ def cluster_profiles(
         .agg(F.array_sort(F.collect_list(F.struct("__rank", "id"))).alias("__reps"))
         .select("cluster_id", F.transform("__reps", lambda r: r["id"]).alias("representative_ids"))
     )
-    profile = base
-    for column in ("categories", "brands", "items"):
-        profile = profile.join(_top_values(exploded, column, top_n), "cluster_id", "left")
-    return profile.join(reps, "cluster_id", "left").select(
-        F.col("cluster_id").cast("int"),
-        "size",
-        "share",
-        "conversion_rate",
-        "cart_rate",
-        "mean_events_per_session",
-        "mean_session_duration_s",
-        "top_categories",
-        "top_brands",
-        "top_items",
-        "representative_ids",
-        _jaccard_column(jaccard),
+    members = sequences.join(assignments.select("id", "cluster_id"), "id")
+    tops = _top_values(members.select("cluster_id", "events"), top_n)
+    return (
+        base.join(tops, "cluster_id", "left")
+        .join(reps, "cluster_id", "left")
+        .select(
+            F.col("cluster_id").cast("int"),
+            "size",
+            "share",
+            "conversion_rate",
+            "cart_rate",
+            "mean_events_per_session",
+            "mean_session_duration_s",
+            "top_categories",
+            "top_brands",
+            "top_items",
+            "representative_ids",
+            _jaccard_column(jaccard),
+        )
     )
 
 
