@@ -1,5 +1,6 @@
 """K-Means on Spark, shared by ``cluster`` (fitting, assigning) and ``evaluate`` (baselines,
-stability refits).
+stability refits; data that fits the start sample is refitted on the driver by
+:func:`fit_on_driver`, the same fit without a Spark job per step).
 
 Backends with the same parameters: ``gpu`` is ``spark_rapids_ml.clustering.KMeans`` (cuML),
 fed the ``array<float>`` column as is; ``cpu`` is ``pyspark.ml.clustering.KMeans`` (k-means||),

@@ -2,10 +2,12 @@
 
 Nothing here is pairwise over the rows.  Each metric is one or two distributed passes that reduce
 the data to per-cluster aggregates (counts, vector sums, sums of squared norms, mean distances);
-only those small results reach the driver, where the closed forms are evaluated.  Silhouettes
-come from Spark's ``ClusteringEvaluator`` (exact for squared-Euclidean and cosine distance,
-computed from cluster aggregates as well); ``silhouette_exact_sample`` cross-checks the
-squared-Euclidean one with scikit-learn (``metric="sqeuclidean"``) on a bounded sample.
+only those small results reach the driver, where the closed forms are evaluated.  The
+squared-Euclidean silhouette is Spark ``ClusteringEvaluator``'s own algorithm run for several
+clusterings in one pass (:func:`distance_pass`); the cosine one of non-unit vectors is the
+evaluator itself (:func:`silhouette`); both are exact and computed from cluster aggregates.
+``silhouette_exact_sample`` cross-checks the squared-Euclidean one with scikit-learn
+(``metric="sqeuclidean"``) on a bounded sample.
 
 Inputs: a DataFrame with an ``array<float>`` (or ``array<double>``) column ``embedding`` and an
 integer cluster column ``cluster_id``.  Metric names are listed in the README ("Evaluation").
@@ -264,6 +266,11 @@ def _distance_sums(
         ids, means, sizes, mean_sq = tables[key]
         mine = keys == key
         x, own = points[mine], np.searchsorted(ids, labels[mine])
+        if (
+            not (own < len(ids)).all()
+            or not (ids[np.minimum(own, len(ids) - 1)] == labels[mine]).all()
+        ):
+            raise ValueError(f"clustering {key!r}: a row's cluster is not in its aggregates")
         rows = np.arange(len(x))
         # Mean squared distance from each row to every cluster's rows (itself included).
         to_cluster = (x**2).sum(axis=1)[:, None] + mean_sq[None, :] - 2.0 * x @ means.T

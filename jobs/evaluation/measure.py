@@ -1,15 +1,15 @@
-"""Internal and external metrics of several clusterings of the same rows, in a fixed number of
-Spark jobs whatever the number of clusterings.
+"""Internal and external metrics of several clusterings of the same rows, in a fixed handful of
+Spark jobs (about six) whatever the number of clusterings.
 
 ``evaluate`` measures the run's segments and every baseline's on the same embeddings.  Their
 labels are stacked into one long frame (``method``, ``id``, ``user_id``, ``cluster_id``,
 ``embedding``), and each pass groups by ``method`` as well as by cluster: one job for every
 clustering's aggregates (:func:`jobs.evaluation.internal.aggregates_by`), one for the
 Davies-Bouldin scatter and the squared-Euclidean silhouette
-(:func:`jobs.evaluation.internal.distance_pass`), one seeded sample for the exact-silhouette
-cross-check, one contingency table against the ground truth.  Measured one clustering at a time
-this was about eight jobs per clustering (``benchmarks/``: most of ``evaluate``'s time on small
-data was Spark's fixed cost per job).  All stays O(n·k·d) per clustering.
+(:func:`jobs.evaluation.internal.distance_pass`), two for the exact-silhouette cross-check (the
+seeded sample's ids, then their rows), one contingency table against the ground truth.  Measured
+one clustering at a time this was about eight jobs per clustering (on small data most of
+``evaluate``'s time was Spark's fixed cost per job).  All stays O(n·k·d) per clustering.
 """
 
 from __future__ import annotations

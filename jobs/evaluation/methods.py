@@ -86,6 +86,8 @@ def _driver_segments(features: DataFrame, *, k: int, cluster: ClusterConfig) -> 
     import numpy as np
     import pyarrow as pa
 
+    # One job whatever the size: on small data it is the whole input; on data larger than the
+    # bound it is a bounded fetch thrown away before the Spark fit (small next to its passes).
     table = features.select("id", FEATURES).limit(cluster.init_sample + 1).toArrow()
     if table.num_rows > cluster.init_sample:
         return None

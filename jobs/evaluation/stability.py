@@ -36,7 +36,8 @@ def stability_metrics(
     ``stability_ari_sd`` (sample sd, 0.0 for a single seed) and ``stability_nmi_mean``, or ``{}``
     when no refit could be made (its rows held a single distinct point: a refit that
     cannot split the rows is left out, not an error).  Rows that fit ``cluster.init_sample``
-    are fetched once and refitted on the driver (:func:`jobs.clustering.kmeans.fit_on_driver`).
+    are fetched once (per call) and refitted on the driver
+    (:func:`jobs.clustering.kmeans.fit_on_driver`).
     """
     local = _driver_rows(rows, cluster)
     if local is not None:
@@ -117,7 +118,7 @@ def segment_jaccard(
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
     refit is one K-Means fit and one ``groupBy`` (O(n·k)); the k x k tables reach the driver.
-    Rows that fit ``cluster.init_sample`` are fetched once and refitted on the driver
+    Rows that fit ``cluster.init_sample`` are fetched once (per call) and refitted on the driver
     (:func:`_driver_segment_jaccard`).  A segment absent from every resample is left out.
     """
     local = _driver_rows(rows, cluster)
