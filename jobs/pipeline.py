@@ -60,6 +60,10 @@ def run_pipeline(
         # Several stages write cluster_metrics: list each table once, in stage order.
         tables = dict.fromkeys(t for entry in selected for t in entry.writes)
         for table in tables:
+            if not lake.exists(table):
+                # e.g. history_embeddings when the backtest had no protocol and encoded nothing
+                table_lines.append(f"  {table:<19} {'not written':>17}")
+                continue
             info = lake.describe(table)
             table_lines.append(
                 f"  {table:<19} {info.rows:>12,} rows  v{info.version:<4} {info.location}"

@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from sklearn.metrics.cluster import contingency_matrix
 
 from jobs.clustering.kmeans import (
     PREDICTION,
@@ -41,6 +40,10 @@ def stability_metrics(
     """
     local = _driver_rows(rows, cluster)
     if local is not None:
+        # Imported here: scikit-learn (and joblib's multiprocessing set-up) stays out of every
+        # stage's start-up, as with the other scikit-learn helpers.
+        from sklearn.metrics.cluster import contingency_matrix
+
         points, run = local
         tables = []
         for seed in seeds:
@@ -188,6 +191,8 @@ def _driver_segment_jaccard(
     replacement (the classic bootstrap of ``clusterboot``; the Spark path's Poisson sampling
     approximates it), the refit labels each distinct drawn row, and the run's segments are
     compared with the refit's clusters over those rows."""
+    from sklearn.metrics.cluster import contingency_matrix
+
     per_segment: dict[int, list[float]] = {}
     n = len(run)
     for b in range(bootstraps):
