@@ -131,9 +131,9 @@ def test_three_users_with_history_and_future(spark: SparkSession, tmp_path: Path
     _, metrics, report, table_lines = _run(spark, tmp_path, rows)
     assert "not enough users for protocol future: 3 found, 30 needed" in report
     # Nothing was encoded for a backtest, so the summary says so instead of failing to read it.
-    assert any(
-        line.split() == ["history_embeddings", "not", "written"] for line in table_lines
-    ), table_lines
+    assert any(line.split() == ["history_embeddings", "not", "written"] for line in table_lines), (
+        table_lines
+    )
     assert not any(name.startswith("future_") for name in metrics["metric"])
     internal = set(metrics[metrics["method"] == "embedding"]["metric"])
     assert {"silhouette_cosine", "size_entropy", "sse"} <= internal
