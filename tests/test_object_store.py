@@ -421,6 +421,7 @@ def _counts(lake: LakeConfig, tables: list[str]) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # Spark and delta-rs against moto: about 40 s, the default run's largest
 def test_spark_and_delta_rs_share_an_s3a_lake(s3: S3, tmp_path: Path) -> None:
     profile, lake = _write_profile(s3, tmp_path, "trip")
     _segments(profile, *ROUND_TRIP[0])
