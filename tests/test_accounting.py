@@ -125,6 +125,7 @@ def test_a_run_that_keeps_nothing_names_the_top_reasons_and_the_mapping(
     assert versions(lake) == {EVENTS: 0, EVENTS_QUARANTINE: 0, INGEST_LOG: 0}
 
 
+@pytest.mark.slow  # four ingest runs: about 25 s
 def test_incremental_runs_of_only_duplicates_pass_and_of_only_bad_records_stop(
     spark: SparkSession, tmp_path: Path
 ) -> None:

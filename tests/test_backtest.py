@@ -398,6 +398,7 @@ def test_known_vectors_keep_one_per_text_earlier_sources_first_then_the_smallest
     )
 
 
+@pytest.mark.slow  # encodes histories with the real model twice: about 25 s
 def test_a_history_encoded_once_is_reused_by_its_text(spark: SparkSession) -> None:
     # The real packaged model: what history_embeddings stores is what a rerun reads back.
     from udfs.encoder import packaged_minilm_path

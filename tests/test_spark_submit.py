@@ -249,10 +249,17 @@ def test_udf_on_executors_imports_the_shipped_wheel(
     for vector in embeddings["embedding"]:
         assert len(vector) == 384
         assert math.isclose(math.sqrt(sum(float(x) * float(x) for x in vector)), 1.0, rel_tol=1e-3)
-    # u1 and u2 behave identically, u0 differently: the encoder saw the rows' content.
+    # u1 and u2 behave identically, u0 differently: the encoder saw the rows' content.  The same
+    # text may be encoded in two batches, and under bf16 (the default on CPUs with native bf16)
+    # a vector moves by about 1e-3 with the rows that share its batch (README, "Encoder and
+    # embeddings").
+    hashes = dict(zip(embeddings["id"], embeddings["content_hash"], strict=True))
+    assert hashes["u1"] == hashes["u2"] != hashes["u0"]
     by_user = {row.id: list(row.embedding) for row in embeddings.itertuples()}
-    assert by_user["u1"] == pytest.approx(by_user["u2"], abs=1e-5)
-    assert by_user["u0"] != pytest.approx(by_user["u1"], abs=1e-3)
+    same = math.dist(by_user["u1"], by_user["u2"])
+    other = math.dist(by_user["u0"], by_user["u1"])
+    assert same < 5e-3, same
+    assert other > 10 * max(same, 1e-3), (same, other)
 
 
 @pytest.mark.slow
