@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,25 +182,38 @@ def test_report_draws_the_centroid_dendrogram(tmp_path: Path) -> None:
             for c in ids
         ]
     )
-    path = write_report(
-        tmp_path,
-        run_id="r",
-        k=4,
-        rows=4,
-        unit="user",
-        model_version="v",
-        metrics={"embedding": {"sse": 1.0}},
-        not_applicable={},
-        backtest=Backtest(None, "too few users"),
-        sweep=pd.DataFrame({"k": [4], "sse": [1.0], "silhouette_sqeuclidean": [0.5]}),
-        profiles=profiles,
-        sample_points=centroids,
-        sample_labels=np.array(ids),
-        centroids=centroids,
-        centroid_ids=ids,
-    )
+
+    def report(profiles: pd.DataFrame) -> str:
+        return write_report(
+            tmp_path,
+            run_id="r",
+            k=4,
+            rows=4,
+            unit="user",
+            model_version="v",
+            metrics={"embedding": {"sse": 1.0}},
+            not_applicable={},
+            backtest=Backtest(None, "too few users"),
+            sweep=pd.DataFrame({"k": [4], "sse": [1.0], "silhouette_sqeuclidean": [0.5]}),
+            profiles=profiles,
+            sample_points=centroids,
+            sample_labels=np.array(ids),
+            centroids=centroids,
+            centroid_ids=ids,
+        ).read_text()
+
+    text = report(profiles)
     assert (tmp_path / "dendrogram.png").stat().st_size > 0
-    assert "Nearest segments: 3 and 7 (centroid distance 1.000)" in path.read_text()
+    assert "Nearest segments: 3 and 7 (centroid distance 1.000)" in text
+    assert "![top categories](top_categories.png)" in text
+    assert (tmp_path / "top_categories.png").stat().st_size > 0
+    # An item-only log: no category to chart.  No empty chart (matplotlib warned about its
+    # axis limits), the report says why, and the earlier run's chart is not left behind.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = report(profiles.assign(top_categories=[[] for _ in ids]))
+    assert "No top-categories chart: no event of these segments names a category." in text
+    assert "top_categories.png" not in text and not (tmp_path / "top_categories.png").exists()
 
 
 def _metric_row(run: str, metric: str, backend: str) -> Metric:

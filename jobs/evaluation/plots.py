@@ -116,15 +116,20 @@ def plot_dendrogram(centroids: np.ndarray, cluster_ids: Sequence[int], path: Pat
     plt.close(fig)
 
 
-def plot_top_categories(profiles: pd.DataFrame, path: Path) -> None:
-    """Heat map: share of each cluster's events in the categories that top any cluster."""
-    plt = _plt()
+def plot_top_categories(profiles: pd.DataFrame, path: Path) -> bool:
+    """Heat map: share of each cluster's events in the categories that top any cluster.  Returns
+    False, drawing nothing (and removing an earlier chart at ``path``), when no cluster has a
+    top category (an item-only log)."""
     ordered = profiles.sort_values("cluster_id")
     shares: dict[int, dict[str, float]] = {
         int(cluster): {t["value"]: t["share"] for t in items(tops)}
         for cluster, tops in zip(ordered["cluster_id"], ordered["top_categories"], strict=True)
     }
     categories = sorted({c for per in shares.values() for c in per})
+    if not categories:
+        path.unlink(missing_ok=True)
+        return False
+    plt = _plt()
     matrix = np.array([[shares[c].get(cat, 0.0) for cat in categories] for c in shares])
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(categories) + 2), 0.5 * len(shares) + 2))
     image = ax.imshow(matrix, aspect="auto", cmap="Blues")
@@ -136,6 +141,7 @@ def plot_top_categories(profiles: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def items(values: Any) -> list[Any]:

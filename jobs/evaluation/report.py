@@ -247,7 +247,11 @@ def write_report(
     plot_k_sweep(sweep, out_dir / "k_sweep.png")
     plot_sizes(profiles, out_dir / "cluster_sizes.png")
     plot_projection(sample_points, sample_labels, out_dir / "projection.png")
-    plot_top_categories(profiles, out_dir / "top_categories.png")
+    categories_chart = (
+        ["![top categories](top_categories.png)"]
+        if plot_top_categories(profiles, out_dir / "top_categories.png")
+        else ["No top-categories chart: no event of these segments names a category."]
+    )
     near_lines: list[str] = []
     if centroids is not None and len(centroid_ids) >= 2:
         plot_dendrogram(centroids, centroid_ids, out_dir / "dendrogram.png")
@@ -322,7 +326,7 @@ def write_report(
             "![cluster sizes](cluster_sizes.png)",
             "",
             *near_lines,
-            "![top categories](top_categories.png)",
+            *categories_chart,
             "",
             "![projection](projection.png)",
             "",
