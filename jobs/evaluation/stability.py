@@ -40,10 +40,6 @@ def stability_metrics(
     """
     local = _driver_rows(rows, cluster)
     if local is not None:
-        # Imported here: scikit-learn (and joblib's multiprocessing set-up) stays out of every
-        # stage's start-up, as with the other scikit-learn helpers.
-        from sklearn.metrics.cluster import contingency_matrix
-
         points, run = local
         tables = []
         for seed in seeds:
@@ -51,7 +47,7 @@ def stability_metrics(
                 labels, _ = fit_on_driver(points, k=k, config=replace(cluster, seed=seed))
             except SingleCluster:
                 continue
-            tables.append(contingency_matrix(run, labels).astype(np.float64))
+            tables.append(_contingency(run, labels))
         return _agreement(tables)
     features = rows.select("id", "embedding").transform(with_features).cache()
     tables = []
@@ -162,6 +158,16 @@ def segment_jaccard(
     return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
 
 
+def _contingency(run: np.ndarray, refit: np.ndarray) -> np.ndarray:
+    """The (run segments x refit clusters) count table of two label arrays of the same rows,
+    rows and columns in sorted label order, as float64 (scikit-learn's ``contingency_matrix``;
+    imported here so that scikit-learn, and joblib's multiprocessing set-up, stay out of every
+    stage's start-up, as with the other scikit-learn helpers)."""
+    from sklearn.metrics.cluster import contingency_matrix
+
+    return np.asarray(contingency_matrix(run, refit), dtype=np.float64)
+
+
 def _driver_rows(rows: DataFrame, cluster: ClusterConfig) -> tuple[np.ndarray, np.ndarray] | None:
     """``(points (n, d) float64, run labels (n,))`` of ``rows`` fetched once through Arrow when
     the refits can run on the driver (``cluster.algorithm`` kmeans and n <= ``init_sample``:
@@ -191,8 +197,6 @@ def _driver_segment_jaccard(
     replacement (the classic bootstrap of ``clusterboot``; the Spark path's Poisson sampling
     approximates it), the refit labels each distinct drawn row, and the run's segments are
     compared with the refit's clusters over those rows."""
-    from sklearn.metrics.cluster import contingency_matrix
-
     per_segment: dict[int, list[float]] = {}
     n = len(run)
     for b in range(bootstraps):
@@ -203,8 +207,8 @@ def _driver_segment_jaccard(
         except SingleCluster:
             continue
         rows, first = np.unique(drawn, return_index=True)  # a row's copies share a centre
-        segments, table = np.unique(run[rows]), contingency_matrix(run[rows], labels[first])
-        for segment, value in zip(segments, best_jaccard(table.astype(np.float64)), strict=True):
+        segments, table = np.unique(run[rows]), _contingency(run[rows], labels[first])
+        for segment, value in zip(segments, best_jaccard(table), strict=True):
             if np.isfinite(value):
                 per_segment.setdefault(int(segment), []).append(float(value))
     return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
