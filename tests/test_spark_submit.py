@@ -339,7 +339,7 @@ def test_stage_script_folder_does_not_shadow_top_level_modules(stage: str, tmp_p
     assert report["loaded"] == []
 
 
-@pytest.mark.slow  # a spark-submit JVM of its own with the Delta jars: about 30 s
+# In the default run (CI runs the README's --packages command): a JVM of its own, about 30 s.
 @pytest.mark.delta_spark
 def test_ingest_under_spark_submit_with_the_delta_packages(
     tmp_path: Path, shipped_zip: Path, bare_python: Path
