@@ -23,6 +23,7 @@ from jobs.evaluation.methods import (
     known_vectors,
     tfidf_features,
     tfidf_segments,
+    tfidf_vocabulary,
 )
 from jobs.evaluation.protocol import (
     choose_protocol,
@@ -311,6 +312,36 @@ def test_no_future_event_reaches_a_fitted_artefact(spark: SparkSession) -> None:
         assertDataFrameEqual(fit(history_a), fit(history_b))
     history_a.unpersist()
     history_b.unpersist()
+
+
+def test_the_tfidf_vocabulary_is_mllibs_in_a_fixed_order(spark: SparkSession) -> None:
+    from pyspark.ml.feature import CountVectorizer
+
+    bags = spark.createDataFrame(
+        [
+            ("1", ["a", "a", "b", "c", "x"]),
+            ("2", ["a", "b", "d", "y", "x"]),
+            ("3", ["a", "e", "y"]),
+            ("4", ["b", "c", "z"]),
+            ("5", []),
+        ],
+        "id string, t array<string>",
+    ).repartition(3)
+    base = EvaluateConfig(tfidf_min_df=2, tfidf_max_df=0.7, tfidf_vocab_size=100)
+    # df: a 3, b 3, c 2, x 2, y 2 (d, e, z 1); at most 0.7 x 5 = 3.5 documents.
+    vocabulary = tfidf_vocabulary(bags, column="t", config=base)
+    assert vocabulary == ["a", "b", "c", "x", "y"]  # total count (4, 3, 2, 2, 2), then token
+    library = CountVectorizer(inputCol="t", minDF=2.0, maxDF=0.7, vocabSize=100).fit(bags)
+    assert sorted(library.vocabulary) == sorted(vocabulary)
+    # Capped: the tie among c, x and y at the cut goes by token, on every run.
+    capped = dataclasses.replace(base, tfidf_vocab_size=4)
+    assert tfidf_vocabulary(bags, column="t", config=capped) == ["a", "b", "c", "x"]
+    # Bounds as counts, and as shares of the documents.
+    at_most_two = dataclasses.replace(base, tfidf_max_df=2.0)
+    assert tfidf_vocabulary(bags, column="t", config=at_most_two) == ["c", "x", "y"]
+    assert tfidf_vocabulary(
+        bags, column="t", config=dataclasses.replace(base, tfidf_min_df=0.5)
+    ) == ["a", "b"]
 
 
 # ------------------------------------------------------------------------ known answers

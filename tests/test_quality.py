@@ -167,3 +167,75 @@ def test_a_singleton_cluster_scores_zero_as_in_spark(spark: SparkSession) -> Non
         silhouette(df, distance="squaredEuclidean"), abs=1e-12
     )
     assert measured.scatter[2] == 0.0
+
+
+def test_the_driver_path_measures_what_the_spark_path_measures(
+    spark: SparkSession, data: tuple[DataFrame, np.ndarray, np.ndarray]
+) -> None:
+    from jobs.evaluation.internal import with_squared_norms
+    from jobs.evaluation.measure import (
+        external_metrics_by,
+        external_metrics_local,
+        fetch_rows,
+        internal_metrics_by,
+        internal_metrics_local,
+        sample_ids,
+    )
+
+    _, points, labels = data
+    n = len(points)
+    rows = (
+        spark.createDataFrame(
+            [
+                (f"u{i}", f"user{i}", [float(x) for x in p], int(c))
+                for i, (p, c) in enumerate(zip(points, labels, strict=True))
+            ],
+            "id string, user_id string, embedding array<float>, cluster_id int",
+        )
+        .repartition(3)
+        .transform(with_squared_norms)
+    )
+    shuffled = np.random.default_rng(4).permutation(labels)
+    lonely = labels.copy()
+    lonely[0] = 9  # a cluster of one row
+    stacked = spark.createDataFrame(
+        [
+            (method, f"u{i}", int(c))
+            for method, these in (("a", labels), ("b", shuffled), ("c", lonely))
+            for i, c in enumerate(these)
+        ]
+        + [("a", "ghost", 1)],  # not among the rows: dropped by both paths
+        "method string, id string, cluster_id int",
+    )
+    truth = spark.createDataFrame(
+        [(f"user{i}", f"p{c}") for i, c in enumerate(labels[:250])] + [("stranger", "p0")],
+        "user_id string, persona string",
+    )
+    ids = sample_ids(rows, sample=120, seed=3)
+    long = stacked.join(rows.drop("cluster_id"), "id")
+    on_spark, skipped_spark = internal_metrics_by(long, sample_ids=ids, k=5)
+    external_spark = external_metrics_by(long, truth)
+
+    assert fetch_rows(rows, at_most=n - 1) is None
+    local = fetch_rows(rows, at_most=n)
+    assert local is not None and local.points.shape == (n, 8)
+    table = stacked.toArrow()
+    on_driver, skipped_driver = internal_metrics_local(
+        local, table, sample_ids=ids.toArrow().column("id").to_pylist(), long=long, k=5
+    )
+    external_driver = external_metrics_local(local, table, truth.toArrow())
+
+    assert skipped_driver == skipped_spark
+    assert set(on_driver) == set(on_spark) == {"a", "b", "c"}
+    for method, values in on_spark.items():
+        assert set(on_driver[method]) == set(values), method
+        for name, value in values.items():
+            assert on_driver[method][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    assert set(external_driver) == set(external_spark) == {"a", "b", "c"}
+    for method, agreement in external_spark.items():
+        assert external_driver[method] == pytest.approx(agreement, rel=1e-12), method
+    assert external_driver["a"]["ari_vs_truth"] == pytest.approx(1.0)
+    # The exact silhouette is of the 120 sampled rows, not of all of them.
+    assert on_driver["a"]["silhouette_exact_sample"] != pytest.approx(
+        sk.silhouette_score(points, labels, metric="sqeuclidean"), abs=1e-9
+    )

@@ -46,6 +46,11 @@ class ClusterAggregates:
         """(k, d) mean vector of each cluster."""
         return self.sums / self.counts[:, None]
 
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What a row's distances to the clusters need: cluster ids, centroids, counts and mean
+        squared norms (:func:`cluster_distance_sums`)."""
+        return self.cluster_ids, self.centroids, self.counts, self.squared_norms / self.counts
+
 
 def squared_norm_column(features: str) -> str:
     """Name of the column holding each row's squared Euclidean norm of ``features``
@@ -205,15 +210,7 @@ def distance_pass(
     spread = {key: agg for key, agg in aggregates.items() if len(agg.counts) >= 2}
     if not spread:
         return {}
-    tables = {
-        None if key is None else str(key): (
-            agg.cluster_ids,
-            agg.centroids,
-            agg.counts,
-            agg.squared_norms / agg.counts,
-        )
-        for key, agg in spread.items()
-    }
+    tables = {None if key is None else str(key): agg.table() for key, agg in spread.items()}
     key = F.col(by).cast("string") if by else F.lit(None).cast("string")
     rows = df.select(key.alias("__key"), F.col(cluster).alias("__cluster"), F.col(features))
     schema_ddl = "__key string, __cluster long, distance double, score double, n long"
@@ -259,42 +256,57 @@ def _distance_sums(
     vectors = batch.column(features)
     flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     points = flat.reshape(len(batch), -1) if len(batch) else np.zeros((0, 0))
-    sums = []
+    sums: list[dict[str, Any]] = []
     for key in dict.fromkeys(keys.tolist()):
         if key not in tables:
             continue
-        ids, means, sizes, mean_sq = tables[key]
         mine = keys == key
-        x, own = points[mine], np.searchsorted(ids, labels[mine])
-        if (
-            not (own < len(ids)).all()
-            or not (ids[np.minimum(own, len(ids) - 1)] == labels[mine]).all()
-        ):
-            raise ValueError(f"clustering {key!r}: a row's cluster is not in its aggregates")
-        rows = np.arange(len(x))
-        # Mean squared distance from each row to every cluster's rows (itself included).
-        to_cluster = (x**2).sum(axis=1)[:, None] + mean_sq[None, :] - 2.0 * x @ means.T
-        size = sizes[own]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(size > 1, to_cluster[rows, own] * size / (size - 1), 0.0)
-            to_cluster[rows, own] = np.inf
-            b = to_cluster.min(axis=1)
-            score = np.where(
-                size <= 1, 0.0, np.where(a < b, 1 - a / b, np.where(a > b, b / a - 1, 0.0))
-            )
-        distance = np.sqrt(((x - means[own]) ** 2).sum(axis=1))
-        for position in np.unique(own):
-            at = own == position
-            sums.append(
-                {
-                    "__key": key,
-                    "__cluster": int(ids[position]),
-                    "distance": float(distance[at].sum()),
-                    "score": float(score[at].sum()),
-                    "n": int(at.sum()),
-                }
-            )
+        ids = tables[key][0]
+        distance, score, n = cluster_distance_sums(points[mine], labels[mine], tables[key], key)
+        sums.extend(
+            {
+                "__key": key,
+                "__cluster": int(ids[i]),
+                "distance": float(distance[i]),
+                "score": float(score[i]),
+                "n": int(n[i]),
+            }
+            for i in np.flatnonzero(n)
+        )
     return sums
+
+
+def cluster_distance_sums(
+    x: np.ndarray, labels: np.ndarray, table: tuple[Any, ...], key: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows ``x`` ((n, d) float64) of one clustering with ``labels`` ((n,)), and that
+    clustering's ``table`` (cluster ids (k,) sorted, centroids (k, d), sizes (k,), mean squared
+    norms (k,), from its :class:`ClusterAggregates`): per cluster, in the table's order, the sum
+    of the rows' Euclidean distances to their centroid, the sum of their squared-Euclidean
+    silhouettes (:func:`distance_pass`) and their count, three (k,) arrays.  ``ValueError``
+    when a row's label is not among the table's clusters."""
+    ids, means, sizes, mean_sq = table
+    own = np.searchsorted(ids, labels)
+    if not (own < len(ids)).all() or not (ids[np.minimum(own, len(ids) - 1)] == labels).all():
+        raise ValueError(f"clustering {key!r}: a row's cluster is not in its aggregates")
+    rows = np.arange(len(x))
+    # Mean squared distance from each row to every cluster's rows (itself included).
+    to_cluster = (x**2).sum(axis=1)[:, None] + mean_sq[None, :] - 2.0 * x @ means.T
+    size = sizes[own]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(size > 1, to_cluster[rows, own] * size / (size - 1), 0.0)
+        to_cluster[rows, own] = np.inf
+        b = to_cluster.min(axis=1)
+        score = np.where(
+            size <= 1, 0.0, np.where(a < b, 1 - a / b, np.where(a > b, b / a - 1, 0.0))
+        )
+    distance = np.sqrt(((x - means[own]) ** 2).sum(axis=1))
+    k = len(ids)
+    return (
+        np.bincount(own, weights=distance, minlength=k),
+        np.bincount(own, weights=score, minlength=k),
+        np.bincount(own, minlength=k),
+    )
 
 
 def davies_bouldin_index(agg: ClusterAggregates, scatter: np.ndarray) -> float:

@@ -10,11 +10,20 @@ Davies-Bouldin scatter and the squared-Euclidean silhouette
 seeded sample's ids, then their rows), one contingency table against the ground truth.  Measured
 one clustering at a time this was about eight jobs per clustering (on small data most of
 ``evaluate``'s time was Spark's fixed cost per job).  All stays O(n·k·d) per clustering.
+
+Rows that fit on the driver (:func:`fetch_rows`, bounded by ``cluster.init_sample`` as the
+K-Means refits are) skip those passes: the rows and every clustering's labels are fetched once
+through Arrow, and the same per-cluster sums are computed in NumPy
+(:func:`internal_metrics_local`, :func:`external_metrics_local`).  The closed forms that turn
+the sums into metrics are shared by both paths, so they agree to floating-point rounding
+(tests/test_quality.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -27,14 +36,17 @@ from jobs.evaluation.external import (
     purity,
 )
 from jobs.evaluation.internal import (
+    UNIT_TOLERANCE,
     ClusterAggregates,
     Distances,
     aggregates_by,
     calinski_harabasz,
+    cluster_distance_sums,
     davies_bouldin_index,
     distance_pass,
     silhouette,
     size_balance,
+    squared_norm_column,
     sse,
 )
 
@@ -67,6 +79,108 @@ def sample_ids(rows: DataFrame, *, sample: int, seed: int) -> DataFrame:
     silhouette is measured on the same rows."""
     table = rows.orderBy(F.rand(seed)).limit(sample).select("id").toArrow()
     return rows.sparkSession.createDataFrame(table)
+
+
+@dataclass(frozen=True)
+class LocalRows:
+    """Evaluated rows fetched to the driver (:func:`fetch_rows`), in one order."""
+
+    ids: np.ndarray  # (n,) unit ids
+    user_ids: np.ndarray  # (n,)
+    points: np.ndarray  # (n, d) float64 embeddings
+    squared_norms: np.ndarray  # (n,) float64
+
+
+def fetch_rows(rows: DataFrame, *, at_most: int) -> LocalRows | None:
+    """``rows`` (``id``, ``user_id``, ``embedding``, optionally the norms of
+    :func:`jobs.evaluation.internal.with_squared_norms`) on the driver through one Arrow fetch,
+    or None when they are more than ``at_most`` (the fetch is bounded: at most ``at_most + 1``
+    rows, about ``8 d`` bytes each once widened to float64)."""
+    norm = squared_norm_column("embedding")
+    columns = ["id", "user_id", "embedding"] + ([norm] if norm in rows.columns else [])
+    table = rows.select(*columns).limit(at_most + 1).toArrow()
+    if table.num_rows > at_most:
+        return None
+    vectors = table.column("embedding").combine_chunks()
+    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    points = flat.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, 0))
+    norms = (
+        table.column(norm).to_numpy().astype(np.float64)
+        if norm in table.column_names
+        else (points**2).sum(axis=1)
+    )
+    ids = np.array(table.column("id").to_pylist(), dtype=object)
+    users = np.array(table.column("user_id").to_pylist(), dtype=object)
+    return LocalRows(ids, users, points, norms)
+
+
+def _local_aggregates(local: LocalRows, at: np.ndarray, labels: np.ndarray) -> ClusterAggregates:
+    """:func:`jobs.evaluation.internal.aggregates_by` of one clustering of the fetched rows:
+    rows ``at`` (positions in ``local``) with cluster ``labels``."""
+    ids, own = np.unique(labels, return_inverse=True)
+    points, norms = local.points[at], local.squared_norms[at]
+    sums = np.zeros((len(ids), points.shape[1]))
+    for position in range(len(ids)):
+        sums[position] = points[own == position].sum(axis=0)
+    return ClusterAggregates(
+        cluster_ids=ids,
+        counts=np.bincount(own, minlength=len(ids)).astype(np.float64),
+        sums=sums,
+        squared_norms=np.bincount(own, weights=norms, minlength=len(ids)),
+        zero_vectors=int((norms == 0).sum()),
+        non_unit_vectors=int((np.abs(norms - 1.0) > UNIT_TOLERANCE).sum()),
+    )
+
+
+def _positions(local: LocalRows, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of a fetched ``method``, ``id``, ``cluster_id`` Arrow table: each label's method, row
+    position in ``local`` (-1 when the id is not among the rows) and cluster id."""
+    import pandas as pd
+
+    methods = np.array(labels.column(METHOD).to_pylist(), dtype=object)
+    at = pd.Index(local.ids).get_indexer(labels.column("id").to_pylist())
+    clusters = labels.column("cluster_id").to_numpy(zero_copy_only=False)
+    return methods, at, clusters
+
+
+def internal_metrics_local(
+    local: LocalRows,
+    labels: Any,
+    *,
+    sample_ids: Any,
+    long: DataFrame,
+    k: int | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """:func:`internal_metrics_by` of rows already on the driver: ``local`` (:func:`fetch_rows`),
+    ``labels`` an Arrow table of ``method``, ``id``, ``cluster_id`` (a label whose id is not
+    among the rows is ignored, as the Spark path's join drops it), ``sample_ids`` the ids of the
+    exact silhouette's sample (a sequence or Arrow array).  ``long`` is the same data as the
+    Spark path's frame, read only for the cosine silhouette of non-unit vectors."""
+    from sklearn.metrics import silhouette_score
+
+    methods, at, clusters = _positions(local, labels)
+    sampled = np.isin(local.ids, np.array(list(sample_ids), dtype=object))
+    values: dict[str, dict[str, float]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for method in sorted(set(methods[at >= 0].tolist())):
+        mine = (methods == method) & (at >= 0)
+        rows, these = at[mine], clusters[mine]
+        agg = _local_aggregates(local, rows, these)
+        distances = None
+        if len(agg.counts) >= 2:
+            distance, score, n = cluster_distance_sums(local.points[rows], these, agg.table())
+            distances = Distances(distance / n, float(score.sum() / n.sum()))
+        exact = None
+        in_sample = sampled[rows]
+        kinds = len(np.unique(these[in_sample]))
+        if kinds > 1 and in_sample.sum() > kinds:
+            exact = float(
+                silhouette_score(
+                    local.points[rows[in_sample]], these[in_sample], metric="sqeuclidean"
+                )
+            )
+        values[method], skipped[method] = _metrics_of(long, method, agg, distances, exact, k)
+    return values, skipped
 
 
 def internal_metrics_by(
@@ -175,6 +289,36 @@ def external_metrics(df: DataFrame, truth: DataFrame) -> dict[str, float]:
     """:func:`external_metrics_by` of one clustering (``user_id``, ``cluster_id`` rows); ``{}``
     when no row has a truth label."""
     return external_metrics_by(df.withColumn(METHOD, F.lit("_")), truth).get("_", {})
+
+
+def external_metrics_local(
+    local: LocalRows, labels: Any, truth: Any
+) -> dict[str, dict[str, float]]:
+    """:func:`external_metrics_by` of rows already on the driver: ``labels`` as in
+    :func:`internal_metrics_local`, ``truth`` an Arrow table of ``user_id``, ``persona`` (a user
+    listed twice counts twice, as in the Spark path's join)."""
+    import pandas as pd
+
+    methods, at, clusters = _positions(local, labels)
+    kept = at >= 0
+    labelled = pd.DataFrame(
+        {
+            METHOD: methods[kept],
+            "user_id": local.user_ids[at[kept]],
+            "cluster_id": clusters[kept],
+        }
+    ).merge(truth.select(["user_id", "persona"]).to_pandas(), on="user_id")
+    counts = labelled.groupby([METHOD, "persona", "cluster_id"]).size().reset_index(name="count")
+    out: dict[str, dict[str, float]] = {}
+    for method in sorted(set(counts[METHOD])):
+        rows = counts[counts[METHOD] == method].to_dict("records")
+        table = count_table(rows, "persona", "cluster_id")
+        out[method] = {
+            "ari_vs_truth": adjusted_rand_index(table),
+            "nmi_vs_truth": normalized_mutual_info(table),
+            "purity_vs_truth": purity(table),
+        }
+    return out
 
 
 def external_metrics_by(long: DataFrame, truth: DataFrame) -> dict[str, dict[str, float]]:

@@ -180,20 +180,14 @@ def tfidf_features(
     term frequency (1 + log tf, Manning et al., *Introduction to IR*, 6.4.1) and the vocabulary
     bounded by document frequency (``tfidf_min_df`` documents to ``tfidf_max_df`` of them) and
     capped at ``tfidf_vocab_size``.  :class:`NotApplicable` when no token survives."""
-    from pyspark.ml.feature import IDF, CountVectorizer, Normalizer
+    from pyspark.ml.feature import IDF, CountVectorizerModel, Normalizer
 
     column = dict(TFIDF_BASELINES)[method]
-    # Read by the vocabulary's passes and again by the transform: built once.
+    # Read by the vocabulary's pass and again by the transform: built once.
     bags = token_bags(units, edges=edges).select("id", column).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counter = CountVectorizer(
-            inputCol=column,
-            outputCol="__tf",
-            vocabSize=config.tfidf_vocab_size,
-            minDF=config.tfidf_min_df,
-            maxDF=config.tfidf_max_df,
-        ).fit(bags)
-        size = len(counter.vocabulary)
+        vocabulary = tfidf_vocabulary(bags, column=column, config=config)
+        size = len(vocabulary)
         if size == 0:
             raise NotApplicable(
                 f"no token occurs in at least {config.tfidf_min_df:g} and at most "
@@ -201,6 +195,9 @@ def tfidf_features(
             )
         if size >= config.tfidf_vocab_size:
             log.info("%s: vocabulary capped at evaluate.tfidf_vocab_size=%d", method, size)
+        counter = CountVectorizerModel.from_vocabulary(
+            vocabulary, inputCol=column, outputCol="__tf"
+        )
         counts = counter.transform(bags)
         # Materialised: MLlib's fits read their input as an RDD, where a Python UDF cannot run.
         sublinear = counts.withColumn("__tf", _sublinear_tf(F.col("__tf"))).localCheckpoint()
@@ -210,6 +207,35 @@ def tfidf_features(
     weighted = idf.transform(sublinear)
     normal = Normalizer(inputCol="__tfidf", outputCol=FEATURES, p=2.0).transform(weighted)
     return normal.select("id", FEATURES)
+
+
+def tfidf_vocabulary(bags: DataFrame, *, column: str, config: EvaluateConfig) -> list[str]:
+    """The vocabulary of the token arrays in ``column`` of ``bags`` (one row per document),
+    as MLlib's ``CountVectorizer`` selects it: tokens in at least ``tfidf_min_df`` and at most
+    ``tfidf_max_df`` documents (each a count when >= 1, else a share of the documents), the
+    ``tfidf_vocab_size`` most frequent by total count.  In that order, ties by token, so the
+    same tokens get the same columns on every run.
+
+    Computed here rather than by ``CountVectorizer.fit``: its vocabulary comes out in the order
+    the shuffle blocks arrive (and which tokens tie at the cap is as arbitrary), the feature
+    columns follow it, and a baseline's K-Means start depends on them, so the same data could
+    give another baseline segmentation from run to run.  One Spark job instead of its five.
+    """
+    occurrences = bags.select(F.explode(column).alias("t")).groupBy("t").count()
+    containing = bags.select(F.explode(F.array_distinct(column)).alias("t")).groupBy("t").count()
+    per_token = occurrences.withColumnRenamed("count", "tf").join(
+        containing.withColumnRenamed("count", "df"), "t"
+    )
+    documents = bags.agg(F.count(F.lit(1)).cast("double").alias("__docs"))
+
+    def bound(value: float) -> Column:
+        return F.lit(float(value)) if value >= 1.0 else F.lit(float(value)) * F.col("__docs")
+
+    kept = per_token.crossJoin(documents).where(
+        (F.col("df") >= bound(config.tfidf_min_df)) & (F.col("df") <= bound(config.tfidf_max_df))
+    )
+    rows = kept.orderBy(F.desc("tf"), "t").limit(config.tfidf_vocab_size).select("t").collect()
+    return [r["t"] for r in rows]
 
 
 def _sublinear_tf(counts: Column) -> Column:

@@ -15,7 +15,16 @@ from pyspark.sql import functions as F
 
 from jobs.core.config import AppConfig, EvaluateConfig
 from jobs.core.session import bind_to_thread
-from jobs.evaluation.measure import METHOD, external_metrics_by, internal_metrics_by, sample_ids
+from jobs.evaluation.measure import (
+    METHOD,
+    LocalRows,
+    external_metrics_by,
+    external_metrics_local,
+    fetch_rows,
+    internal_metrics_by,
+    internal_metrics_local,
+    sample_ids,
+)
 from jobs.evaluation.methods import SEGMENT, NotApplicable, baseline_fitters
 from jobs.evaluation.stability import refit_seeds, segment_jaccard, stability_metrics
 
@@ -97,7 +106,11 @@ def same_rows_metrics(
                 task.result()
     finally:
         units.unpersist()
-    results.update(_measure(rows, segments, truth, k=k, config=cfg, skipped=skipped))
+    # On data the K-Means refits fetch to the driver, the metrics are computed there too.
+    bound = cluster.init_sample if cluster.algorithm == "kmeans" else 0
+    results.update(
+        _measure(rows, segments, truth, k=k, config=cfg, local_rows=bound, skipped=skipped)
+    )
     results = {m: results[m] for m in ("embedding", *fits) if m in results}
     skipped[("global_baseline", "internal")] = "one segment: partition metrics do not apply"
     emb = results["embedding"]
@@ -120,11 +133,13 @@ def _measure(
     *,
     k: int,
     config: EvaluateConfig,
+    local_rows: int,
     skipped: dict[tuple[str, str], str],
 ) -> dict[str, dict[str, float]]:
     """Internal (and, with ``truth``, external) metrics of every method's ``segments`` (``id``,
     ``segment``) on the run's ``rows``, all methods in the same few jobs
-    (:mod:`jobs.evaluation.measure`); what is not applicable goes to ``skipped``."""
+    (:mod:`jobs.evaluation.measure`), or on the driver when the rows are at most
+    ``local_rows``; what is not applicable goes to ``skipped``."""
     started = time.perf_counter()
     labels = [
         frame.select(F.lit(method).alias(METHOD), "id", F.col(SEGMENT).alias("cluster_id"))
@@ -133,22 +148,64 @@ def _measure(
     stacked = labels[0]
     for more in labels[1:]:
         stacked = stacked.unionByName(more)
-    # Read by every pass below: joined once.
-    long = stacked.join(rows.drop("cluster_id"), "id").persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        ids = sample_ids(rows, sample=config.silhouette_sample, seed=config.seed)
-        values, reasons = internal_metrics_by(long, sample_ids=ids, k=k)
-        for method, why in reasons.items():
-            skipped.update({(method, name): reason for name, reason in why.items()})
-        if truth is not None:
-            external = external_metrics_by(long, truth)
-            if "embedding" not in external:
-                log.warning("the ground truth matches no clustered user: external metrics skipped")
-            for method, agreement in external.items():
-                values[method].update(agreement)
-    finally:
-        long.unpersist()
+    ids = sample_ids(rows, sample=config.silhouette_sample, seed=config.seed)
+    local = fetch_rows(rows, at_most=local_rows)
+    if local is not None:
+        values, external = _measure_local(rows, local, stacked, ids, truth, k=k, skipped=skipped)
+        where = "on the driver"
+    else:
+        # Read by every pass below: joined once.
+        long = stacked.join(rows.drop("cluster_id"), "id").persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            values, reasons = internal_metrics_by(long, sample_ids=ids, k=k)
+            _skip(skipped, reasons)
+            external = external_metrics_by(long, truth) if truth is not None else None
+        finally:
+            long.unpersist()
+        where = "on Spark"
+    if external is not None:
+        if "embedding" not in external:
+            log.warning("the ground truth matches no clustered user: external metrics skipped")
+        for method, agreement in external.items():
+            values[method].update(agreement)
     log.info(
-        "same rows: %d methods measured in %.1fs", len(segments), time.perf_counter() - started
+        "same rows: %d methods measured %s in %.1fs",
+        len(segments),
+        where,
+        time.perf_counter() - started,
     )
     return values
+
+
+def _measure_local(
+    rows: DataFrame,
+    local: LocalRows,
+    stacked: DataFrame,
+    ids: DataFrame,
+    truth: DataFrame | None,
+    *,
+    k: int,
+    skipped: dict[tuple[str, str], str],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]] | None]:
+    """:func:`_measure`'s metrics from the rows fetched to the driver (``local``): the labels
+    and the truth of the rows' users come in one small fetch each."""
+    labels = stacked.toArrow()
+    values, reasons = internal_metrics_local(
+        local,
+        labels,
+        sample_ids=ids.toArrow().column("id").to_pylist(),
+        # Only the cosine silhouette of non-unit vectors reads it (Spark's evaluator).
+        long=stacked.join(rows.drop("cluster_id"), "id"),
+        k=k,
+    )
+    _skip(skipped, reasons)
+    if truth is None:
+        return values, None
+    users = rows.select("user_id").distinct()
+    matched = truth.join(users, "user_id", "left_semi").select("user_id", "persona").toArrow()
+    return values, external_metrics_local(local, labels, matched)
+
+
+def _skip(skipped: dict[tuple[str, str], str], reasons: dict[str, dict[str, str]]) -> None:
+    for method, why in reasons.items():
+        skipped.update({(method, name): reason for name, reason in why.items()})
