@@ -156,10 +156,18 @@ def internal_metrics_local(
     among the rows is ignored, as the Spark path's join drops it), ``sample_ids`` the ids of the
     exact silhouette's sample (a sequence or Arrow array).  ``long`` is the same data as the
     Spark path's frame, read only for the cosine silhouette of non-unit vectors."""
-    from sklearn.metrics import silhouette_score
-
     methods, at, clusters = _positions(local, labels)
     sampled = np.isin(local.ids, np.array(list(sample_ids), dtype=object))
+    in_sample_rows = np.flatnonzero(sampled)
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for method in set(methods[at >= 0].tolist()):
+        mine = (methods == method) & (at >= 0)
+        picked = sampled[at[mine]]
+        groups[method] = (
+            np.searchsorted(in_sample_rows, at[mine][picked]),
+            clusters[mine][picked],
+        )
+    exact = sample_silhouettes(local.points[in_sample_rows], groups)
     values: dict[str, dict[str, float]] = {}
     skipped: dict[str, dict[str, str]] = {}
     for method in sorted(set(methods[at >= 0].tolist())):
@@ -170,16 +178,9 @@ def internal_metrics_local(
         if len(agg.counts) >= 2:
             distance, score, n = cluster_distance_sums(local.points[rows], these, agg.table())
             distances = Distances(distance / n, float(score.sum() / n.sum()))
-        exact = None
-        in_sample = sampled[rows]
-        kinds = len(np.unique(these[in_sample]))
-        if kinds > 1 and in_sample.sum() > kinds:
-            exact = float(
-                silhouette_score(
-                    local.points[rows[in_sample]], these[in_sample], metric="sqeuclidean"
-                )
-            )
-        values[method], skipped[method] = _metrics_of(long, method, agg, distances, exact, k)
+        values[method], skipped[method] = _metrics_of(
+            long, method, agg, distances, exact.get(method), k
+        )
     return values, skipped
 
 
@@ -262,26 +263,49 @@ def _metrics_of(
 
 
 def _exact_sample_silhouettes(long: DataFrame, sample_ids: DataFrame) -> dict[str, float]:
-    """scikit-learn's squared-Euclidean silhouette of each clustering on the sampled rows (one
-    job fetches them), where the sample has two clusters and more rows than clusters."""
-    from sklearn.metrics import silhouette_score
+    """:func:`sample_silhouettes` of each clustering in ``long`` on the sampled rows (one job
+    fetches them)."""
+    import pandas as pd
 
     table = (
         long.join(F.broadcast(sample_ids), "id")
-        .select(METHOD, "cluster_id", "embedding")
+        .select(METHOD, "id", "cluster_id", "embedding")
         .toArrow()  # in any order: a silhouette does not depend on the rows' order
     )
     methods = np.array(table.column(METHOD).to_pylist(), dtype=object)
     labels = table.column("cluster_id").to_numpy(zero_copy_only=False)
+    # Every clustering labels the same sampled rows: each row's vector is kept once.
+    ids = pd.Index(table.column("id").to_pylist())
+    distinct = ~ids.duplicated()
+    at = ids[distinct].get_indexer(ids)
     vectors = table.column("embedding").combine_chunks()
     flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     points = flat.reshape(len(labels), -1) if len(labels) else np.zeros((0, 0))
+    groups = {
+        method: (at[methods == method], labels[methods == method])
+        for method in dict.fromkeys(methods.tolist())
+    }
+    return sample_silhouettes(points[distinct], groups)
+
+
+def sample_silhouettes(
+    points: np.ndarray, groups: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    """scikit-learn's squared-Euclidean silhouette of each clustering of the sampled
+    ``points`` ((m, d) float64): ``groups`` maps a method to the positions of the rows it
+    labels and their labels.  Methods whose rows hold a single cluster, or no more rows than
+    clusters, are left out.  The (m, m) distances are computed once (SciPy's ``pdist``, as
+    scikit-learn computes them for ``metric="sqeuclidean"``) and shared by every method."""
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
+
+    distances = squareform(pdist(points, "sqeuclidean")) if len(points) > 1 else None
     out: dict[str, float] = {}
-    for method in dict.fromkeys(methods.tolist()):
-        mine = methods == method
-        kinds = len(np.unique(labels[mine]))
-        if kinds > 1 and mine.sum() > kinds:
-            out[method] = float(silhouette_score(points[mine], labels[mine], metric="sqeuclidean"))
+    for method, (at, labels) in groups.items():
+        kinds = len(np.unique(labels))
+        if distances is not None and kinds > 1 and len(at) > kinds:
+            mine = distances[np.ix_(at, at)]
+            out[method] = float(silhouette_score(mine, labels, metric="precomputed"))
     return out
 
 
