@@ -239,3 +239,29 @@ def test_the_driver_path_measures_what_the_spark_path_measures(
     assert on_driver["a"]["silhouette_exact_sample"] != pytest.approx(
         sk.silhouette_score(points, labels, metric="sqeuclidean"), abs=1e-9
     )
+
+
+def test_sample_silhouettes_with_shared_distances_or_per_method_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.evaluation import measure
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 60)
+    points = rng.normal(size=(3, 5))[labels] + rng.normal(scale=0.5, size=(60, 5))
+    subset = np.arange(0, 60, 2)
+    groups = {
+        "a": (np.arange(60), labels),
+        "b": (subset, rng.integers(0, 4, len(subset))),
+        "one": (np.arange(10), np.zeros(10, dtype=int)),  # a single cluster: left out
+    }
+    shared = measure.sample_silhouettes(points, groups)
+    monkeypatch.setattr(measure, "SHARED_DISTANCE_ROWS", 10)
+    per_method = measure.sample_silhouettes(points, groups)
+    assert set(shared) == set(per_method) == {"a", "b"}
+    for method in ("a", "b"):
+        assert shared[method] == pytest.approx(per_method[method], abs=1e-12)
+        at, these = groups[method]
+        assert shared[method] == pytest.approx(
+            sk.silhouette_score(points[at], these, metric="sqeuclidean"), abs=1e-12
+        )

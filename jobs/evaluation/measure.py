@@ -159,19 +159,20 @@ def internal_metrics_local(
     methods, at, clusters = _positions(local, labels)
     sampled = np.isin(local.ids, np.array(list(sample_ids), dtype=object))
     in_sample_rows = np.flatnonzero(sampled)
-    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for method in set(methods[at >= 0].tolist()):
-        mine = (methods == method) & (at >= 0)
-        picked = sampled[at[mine]]
-        groups[method] = (
-            np.searchsorted(in_sample_rows, at[mine][picked]),
-            clusters[mine][picked],
+    labelled = {
+        method: ((methods == method) & (at >= 0)) for method in sorted(set(methods[at >= 0]))
+    }
+    groups = {
+        method: (
+            np.searchsorted(in_sample_rows, at[mine][sampled[at[mine]]]),
+            clusters[mine][sampled[at[mine]]],
         )
+        for method, mine in labelled.items()
+    }
     exact = sample_silhouettes(local.points[in_sample_rows], groups)
     values: dict[str, dict[str, float]] = {}
     skipped: dict[str, dict[str, str]] = {}
-    for method in sorted(set(methods[at >= 0].tolist())):
-        mine = (methods == method) & (at >= 0)
+    for method, mine in labelled.items():
         rows, these = at[mine], clusters[mine]
         agg = _local_aggregates(local, rows, these)
         distances = None
@@ -288,24 +289,36 @@ def _exact_sample_silhouettes(long: DataFrame, sample_ids: DataFrame) -> dict[st
     return sample_silhouettes(points[distinct], groups)
 
 
+#: Largest sample whose pairwise distances are held at once (5,000 rows: 200 MB of doubles).
+SHARED_DISTANCE_ROWS = 5000
+
+
 def sample_silhouettes(
     points: np.ndarray, groups: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, float]:
     """scikit-learn's squared-Euclidean silhouette of each clustering of the sampled
     ``points`` ((m, d) float64): ``groups`` maps a method to the positions of the rows it
     labels and their labels.  Methods whose rows hold a single cluster, or no more rows than
-    clusters, are left out.  The (m, m) distances are computed once (SciPy's ``pdist``, as
-    scikit-learn computes them for ``metric="sqeuclidean"``) and shared by every method."""
+    clusters, are left out.  Up to :data:`SHARED_DISTANCE_ROWS` points, the (m, m) distances
+    are computed once (SciPy's ``pdist``, as scikit-learn computes them for
+    ``metric="sqeuclidean"``) and shared by every method; a larger sample is left to
+    scikit-learn, which computes them in bounded chunks for each method."""
     from scipy.spatial.distance import pdist, squareform
     from sklearn.metrics import silhouette_score
 
-    distances = squareform(pdist(points, "sqeuclidean")) if len(points) > 1 else None
+    shared = None
+    if 1 < len(points) <= SHARED_DISTANCE_ROWS:
+        shared = squareform(pdist(points, "sqeuclidean"))
     out: dict[str, float] = {}
     for method, (at, labels) in groups.items():
         kinds = len(np.unique(labels))
-        if distances is not None and kinds > 1 and len(at) > kinds:
-            mine = distances[np.ix_(at, at)]
-            out[method] = float(silhouette_score(mine, labels, metric="precomputed"))
+        if kinds < 2 or len(at) <= kinds:
+            continue
+        if shared is None:
+            score = silhouette_score(points[at], labels, metric="sqeuclidean")
+        else:
+            score = silhouette_score(shared[np.ix_(at, at)], labels, metric="precomputed")
+        out[method] = float(score)
     return out
 
 
