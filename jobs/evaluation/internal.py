@@ -52,6 +52,15 @@ class ClusterAggregates:
         return self.cluster_ids, self.centroids, self.counts, self.squared_norms / self.counts
 
 
+def array_rows(column: Any) -> np.ndarray:
+    """The ``(n, d)`` float64 matrix of an Arrow list column (an ``Array`` or ``ChunkedArray``
+    fetched with ``toArrow()`` or read in ``mapInArrow``) whose n rows all hold d numbers."""
+    if hasattr(column, "combine_chunks"):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return flat.reshape(len(column), -1) if len(column) else np.zeros((0, 0))
+
+
 def squared_norm_column(features: str) -> str:
     """Name of the column holding each row's squared Euclidean norm of ``features``
     (:func:`with_squared_norms`): named after the features, so that a norm of one column is
@@ -253,9 +262,7 @@ def _distance_sums(
     to their centroid, the sum of their silhouettes and their count (:func:`distance_pass`)."""
     keys = np.array(batch.column("__key").to_pylist(), dtype=object)
     labels = batch.column("__cluster").to_numpy(zero_copy_only=False)
-    vectors = batch.column(features)
-    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    points = flat.reshape(len(batch), -1) if len(batch) else np.zeros((0, 0))
+    points = array_rows(batch.column(features))
     sums: list[dict[str, Any]] = []
     for key in dict.fromkeys(keys.tolist()):
         if key not in tables:

@@ -40,6 +40,7 @@ from jobs.evaluation.internal import (
     ClusterAggregates,
     Distances,
     aggregates_by,
+    array_rows,
     calinski_harabasz,
     cluster_distance_sums,
     davies_bouldin_index,
@@ -101,9 +102,7 @@ def fetch_rows(rows: DataFrame, *, at_most: int) -> LocalRows | None:
     table = rows.select(*columns).limit(at_most + 1).toArrow()
     if table.num_rows > at_most:
         return None
-    vectors = table.column("embedding").combine_chunks()
-    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    points = flat.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, 0))
+    points = array_rows(table.column("embedding"))
     norms = (
         table.column(norm).to_numpy().astype(np.float64)
         if norm in table.column_names
@@ -279,9 +278,7 @@ def _exact_sample_silhouettes(long: DataFrame, sample_ids: DataFrame) -> dict[st
     ids = pd.Index(table.column("id").to_pylist())
     distinct = ~ids.duplicated()
     at = ids[distinct].get_indexer(ids)
-    vectors = table.column("embedding").combine_chunks()
-    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    points = flat.reshape(len(labels), -1) if len(labels) else np.zeros((0, 0))
+    points = array_rows(table.column("embedding"))
     groups = {
         method: (at[methods == method], labels[methods == method])
         for method in dict.fromkeys(methods.tolist())
@@ -346,16 +343,7 @@ def external_metrics_local(
         }
     ).merge(truth.select(["user_id", "persona"]).to_pandas(), on="user_id")
     counts = labelled.groupby([METHOD, "persona", "cluster_id"]).size().reset_index(name="count")
-    out: dict[str, dict[str, float]] = {}
-    for method in sorted(set(counts[METHOD])):
-        rows = counts[counts[METHOD] == method].to_dict("records")
-        table = count_table(rows, "persona", "cluster_id")
-        out[method] = {
-            "ari_vs_truth": adjusted_rand_index(table),
-            "nmi_vs_truth": normalized_mutual_info(table),
-            "purity_vs_truth": purity(table),
-        }
-    return out
+    return _agreement_by(counts.to_dict("records"))
 
 
 def external_metrics_by(long: DataFrame, truth: DataFrame) -> dict[str, dict[str, float]]:
@@ -364,6 +352,12 @@ def external_metrics_by(long: DataFrame, truth: DataFrame) -> dict[str, dict[str
     (rows without a truth label are left out), from one ``groupBy`` of every clustering's
     contingency table; a clustering with no labelled row is absent."""
     rows = long.join(truth, "user_id").groupBy(METHOD, "persona", "cluster_id").count().collect()
+    return _agreement_by(rows)
+
+
+def _agreement_by(rows: list[Any]) -> dict[str, dict[str, float]]:
+    """ARI, NMI and purity against the truth of each method in ``rows`` (``method``,
+    ``persona``, ``cluster_id``, ``count``: every method's contingency table, stacked)."""
     out: dict[str, dict[str, float]] = {}
     for method in sorted({r[METHOD] for r in rows}):
         table = count_table([r for r in rows if r[METHOD] == method], "persona", "cluster_id")

@@ -18,6 +18,7 @@ from jobs.clustering.kmeans import (
 )
 from jobs.core.config import ClusterConfig
 from jobs.evaluation.external import adjusted_rand_index, contingency, normalized_mutual_info
+from jobs.evaluation.internal import array_rows
 
 
 def refit_seeds(base_seed: int, count: int) -> list[int]:
@@ -178,10 +179,9 @@ def _driver_rows(rows: DataFrame, cluster: ClusterConfig) -> tuple[np.ndarray, n
     n = table.num_rows
     if n > cluster.init_sample:
         return None
-    vectors = table.column("embedding").combine_chunks()
-    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    points = flat.reshape(n, -1) if n else np.zeros((0, 0))
-    return points, table.column("cluster_id").to_numpy(zero_copy_only=False)
+    return array_rows(table.column("embedding")), table.column("cluster_id").to_numpy(
+        zero_copy_only=False
+    )
 
 
 def _driver_segment_jaccard(
