@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from jobs.core.config import AppConfig, ConfigError, InputSpec, load_config
 
@@ -167,6 +168,10 @@ def test_partitioning_is_not_configuration() -> None:
             "spark.packages=[io.delta:delta-spark_2.13]",
             "spark.packages: ['io.delta:delta-spark_2.13']",
         ),
+        (
+            "spark.driver_java_options=Xmx2g",
+            "spark.driver_java_options='Xmx2g': write JVM options, each starting with '-'",
+        ),
     ],
 )
 def test_connect_and_package_settings_are_checked_at_load(override: str, message: str) -> None:
@@ -175,6 +180,31 @@ def test_connect_and_package_settings_are_checked_at_load(override: str, message
     assert str(caught.value).startswith(message)
 
 
+def test_driver_java_options_add_to_the_drivers_own_and_cannot_be_set_twice() -> None:
+    loaded = load_config([], ["spark.driver_java_options=-XX:TieredStopAtLevel=1 -Xss4m"])
+    assert loaded.spark.driver_java_options == "-XX:TieredStopAtLevel=1 -Xss4m"
+    with pytest.raises(ConfigError, match=r"^spark.driver_java_options and spark.extra's"):
+        load_config(
+            [],
+            [
+                "spark.driver_java_options=-Xss4m",
+                "spark.extra={spark.driver.extraJavaOptions: -Xss8m}",
+            ],
+        )
+
+
 def test_connect_urls_and_local_servers_load() -> None:
     for remote in ("sc://localhost:15002", "sc://h:443/;token=t;use_ssl=true", "local[2]"):
         assert load_config([], [f"spark.remote={remote}"]).spark.remote == remote
+
+
+def test_the_driver_jvm_starts_with_its_own_options_and_the_added_ones(
+    spark: SparkSession,
+) -> None:
+    # tests/conftest.py builds the session with spark.driver_java_options (TEST_JVM_OPTIONS).
+    jvm = spark.sparkContext._jvm  # the JVM's own view of its command line
+    arguments = list(
+        jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+    )
+    assert "-XX:TieredStopAtLevel=1" in arguments and "-XX:+UseG1GC" in arguments
+    assert any(a.startswith("-Dlog4j2.configurationFile=file:") for a in arguments)

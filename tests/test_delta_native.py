@@ -30,7 +30,7 @@ from jobs.core.lake.delta_spark import delta_spark_available
 from jobs.core.lake.maintenance import maintain
 from jobs.explore import spark_views
 
-from .conftest import BackgroundRun
+from .conftest import TEST_JVM_OPTIONS, BackgroundRun
 from .test_incremental import check_crossing_session
 from .test_lake import SCHEMA, _contract, _frame, _rows, check_merge
 from .test_privacy import check_hmac
@@ -105,11 +105,11 @@ def _delta_session(root: Path) -> SparkSession:
             app_name="clickstream-segments-delta-tests",
             shuffle_partitions=2,
             driver_memory="2g",
+            driver_java_options=f"-Dderby.system.home={root} {TEST_JVM_OPTIONS}",
             extra={
                 "spark.sql.catalogImplementation": "hive",
                 "spark.sql.warehouse.dir": str(root / "warehouse"),
                 "spark.hadoop.javax.jdo.option.ConnectionURL": metastore,
-                "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}",
                 "spark.ui.showConsoleProgress": "false",
             },
         ),

@@ -34,7 +34,7 @@ from jobs.core.config import AppConfig, LakeConfig, config_to_dict
 from jobs.core.lake import Lake
 from jobs.core.tables import TABLES
 
-from .conftest import E2E_RUN_ID, BackgroundRun
+from .conftest import E2E_RUN_ID, TEST_JVM_OPTIONS, BackgroundRun
 
 #: Wall-clock times of the writes themselves: the only columns two identical runs differ in.
 VOLATILE = {"quarantined_at", "ingested_at", "sessionized_at", "embedded_at", "created_at"}
@@ -63,6 +63,7 @@ def start_connect_run(config: AppConfig, out: Path) -> None:
         # The partitioning of the classic session (tests/conftest.py), so that the encoder
         # sees the same batches: fp32 sums in another order differ in the last bits.
         "spark.shuffle_partitions=2",
+        f"spark.driver_java_options={TEST_JVM_OPTIONS}",
         "spark.extra={spark.sql.adaptive.enabled: 'false'}",
         "lake.engine=spark",
         f"lake.root={out / 'lake'}",

@@ -84,6 +84,18 @@ def check_combinations(config: AppConfig) -> None:
             f"spark.remote={remote!r}: write sc://host:port (a Spark Connect server) or "
             "local / local[N] / local[*] (start a local one), or null for a classic session"
         )
+    java_options = config.spark.driver_java_options.split()
+    if any(not option.startswith("-") for option in java_options):
+        raise ConfigError(
+            f"spark.driver_java_options={config.spark.driver_java_options!r}: write JVM options, "
+            "each starting with '-' (e.g. -XX:TieredStopAtLevel=1)"
+        )
+    if java_options and "spark.driver.extraJavaOptions" in config.spark.extra:
+        raise ConfigError(
+            "spark.driver_java_options and spark.extra's spark.driver.extraJavaOptions are both "
+            "set: the second replaces the driver's own options (G1 GC, the log4j2 file) and "
+            "the first adds to them; keep one"
+        )
     bad = [p for p in config.spark.packages if not _MAVEN.fullmatch(p)]
     if bad:
         raise ConfigError(f"spark.packages: {bad} are not Maven coordinates group:artifact:version")

@@ -49,6 +49,10 @@ class SparkConfig:
     #: 0 means "2 x the cores Spark sees", which suits local mode; clusters should set it.
     shuffle_partitions: int = 0
     driver_memory: str = "4g"
+    #: JVM options added to the driver's own (G1 GC and the log4j2 file that keeps Spark's
+    #: logs at the chosen level) when this process starts the JVM, e.g.
+    #: ``-XX:TieredStopAtLevel=1`` for short local runs whose time goes to JIT compilation.
+    driver_java_options: str = ""
     #: Extra ``spark.*`` settings applied when building a local session.
     extra: Mapping[str, str] = field(default_factory=dict)
     #: Spark Connect: ``sc://host:port`` (a Connect server) or ``local[N]`` (start a local one);
