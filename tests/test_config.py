@@ -172,6 +172,10 @@ def test_partitioning_is_not_configuration() -> None:
             "spark.driver_java_options=Xmx2g",
             "spark.driver_java_options='Xmx2g': write JVM options, each starting with '-'",
         ),
+        (
+            """spark.driver_java_options='-Dx="a b'""",
+            """spark.driver_java_options='-Dx="a b': No closing quotation""",
+        ),
     ],
 )
 def test_connect_and_package_settings_are_checked_at_load(override: str, message: str) -> None:
@@ -181,8 +185,9 @@ def test_connect_and_package_settings_are_checked_at_load(override: str, message
 
 
 def test_driver_java_options_add_to_the_drivers_own_and_cannot_be_set_twice() -> None:
-    loaded = load_config([], ["spark.driver_java_options=-XX:TieredStopAtLevel=1 -Xss4m"])
-    assert loaded.spark.driver_java_options == "-XX:TieredStopAtLevel=1 -Xss4m"
+    written = '-XX:TieredStopAtLevel=1 -Dsegments.note="two words"'
+    loaded = load_config([], [f"spark.driver_java_options={written}"])
+    assert loaded.spark.driver_java_options == written
     with pytest.raises(ConfigError, match=r"^spark.driver_java_options and spark.extra's"):
         load_config(
             [],

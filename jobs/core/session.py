@@ -99,9 +99,10 @@ def get_spark(config: SparkConfig | None = None, *, delta: bool = False) -> Spar
         # Spark's JVM logs at the level --log-level implies (ERROR, or WARN for DEBUG) from
         # its first line on, start-up warnings included.
         log4j = log4j2_config_file(spark_log_level())
-        own = ["-XX:+UseG1GC", f"-Dlog4j2.configurationFile=file:{log4j}"]
-        added = config.driver_java_options.split()
-        settings["spark.driver.extraJavaOptions"] = " ".join([*own, *added])
+        # spark.driver_java_options as written (Spark splits the string itself, quotes kept).
+        options = f"-XX:+UseG1GC -Dlog4j2.configurationFile=file:{log4j}"
+        added = config.driver_java_options.strip()
+        settings["spark.driver.extraJavaOptions"] = f"{options} {added}" if added else options
         settings["spark.default.parallelism"] = str(shuffle_partitions)
         # Delta's VACUUM lists and OPTIMIZE plans files in as many tasks as this setting
         # (default 10,000): minutes of empty tasks on a local master.

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import re
+import shlex
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -84,11 +85,15 @@ def check_combinations(config: AppConfig) -> None:
             f"spark.remote={remote!r}: write sc://host:port (a Spark Connect server) or "
             "local / local[N] / local[*] (start a local one), or null for a classic session"
         )
-    java_options = config.spark.driver_java_options.split()
+    written = config.spark.driver_java_options
+    try:
+        java_options = shlex.split(written)  # as Spark splits it: whitespace, quotes kept
+    except ValueError as exc:  # an unclosed quote
+        raise ConfigError(f"spark.driver_java_options={written!r}: {exc}") from None
     if any(not option.startswith("-") for option in java_options):
         raise ConfigError(
-            f"spark.driver_java_options={config.spark.driver_java_options!r}: write JVM options, "
-            "each starting with '-' (e.g. -XX:TieredStopAtLevel=1)"
+            f"spark.driver_java_options={written!r}: write JVM options, each starting with '-' "
+            "(e.g. -XX:TieredStopAtLevel=1)"
         )
     if java_options and "spark.driver.extraJavaOptions" in config.spark.extra:
         raise ConfigError(
