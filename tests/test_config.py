@@ -184,7 +184,7 @@ def test_connect_and_package_settings_are_checked_at_load(override: str, message
     assert str(caught.value).startswith(message)
 
 
-def test_driver_java_options_add_to_the_drivers_own_and_cannot_be_set_twice() -> None:
+def test_driver_java_options_load_as_written_and_cannot_be_set_twice() -> None:
     written = '-XX:TieredStopAtLevel=1 -Dsegments.note="two words"'
     loaded = load_config([], [f"spark.driver_java_options={written}"])
     assert loaded.spark.driver_java_options == written
