@@ -331,17 +331,22 @@ def test_the_tfidf_vocabulary_is_mllibs_in_a_fixed_order(spark: SparkSession) ->
     # df: a 3, b 3, c 2, x 2, y 2 (d, e, z 1); at most 0.7 x 5 = 3.5 documents.
     vocabulary = tfidf_vocabulary(bags, column="t", config=base)
     assert vocabulary == ["a", "b", "c", "x", "y"]  # total count (4, 3, 2, 2, 2), then token
+    # tfidf_max_df is a share (config loader): 1.0 keeps every token with min_df documents,
+    # where CountVectorizer's maxDF=1.0 would mean "in at most one document".
+    every = dataclasses.replace(base, tfidf_max_df=1.0)
+    assert tfidf_vocabulary(bags, column="t", config=every) == vocabulary
     library = CountVectorizer(inputCol="t", minDF=2.0, maxDF=0.7, vocabSize=100).fit(bags)
     assert sorted(library.vocabulary) == sorted(vocabulary)
     # Capped: the tie among c, x and y at the cut goes by token, on every run.
     capped = dataclasses.replace(base, tfidf_vocab_size=4)
     assert tfidf_vocabulary(bags, column="t", config=capped) == ["a", "b", "c", "x"]
-    # Bounds as counts, and as shares of the documents.
-    at_most_two = dataclasses.replace(base, tfidf_max_df=2.0)
-    assert tfidf_vocabulary(bags, column="t", config=at_most_two) == ["c", "x", "y"]
-    assert tfidf_vocabulary(
-        bags, column="t", config=dataclasses.replace(base, tfidf_min_df=0.5)
-    ) == ["a", "b"]
+    # The lower bound is a count of documents, the upper one a share of them (0.5 x 5 = 2.5).
+    at_most_half = dataclasses.replace(base, tfidf_max_df=0.5)
+    assert tfidf_vocabulary(bags, column="t", config=at_most_half) == ["c", "x", "y"]
+    assert tfidf_vocabulary(bags, column="t", config=dataclasses.replace(base, tfidf_min_df=3)) == [
+        "a",
+        "b",
+    ]
 
 
 # ------------------------------------------------------------------------ known answers

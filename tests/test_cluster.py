@@ -445,3 +445,15 @@ def test_an_explicit_zero_is_the_same_point_as_an_absent_one() -> None:
     )
     points, weights = distinct_points(matrix)
     assert points.shape[0] == 1 and weights.tolist() == [2.0]
+
+
+def test_minus_zero_is_the_same_point_as_zero() -> None:
+    from jobs.clustering.kmeans import SingleCluster, fit_on_driver
+    from jobs.clustering.sample import distinct_points
+
+    # Equal as numbers, different as bytes: one point, weight 3; ten such rows cannot be split.
+    points, weights = distinct_points(np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0]]))
+    assert points.shape[0] == 1 and weights.tolist() == [3.0]
+    rows = np.array([[0.0, 1.0], [-0.0, 1.0]] * 5)
+    with pytest.raises(SingleCluster):
+        fit_on_driver(rows, k=2, config=ClusterConfig(k=2))

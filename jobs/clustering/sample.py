@@ -74,12 +74,15 @@ def distinct_points(points: Any) -> tuple[Any, np.ndarray]:
     often each occurs (scikit-learn's ``sample_weight``: the same objective as the repeated
     rows).
 
-    The order is by the values rounded to 1e-5, then by the exact values (as bytes): it does
-    not depend on the order the partitions delivered the rows in, and float noise of ~1e-7
-    (an encoder batching rows differently) leaves it, and so the k-means++ start, as it was."""
+    Rows are equal when their values are (0.0 and -0.0 are the same point).  The order is by
+    the bytes of the values rounded to 1e-5, then by those of the exact values: it does not
+    depend on the order the partitions delivered the rows in, and float noise of ~1e-7 (an
+    encoder batching rows differently) mostly leaves it, and so the k-means++ start, as it
+    was."""
     if hasattr(points, "tocsr"):
         return _distinct_sparse(points.tocsr())
-    points = np.asarray(points, dtype=np.float64)
+    # + 0.0 turns -0.0 into 0.0, which the byte keys below would otherwise tell apart.
+    points = np.asarray(points, dtype=np.float64) + 0.0
     if points.shape[0] == 0:
         return points, np.zeros(0)
     # One sort of (rounded, exact) row keys; equal exact rows are then adjacent.

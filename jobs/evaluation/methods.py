@@ -211,10 +211,11 @@ def tfidf_features(
 
 def tfidf_vocabulary(bags: DataFrame, *, column: str, config: EvaluateConfig) -> list[str]:
     """The vocabulary of the token arrays in ``column`` of ``bags`` (one row per document),
-    as MLlib's ``CountVectorizer`` selects it: tokens in at least ``tfidf_min_df`` and at most
-    ``tfidf_max_df`` documents (each a count when >= 1, else a share of the documents), the
-    ``tfidf_vocab_size`` most frequent by total count.  In that order, ties by token, so the
-    same tokens get the same columns on every run.
+    as MLlib's ``CountVectorizer`` selects it: tokens in at least ``tfidf_min_df`` documents (a
+    count) and at most ``tfidf_max_df`` of them (a share in (0, 1], as the config loader
+    checks: 1.0 keeps a token that is in every document, where ``CountVectorizer``'s
+    ``maxDF=1.0`` would mean one document), the ``tfidf_vocab_size`` most frequent by total
+    count.  In that order, ties by token, so the same tokens get the same columns on every run.
 
     Computed here rather than by ``CountVectorizer.fit``: its vocabulary comes out in the order
     the shuffle blocks arrive (and which tokens tie at the cap is as arbitrary), the feature
@@ -228,11 +229,9 @@ def tfidf_vocabulary(bags: DataFrame, *, column: str, config: EvaluateConfig) ->
     )
     documents = bags.agg(F.count(F.lit(1)).cast("double").alias("__docs"))
 
-    def bound(value: float) -> Column:
-        return F.lit(float(value)) if value >= 1.0 else F.lit(float(value)) * F.col("__docs")
-
     kept = per_token.crossJoin(documents).where(
-        (F.col("df") >= bound(config.tfidf_min_df)) & (F.col("df") <= bound(config.tfidf_max_df))
+        (F.col("df") >= F.lit(float(config.tfidf_min_df)))
+        & (F.col("df") <= F.lit(float(config.tfidf_max_df)) * F.col("__docs"))
     )
     rows = kept.orderBy(F.desc("tf"), "t").limit(config.tfidf_vocab_size).select("t").collect()
     return [r["t"] for r in rows]

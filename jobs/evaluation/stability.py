@@ -113,13 +113,15 @@ def segment_jaccard(
     ``bootstraps`` resamples of the rows (with replacement), refit K-Means (CPU, ``cluster``'s
     settings, ``k``), and for each of the run's segments take the best Jaccard similarity with a
     refit cluster over the resampled points; return each segment's mean over the resamples.
-    A resample that holds a single distinct point (e.g. it missed the one row
-    that differs) cannot be split and is left out.
+    As in ``clusterboot`` (its Jaccard of an empty set is 0), a segment none of whose rows was
+    drawn scores 0 in that resample: a small segment that most resamples miss is not stable.
+    A resample that holds a single distinct point (e.g. it missed the one row that differs)
+    cannot be split and is left out (there ``clusterboot`` would still score it).
 
     ``rows``: ``id``, ``embedding``, ``cluster_id`` (the run's segments, ids in [0, k)).  Each
     refit is one K-Means fit and one ``groupBy`` (O(n·k)); the k x k tables reach the driver.
     Rows that fit ``cluster.init_sample`` are fetched once (per call) and refitted on the driver
-    (:func:`_driver_segment_jaccard`).  A segment absent from every resample is left out.
+    (:func:`_driver_segment_jaccard`).  Empty when no resample could be split.
     """
     local = _driver_rows(rows, cluster)
     if local is not None:
@@ -133,6 +135,7 @@ def segment_jaccard(
     )
     per_segment: dict[int, list[float]] = {}
     try:
+        segments = sorted(int(r["__run"]) for r in features.select("__run").distinct().collect())
         for b in range(bootstraps):
             sample = features.sample(withReplacement=True, fraction=1.0, seed=seed + 7919 * b)
             estimator = kmeans_estimator("cpu", k, replace(cluster, seed=cluster.seed + b + 1))
@@ -151,12 +154,20 @@ def segment_jaccard(
             position = {c: i for i, c in enumerate(ids)}
             for r in counts:
                 table[position[int(r["__run"])], int(r["__b"])] = r["count"]
-            for segment, value in zip(ids, best_jaccard(table), strict=True):
-                if np.isfinite(value):
-                    per_segment.setdefault(segment, []).append(float(value))
+            _add_resample(per_segment, segments, dict(zip(ids, best_jaccard(table), strict=True)))
     finally:
         features.unpersist()
     return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
+
+
+def _add_resample(
+    per_segment: dict[int, list[float]], segments: list[int], best: dict[int, float]
+) -> None:
+    """Record one resample's best Jaccard per segment (``best``: the segments with rows in
+    the resample) for every one of the run's ``segments``: 0 for a segment absent from it."""
+    for segment in segments:
+        value = best.get(segment, 0.0)
+        per_segment.setdefault(segment, []).append(float(value) if np.isfinite(value) else 0.0)
 
 
 def _contingency(run: np.ndarray, refit: np.ndarray) -> np.ndarray:
@@ -198,7 +209,7 @@ def _driver_segment_jaccard(
     approximates it), the refit labels each distinct drawn row, and the run's segments are
     compared with the refit's clusters over those rows."""
     per_segment: dict[int, list[float]] = {}
-    n = len(run)
+    n, segments = len(run), [int(s) for s in np.unique(run)]
     for b in range(bootstraps):
         drawn = np.random.default_rng(seed + 7919 * b).integers(0, n, n)
         settings = replace(cluster, seed=cluster.seed + b + 1)
@@ -207,8 +218,7 @@ def _driver_segment_jaccard(
         except SingleCluster:
             continue
         rows, first = np.unique(drawn, return_index=True)  # a row's copies share a centre
-        segments, table = np.unique(run[rows]), _contingency(run[rows], labels[first])
-        for segment, value in zip(segments, best_jaccard(table), strict=True):
-            if np.isfinite(value):
-                per_segment.setdefault(int(segment), []).append(float(value))
+        present, table = np.unique(run[rows]), _contingency(run[rows], labels[first])
+        best = dict(zip((int(s) for s in present), best_jaccard(table), strict=True))
+        _add_resample(per_segment, segments, best)
     return {segment: float(np.mean(values)) for segment, values in sorted(per_segment.items())}
