@@ -4,7 +4,7 @@ history only, future metrics with hand-computed values, and known answers."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -90,13 +90,17 @@ def test_future_split_puts_every_event_on_one_side_of_the_cutoff(spark: SparkSes
     )
     config = EvaluateConfig(holdout_days=80 / 1440)  # last event (200) - 80 minutes = 120
     cutoff = future_cutoff(sessions, config)
-    assert cutoff == T0 + timedelta(minutes=120)
+    # An aware UTC instant (T0 is naive: Spark read it in this driver's zone, UTC in the tests)
+    assert cutoff is not None and cutoff.tzinfo is timezone.utc
+    assert cutoff == (T0 + timedelta(minutes=120)).replace(tzinfo=timezone.utc)
     split = split_events(sessions, protocol="future", config=config, cutoff=cutoff)
     got = {
         r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
         for r in split.collect()
     }
     assert got == {"s1": (["a", "b"], []), "s2": (["c"], ["d"]), "s3": ([], ["e"])}
+    with pytest.raises(ValueError, match="has no time zone"):  # a naive datetime is no instant
+        split_events(sessions, protocol="future", config=config, cutoff=T0)
     history = history_units(split, unit="user", sessionize=SessionizeConfig())
     assert [(r["id"], [e["item_id"] for e in r["events"]]) for r in history.collect()] == [
         ("u1", ["a", "b", "c"])
@@ -111,7 +115,7 @@ def test_fraction_cutoff_leaves_that_share_of_events_after_it(spark: SparkSessio
     sessions = sessions_frame(spark, [(f"s{i}", f"u{i}", [ev(i, f"i{i}")]) for i in range(10)])
     cutoff = future_cutoff(sessions, EvaluateConfig(holdout_fraction=0.2))
     # minutes 8 and 9 (2 of 10 events) are after the 0.8 quantile (minute 7)
-    assert cutoff == T0 + timedelta(minutes=7, microseconds=1)
+    assert cutoff == (T0 + timedelta(minutes=7, microseconds=1)).replace(tzinfo=timezone.utc)
 
 
 def test_session_suffix_split(spark: SparkSession) -> None:

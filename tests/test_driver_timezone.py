@@ -1,5 +1,5 @@
 """A driver whose local time zone is not UTC: incremental sessionize still equals a full
-rebuild (README: "Daily incremental runs").
+rebuild (README: "Daily incremental runs"), and the backtest's cutoff is the UTC instant.
 
 PySpark turns naive Python datetimes into instants in the driver's local zone, both ways, so a
 driver outside UTC must never hand Spark a naive datetime.  The check runs in a subprocess
@@ -96,6 +96,30 @@ SCRIPT = textwrap.dedent(
     assert n_events == {"u1": 3, "u2": 2, "u3": 2}, n_events
     assert lake.read("sessions").count() == 4  # u1 twice, u2 once, u3 once (across midnight)
     print("incremental == full")
+
+    # The backtest's cutoff is the UTC instant, also inside the repeated hour of the switch
+    # back from daylight-saving time (2024-11-03 01:00-02:00 in Los Angeles).
+    from pyspark.sql import functions as F
+
+    from jobs.core.config import EvaluateConfig
+    from jobs.evaluation.protocol import future_cutoff, split_events
+
+    def at(text):
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+    stamps = [at("2024-11-03 08:40:00"), at("2024-11-03 09:20:00"), at("2024-11-03 09:40:00")]
+    sessions = spark.createDataFrame(
+        [("s1", "u1", [(t, f"i{i}") for i, t in enumerate(stamps)])],
+        "session_id string, user_id string, events array<struct<ts timestamp, item_id string>>",
+    )
+    config = EvaluateConfig(holdout_days=30 / 1440)  # 09:40Z - 30 min = 09:10Z (01:10 PST)
+    cutoff = future_cutoff(sessions, config)
+    assert cutoff == at("2024-11-03 09:10:00"), cutoff
+    assert f"{cutoff:%Y-%m-%d %H:%M:%S}" == "2024-11-03 09:10:00", cutoff
+    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff).first()
+    sides = ([e["item_id"] for e in split["history"]], [e["item_id"] for e in split["future"]])
+    assert sides == (["i0"], ["i1", "i2"]), sides
+    print("cutoff in UTC")
     """
 )
 
@@ -113,3 +137,4 @@ def test_incremental_sessionize_equals_full_on_a_driver_in_los_angeles(tmp_path:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     assert "incremental == full" in result.stdout
+    assert "cutoff in UTC" in result.stdout

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -44,16 +44,23 @@ class ProtocolChoice:
 
     protocol: str | None
     reason: str
-    #: ``future``: the cutoff instant (UTC); None for ``session_suffix``.
+    #: ``future``: the cutoff instant (timezone-aware, UTC); None for ``session_suffix``.
     cutoff: datetime | None = None
     #: Units with history and future under the chosen protocol.
     scored_units: int = 0
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def future_cutoff(sessions: DataFrame, config: EvaluateConfig) -> datetime | None:
-    """The ``future`` protocol's cutoff (a UTC timestamp, as Spark returns it): the last event
-    minus ``holdout_days``, or the ``1 - holdout_fraction`` quantile of event times (approximate,
-    relative error 1e-4).  None when ``sessions`` holds no event."""
+    """The ``future`` protocol's cutoff, a timezone-aware UTC ``datetime`` (to the microsecond):
+    the last event minus ``holdout_days``, or the ``1 - holdout_fraction`` quantile of event
+    times (approximate, relative error 1e-4).  None when ``sessions`` holds no event.
+
+    The instant travels as microseconds since the epoch, never as a naive ``datetime``: PySpark
+    reads and writes those in the driver's local zone, which shifted the printed cutoff off UTC
+    and, in a repeated daylight-saving hour, moved the split by an hour."""
     times = sessions.select(F.explode("events.ts").alias("ts")).select(
         F.unix_micros("ts").alias("us")
     )
@@ -62,8 +69,18 @@ def future_cutoff(sessions: DataFrame, config: EvaluateConfig) -> datetime | Non
     else:
         # Events after the quantile are the future (the quantile itself is history).
         edge = F.percentile_approx("us", 1.0 - config.holdout_fraction, 10_000) + F.lit(1)
-    row = times.agg(F.timestamp_micros(edge.cast("long")).alias("cutoff")).first()
-    return None if row is None else row["cutoff"]
+    row = times.agg(edge.cast("long").alias("us")).first()
+    if row is None or row["us"] is None:
+        return None
+    return _EPOCH + timedelta(microseconds=int(row["us"]))
+
+
+def _epoch_micros(instant: datetime) -> int:
+    """Microseconds since the epoch of a timezone-aware ``instant`` (ValueError when naive: a
+    naive datetime names no instant)."""
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise ValueError(f"the cutoff {instant} has no time zone: pass an aware datetime")
+    return (instant - _EPOCH) // timedelta(microseconds=1)
 
 
 def split_events(
@@ -71,12 +88,13 @@ def split_events(
 ) -> DataFrame:
     """``sessions`` with ``history`` and ``future``: the session's ``events`` split by
     ``protocol`` (module docstring); both are arrays of the same struct, in time order.
-    ``cutoff`` is needed for ``future`` (a timestamp compared with ``events.ts``)."""
+    ``cutoff`` is needed for ``future``: a timezone-aware instant (:func:`future_cutoff`)
+    compared with ``events.ts``."""
     events = F.col("events")
     if protocol == FUTURE:
         if cutoff is None:
             raise ValueError("the future protocol needs a cutoff")
-        edge = F.lit(cutoff).cast("timestamp")
+        edge = F.timestamp_micros(F.lit(_epoch_micros(cutoff)))
         history = F.filter(events, lambda e: e["ts"] < edge)
         future = F.filter(events, lambda e: e["ts"] >= edge)
     elif protocol == SESSION_SUFFIX:
