@@ -45,7 +45,7 @@ class Case:
 
 
 JSONL_CASES = [
-    Case("truncated.jsonl", "truncated-", kept=1, quarantined={"malformed jsonl record": 7}),
+    Case("truncated.jsonl", "truncated-", kept=1, quarantined={"malformed jsonl record": 8}),
     # Bad bytes in a user id, a lone lead byte, an overlong encoding; a valid U+FFFD is kept.
     Case("invalid_utf8.jsonl", "invalid_utf8-", kept=2, quarantined={"invalid utf-8": 3}),
     Case(

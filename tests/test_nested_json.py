@@ -251,3 +251,40 @@ def test_referenced_paths_form_a_tree() -> None:
         "odd name": {"x": {}},
         "ts": {},
     }
+
+
+def test_fields_beside_a_nested_array_stay_in_each_element_s_raw_record(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    # Two users' records whose single events are equal: the user sits beside the array, inside
+    # the same object.  Each element's raw record (and so its event id) keeps that user.
+    event = {"ts": 1709287200000, "type": "clicks", "aid": 5}
+    records = [{"payload": {"user": user, "events": [event]}} for user in ("u1", "u2")]
+    path = write_lines(tmp_path / "nested.jsonl", records)
+    columns = {
+        "user_id": "payload.user",
+        "event_ts": "payload.events.ts",
+        "event_type": "payload.events.type",
+        "item_id": "payload.events.aid",
+    }
+    config = config_for(
+        tmp_path,
+        path,
+        columns,
+        explode="payload.events",
+        event_type_map={"clicks": "view"},
+        timestamp_unit="ms",
+    )
+    counts = ingest.run(spark, lake, config, run_id="r")
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (2, 2, 0), counts.summary()
+    kept = lake.read(EVENTS).select("user_id", "event_id").collect()
+    assert sorted(r["user_id"] for r in kept) == ["u1", "u2"]
+    assert len({r["event_id"] for r in kept}) == 2
+    spec, source = config.ingest.source.inputs[0], config.ingest.source
+    rows = normalise(read_raw(spark, spec), spec=spec, source=source, keep_raw=True).collect()
+    texts = sorted(r["__raw"] for r in rows)
+    # (the fields the mapping reads, in name order)
+    assert texts == [
+        '{"payload":{"events":[{"ts":1709287200000,"type":"clicks","aid":5}],"user":"u1"}}',
+        '{"payload":{"events":[{"ts":1709287200000,"type":"clicks","aid":5}],"user":"u2"}}',
+    ]

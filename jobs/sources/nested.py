@@ -108,7 +108,8 @@ def explode_records(raw: DataFrame, spec: InputSpec, *, max_record_bytes: int) -
     ``__explode_reason`` (see the module docstring; null otherwise).  For an element, the
     exploded field holds that element (a struct of the fields the mapping reads inside it, or
     its text when the mapping reads it whole) and ``__raw`` is the record cut down to it: the
-    parent fields the mapping reads (as text) and the array holding only this element, e.g.
+    parent fields the mapping reads (as text; also those beside a nested array, inside the same
+    object) and the array holding only this element, e.g.
     ``{"session":"12","events":[{"aid":5,"ts":1659304800025,"type":"clicks"}]}``.  Oversize,
     malformed, blank and invalid-UTF-8 records are not exploded (their reason is decided per
     record).  Without ``explode`` the rows are unchanged, ``__element`` 0.
@@ -170,11 +171,21 @@ def explode_records(raw: DataFrame, spec: InputSpec, *, max_record_bytes: int) -
     in_array = F.when(
         is_object | item.startswith("["), F.concat(F.lit("["), item, F.lit("]"))
     ).otherwise(F.to_json(F.array(item)))
-    opening = "".join(f"{json.dumps(p)}:{{" for p in path[:-1]) + f"{json.dumps(path[-1])}:"
     head = F.when(F.col("__parent") == "{}", F.lit("{")).otherwise(
         F.regexp_replace("__parent", r"\}$", ",")
     )
-    element_raw = F.concat(head, F.lit(opening), in_array, F.lit("}" * len(path)))
+    if len(path) == 1:
+        element_raw = F.concat(head, F.lit(f"{json.dumps(root)}:"), in_array, F.lit("}"))
+    else:
+        # The root object keeps the other fields the mapping reads inside it (payload.user
+        # beside payload.events): without them, the same element of two users' records had one
+        # raw text, so one event id, and the second was quarantined as a conflict.  The array's
+        # place is marked with a text no record holds (a NUL-delimited name), written out by
+        # to_json, then replaced by the element.
+        marker = "\u0000clickstream-segments:element\u0000"
+        marked = F.to_json(F.col(f"`{root}`").withField(".".join(path[1:]), F.lit(marker)))
+        inner = F.replace(marked, F.lit(json.dumps(marker)), in_array)
+        element_raw = F.concat(head, F.lit(f"{json.dumps(root)}:"), inner, F.lit("}"))
     bad_element = F.when(
         pos.isNotNull() & F.lit(bool(node)) & ~is_object,
         F.lit(f"element of {name} is not an object"),

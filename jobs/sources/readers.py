@@ -159,11 +159,17 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
     parsed = F.from_json(RAW, schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     blank = F.btrim(RAW, F.lit(" \t\r")) == ""
     # from_json stops after the first JSON value, so the rest of a line holding two records (a
-    # lost newline) or trailing text would vanish unnoticed: such a line is malformed.
-    # Outside strings "}" then "{" never follows in valid JSON; the regex runs only on lines
-    # with a second "{" at all, which clickstream records rarely have.
+    # lost newline, or records joined by a comma) or trailing text would vanish unnoticed: such
+    # a line is malformed.  Outside strings "}" then "{" never follows in valid JSON; the
+    # regexes run only on lines with a second "{" at all, which flat records rarely have.
+    # "}," then "{" is also how an array of objects looks (nested records), so those lines
+    # alone are counted as a JSON array's elements once wrapped in brackets: a record is one
+    # element, records joined by commas are more (the JSON parsers, from_json's and
+    # try_parse_json's alike, stop after the first value and accept the rest unseen).
+    wrapped = F.json_array_length(F.concat(F.lit("["), F.col(RAW), F.lit("]")))
+    joined = F.col(RAW).rlike(r"\}\s*,\s*\{") & (F.coalesce(wrapped, F.lit(1)) > 1)
     two_objects = F.when(F.locate("{", F.col(RAW), 2) == 0, F.lit(False)).otherwise(
-        F.col(RAW).rlike(r'\}\s*\{\s*"')
+        F.col(RAW).rlike(r'\}\s*\{\s*"') | joined
     )
     complete = F.btrim(RAW, F.lit(" \t\r")).endswith("}") & ~two_objects
     return (
