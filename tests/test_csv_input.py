@@ -104,6 +104,31 @@ def test_an_unclosed_quote_costs_one_record_not_the_rest_of_the_file(
     }
 
 
+def test_an_unclosed_quote_in_the_last_field_costs_one_record_not_the_rest_of_the_file(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    path = tmp_path / "unclosed_last.csv"
+    path.write_text(
+        HEADER
+        + 'q-1,u1,2024-03-01T10:00:00Z,search,,,,,"red\nshoes"\n'
+        # Opened in the last field and never closed: the record still has every field, with
+        # the lines below inside its search query, and so parsed without an error.
+        + 'q-2,u1,2024-03-01T10:01:00Z,search,,,,,"blue\n'
+        + "q-3,u1,2024-03-01T10:02:00Z,view,p1,c,b,1.0,\n"
+        + "\n"
+        + "q-4,u1,2024-03-01T10:03:00Z,view,p1,c,b,2.0,\n"
+    )
+    counts = ingest.run(spark, lake, config_for(tmp_path, [path]), run_id="r")
+
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (4, 3, 1), counts.summary()
+    assert counts.reconciles
+    assert dict(counts.quarantine_reasons) == {"malformed csv record": 1}
+    assert sorted(events_by_id(lake)) == ["q-1", "q-3", "q-4"]
+    assert [r["raw"] for r in lake.read(EVENTS_QUARANTINE).collect()] == [
+        'q-2,u1,2024-03-01T10:01:00Z,search,,,,,"blue'
+    ]
+
+
 def test_multiline_setting_overrides_detection(spark: SparkSession, tmp_path: Path) -> None:
     path = tmp_path / "nl.csv"
     path.write_text(HEADER + 'nl-1,u1,2024-03-01T10:00:00Z,search,,,,,"red\nshoes"\n')

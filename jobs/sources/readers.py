@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import reduce
 from pathlib import Path
 
 from pyspark.errors import AnalysisException
@@ -28,6 +27,7 @@ from jobs.sources.columns import (
     SOURCE_FILE,
     SPLIT_START,
 )
+from jobs.sources.csv_reader import read_csv
 from jobs.sources.errors import IngestError, reading
 from jobs.sources.nested import explode_path, field_value, referenced_paths
 from jobs.sources.parquet import read_parquet
@@ -193,117 +193,6 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
     )
 
 
-def _read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
-    explode_path(spec)  # refuses ``explode`` (JSON lines only) before any file is read
-    # RFC 4180: a quote inside a quoted field is written twice (Spark's default escape, a
-    # backslash, would keep both).  Reader options in the mapping override these defaults.
-    options = {"header": "true", "escape": '"', **dict(spec.options)}
-    header = reading(lambda: spark.read.options(**options).csv(paths).columns)
-    if not header:
-        raise IngestError(f"input {list(paths)}: no CSV header found (empty files?)")
-    lowered = {k.lower(): v for k, v in options.items()}
-    quote, escape = lowered.get("quote", '"'), lowered.get("escape", '"')
-    if "multiline" not in lowered:
-        # A quoted field may hold line breaks (RFC 4180), but Spark reads such records only
-        # with multiLine, which cannot split a file across tasks: use it when a record needs it.
-        multi_line = _quoted_line_breaks(spark, options, paths, quote=quote, escape=escape)
-        options["multiLine"] = str(multi_line).lower()
-    else:
-        multi_line = lowered["multiline"].strip().lower() == "true"
-    schema = T.StructType(
-        [T.StructField(c, T.StringType()) for c in header]
-        + [T.StructField(CORRUPT, T.StringType())]
-    )
-    df = (
-        spark.read.schema(schema)
-        .options(**options)
-        # Columns are matched by header name in every file, so a file whose header drifted
-        # fails with an error naming it instead of shifting values into wrong columns.
-        .option("enforceSchema", "false")
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT)
-        .csv(paths)
-    )
-    df = df.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
-    if multi_line:
-        df = _split_broken_records(df, header, options)
-    sep = lowered.get("sep", lowered.get("delimiter", ","))
-    values = [F.col(f"`{c}`") for c in header]
-    rendered = F.to_csv(F.struct(*values), {"sep": sep, "quote": quote, "escape": escape})
-    # The CSV reader decodes the bytes itself and replaces invalid UTF-8 by U+FFFD, so that
-    # character is the only trace left; a file that really contains U+FFFD is quarantined too.
-    bad_utf8 = reduce(
-        lambda a, b: a | b,
-        [F.coalesce(c.contains("\ufffd"), F.lit(False)) for c in [*values, F.col(CORRUPT)]],
-    )
-    # The row's size without rendering it: its fields plus one separator between each.
-    size = reduce(lambda a, b: a + b, [F.coalesce(F.octet_length(c), F.lit(0)) for c in values])
-    return df.select(
-        F.coalesce(F.col(CORRUPT), rendered).alias(RAW),
-        F.col(SOURCE_FILE),
-        *values,
-        F.col(CORRUPT),
-        F.coalesce(F.octet_length(CORRUPT), size + (len(header) - 1))
-        .cast("long")
-        .alias(RECORD_BYTES),
-        bad_utf8.alias(BAD_UTF8),
-    )
-
-
-#: Reader options that choose the files or split their lines: the quote scan uses them too.
-_FILE_OPTIONS = (
-    "linesep",
-    "pathglobfilter",
-    "recursivefilelookup",
-    "modifiedbefore",
-    "modifiedafter",
-)
-
-
-def _quoted_line_breaks(
-    spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
-) -> bool:
-    """Whether any line of the files holds an odd number of ``quote`` characters (escaped
-    quotes aside).  A record continues on the next line only inside a quoted field, and the
-    line where it breaks then holds an odd count (RFC 4180, section 2, rule 6; a doubled quote
-    counts two); an unclosed quote gives one too.  One scan of the text, which stops at the
-    first such line; no CSV parsing."""
-    if not quote or quote == "\u0000":
-        return False
-    line = F.col("value")
-    if escape and escape != quote:
-        line = F.replace(line, F.lit(escape + quote), F.lit(""))
-    quotes = F.length(line) - F.length(F.replace(line, F.lit(quote), F.lit("")))
-    text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
-    scan = spark.read.options(**text_options).text(paths).where(quotes % 2 == 1)
-    return not reading(scan.isEmpty)
-
-
-def _split_broken_records(
-    df: DataFrame, header: list[str], options: Mapping[str, str]
-) -> DataFrame:
-    """Rows of a multiLine CSV read, with each record that spans several lines and still does
-    not parse (too few or too many fields, typically after an unclosed quote swallowed the lines
-    that follow it) replaced by its lines, each parsed as a record of its own, the way the
-    line-by-line reader reads them: an unclosed quote costs one record, not the rest of the
-    file.  Blank lines inside such a record are skipped, as that reader skips them.  Same
-    columns as ``df`` (the header's fields, ``__corrupt``, ``__source_file``), rows in order."""
-    ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
-    dropped = ("header", "multiline", "enforceschema", "mode", "columnnameofcorruptrecord")
-    line_options = {k: v for k, v in options.items() if k.lower() not in dropped}
-    line_options.update(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
-    corrupt = F.col(CORRUPT)
-    lines = F.filter(F.split(corrupt, r"\r\n|\r|\n"), lambda text: text != "")
-    broken = F.coalesce(corrupt.rlike(r"[\r\n]"), F.lit(False))
-    fields = [*header, CORRUPT]
-    as_read = F.struct(*[F.col(f"`{c}`").alias(c) for c in fields])
-    records = F.when(broken, F.transform(lines, lambda text: F.from_csv(text, ddl, line_options)))
-    exploded = df.select(
-        F.col(SOURCE_FILE), F.explode(records.otherwise(F.array(as_read))).alias("__record")
-    )
-    return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
-
-
 #: ``__raw`` renders a Parquet row as JSON, timestamps to the microsecond (instants in UTC).
 _RAW_JSON = {
     "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
@@ -330,7 +219,7 @@ _READERS: Mapping[str, _Reader] = {
     "jsonl": _read_jsonl,
     "json": _read_jsonl,
     "ndjson": _read_jsonl,
-    "csv": _read_csv,
+    "csv": read_csv,
     "parquet": _read_parquet,
 }
 

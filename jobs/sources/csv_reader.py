@@ -1,0 +1,253 @@
+"""Reading CSV input files, every field as text (:func:`jobs.sources.readers.read_raw`'s CSV
+reader).
+
+RFC 4180 quoting with doubled quotes; a record with line breaks inside a quoted field is read
+with Spark's multiLine reader, chosen when any line holds an odd number of quotes; a record that
+an unclosed quote made swallow the lines after it becomes those lines again, each parsed alone,
+so an unclosed quote costs one record, not the rest of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.core.config import InputSpec
+from jobs.sources.columns import BAD_UTF8, CORRUPT, RAW, RECORD_BYTES, SOURCE_FILE
+from jobs.sources.errors import IngestError, reading
+from jobs.sources.nested import explode_path
+
+
+def read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
+    explode_path(spec)  # refuses ``explode`` (JSON lines only) before any file is read
+    # RFC 4180: a quote inside a quoted field is written twice (Spark's default escape, a
+    # backslash, would keep both).  Reader options in the mapping override these defaults.
+    options = {"header": "true", "escape": '"', **dict(spec.options)}
+    header = reading(lambda: spark.read.options(**options).csv(paths).columns)
+    if not header:
+        raise IngestError(f"input {list(paths)}: no CSV header found (empty files?)")
+    lowered = {k.lower(): v for k, v in options.items()}
+    quote, escape = lowered.get("quote", '"'), lowered.get("escape", '"')
+    if "multiline" not in lowered:
+        # A quoted field may hold line breaks (RFC 4180), but Spark reads such records only
+        # with multiLine, which cannot split a file across tasks: use it when a record needs it.
+        multi_line = _quoted_line_breaks(spark, options, paths, quote=quote, escape=escape)
+        options["multiLine"] = str(multi_line).lower()
+    else:
+        multi_line = lowered["multiline"].strip().lower() == "true"
+    schema = T.StructType(
+        [T.StructField(c, T.StringType()) for c in header]
+        + [T.StructField(CORRUPT, T.StringType())]
+    )
+    df = (
+        spark.read.schema(schema)
+        .options(**options)
+        # Columns are matched by header name in every file, so a file whose header drifted
+        # fails with an error naming it instead of shifting values into wrong columns.
+        .option("enforceSchema", "false")
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .csv(paths)
+    )
+    df = df.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
+    if multi_line:
+        df = _reopen_unclosed_tail(spark, df, header, options, paths, quote=quote, escape=escape)
+        df = _split_broken_records(df, header, options)
+    sep = lowered.get("sep", lowered.get("delimiter", ","))
+    values = [F.col(f"`{c}`") for c in header]
+    rendered = F.to_csv(F.struct(*values), {"sep": sep, "quote": quote, "escape": escape})
+    # The CSV reader decodes the bytes itself and replaces invalid UTF-8 by U+FFFD, so that
+    # character is the only trace left; a file that really contains U+FFFD is quarantined too.
+    bad_utf8 = reduce(
+        lambda a, b: a | b,
+        [F.coalesce(c.contains("\ufffd"), F.lit(False)) for c in [*values, F.col(CORRUPT)]],
+    )
+    # The row's size without rendering it: its fields plus one separator between each.
+    size = reduce(lambda a, b: a + b, [F.coalesce(F.octet_length(c), F.lit(0)) for c in values])
+    return df.select(
+        F.coalesce(F.col(CORRUPT), rendered).alias(RAW),
+        F.col(SOURCE_FILE),
+        *values,
+        F.col(CORRUPT),
+        F.coalesce(F.octet_length(CORRUPT), size + (len(header) - 1))
+        .cast("long")
+        .alias(RECORD_BYTES),
+        bad_utf8.alias(BAD_UTF8),
+    )
+
+
+#: Reader options that choose the files or split their lines: the quote scan uses them too.
+_FILE_OPTIONS = (
+    "linesep",
+    "pathglobfilter",
+    "recursivefilelookup",
+    "modifiedbefore",
+    "modifiedafter",
+)
+
+
+def _odd_quotes(quote: str, escape: str, line: Column | None = None) -> Column:
+    """Whether a text line (``line``, by default the text reader's ``value``) holds an odd
+    number of ``quote`` characters, escaped quotes aside (a doubled quote counts two)."""
+    line = F.col("value") if line is None else line
+    if escape and escape != quote:
+        line = F.replace(line, F.lit(escape + quote), F.lit(""))
+    return (F.length(line) - F.length(F.replace(line, F.lit(quote), F.lit("")))) % 2 == 1
+
+
+def _quoted_line_breaks(
+    spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
+) -> bool:
+    """Whether any line of the files holds an odd number of ``quote`` characters (escaped
+    quotes aside).  A record continues on the next line only inside a quoted field, and the
+    line where it breaks then holds an odd count (RFC 4180, section 2, rule 6; a doubled quote
+    counts two); an unclosed quote gives one too.  One scan of the text, which stops at the
+    first such line; no CSV parsing."""
+    if not quote or quote == "\u0000":
+        return False
+    text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
+    scan = spark.read.options(**text_options).text(paths).where(_odd_quotes(quote, escape))
+    return not reading(scan.isEmpty)
+
+
+#: The most text :func:`_reopen_unclosed_tail` brings to the driver for one file's unclosed tail.
+_TAIL_LIMIT_CHARS = 16 << 20
+
+
+def _reopen_unclosed_tail(
+    spark: SparkSession,
+    df: DataFrame,
+    header: list[str],
+    options: Mapping[str, str],
+    paths: list[str],
+    *,
+    quote: str,
+    escape: str,
+) -> DataFrame:
+    """Rows of a multiLine CSV read (file order within each file), with the last record of a
+    file whose quotes do not pair up replaced by its lines, each parsed as a record of its own.
+
+    In such a file (an odd number of quotes, escaped ones aside) a quote is still open at the
+    end: the last record ran from the line that opened it to the end of the file.  When the
+    open field is the record's last, the record still has the header's field count and parses,
+    with every following line inside that field (those records would be lost without a trace).
+    Its lines are the file's lines from the last one that starts outside a quote; each is parsed
+    alone, as :func:`_split_broken_records` does for records that do not parse, and the line
+    holding an odd number of quotes is a malformed record.  Blank lines are skipped.  One scan of
+    the text; when a file's quotes do not pair up, its tail (at most
+    :data:`_TAIL_LIMIT_CHARS`, else :class:`IngestError` naming the file and line) and the
+    position of its last record come to the driver."""
+    text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
+    scan = (
+        spark.read.options(**text_options)
+        .text(paths)
+        .select(
+            F.col("_metadata.file_path").alias(SOURCE_FILE),
+            F.col("_metadata.file_block_start").alias("__block"),
+            F.monotonically_increasing_id().alias("__line"),
+            F.col("value"),
+            _odd_quotes(quote, escape).cast("int").alias("__odd"),
+        )
+    )
+    parity = scan.groupBy(SOURCE_FILE).agg((F.sum("__odd") % 2).alias("__p"))
+    odd_files = [r[SOURCE_FILE] for r in reading(parity.where(F.col("__p") == 1).collect)]
+    if not odd_files:
+        return df
+    in_order = Window.partitionBy(SOURCE_FILE).orderBy("__block", "__line")
+    opened = F.sum("__odd").over(in_order.rowsBetween(Window.unboundedPreceding, -1))
+    key = F.struct("__block", "__line")
+    lines = (
+        scan.where(F.col(SOURCE_FILE).isin(odd_files))
+        .withColumn("__open", F.coalesce(opened, F.lit(0)) % 2 == 1)
+        .withColumn("__number", F.row_number().over(in_order))
+    )
+    starts = F.max(F.when(~F.col("__open"), key)).over(Window.partitionBy(SOURCE_FILE))
+    tails = reading(
+        lines.withColumn("__start", starts)
+        .where(key >= F.col("__start"))
+        .groupBy(SOURCE_FILE)
+        .agg(
+            F.array_sort(F.collect_list(F.struct("__block", "__line", "value"))).alias("__t"),
+            F.min("__number").alias("__from"),
+            F.sum(F.length("value")).alias("__chars"),
+        )
+        .collect
+    )
+    for tail in tails:
+        if tail["__chars"] > _TAIL_LIMIT_CHARS:
+            raise IngestError(
+                f"input {tail[SOURCE_FILE]}: the quote opened on line {tail['__from']} is never "
+                f"closed, so the rest of the file ({tail['__chars']:,} characters) reads as one "
+                "field; close it, or set the CSV reader's quote/escape options in the mapping"
+            )
+    numbered = df.withColumn("__row", F.monotonically_increasing_id())
+    last = {
+        r[SOURCE_FILE]: r["__last"]
+        for r in reading(
+            numbered.where(F.col(SOURCE_FILE).isin(odd_files))
+            .groupBy(SOURCE_FILE)
+            .agg(F.max("__row").alias("__last"))
+            .collect
+        )
+    }
+    ddl, line_options = _line_parsing(header, options)
+    fields = [*header, CORRUPT]
+
+    def parsed(text: Column) -> Column:
+        # The line that left the quote open (an odd count) is malformed, however it parses.
+        malformed = F.struct(
+            *[F.lit(None).cast("string").alias(c) for c in header], text.alias(CORRUPT)
+        )
+        return F.when(_odd_quotes(quote, escape, text), malformed).otherwise(
+            F.from_csv(text, ddl, line_options)
+        )
+
+    records = F.array(F.struct(*[F.col(f"`{c}`").alias(c) for c in fields]))
+    for tail in tails:
+        texts = [t["value"] for t in tail["__t"] if t["value"] != ""]
+        swallowed = (
+            (F.col(SOURCE_FILE) == tail[SOURCE_FILE])
+            & (F.col("__row") == last[tail[SOURCE_FILE]])
+            & F.col(CORRUPT).isNull()  # one that does not parse is split by the next step
+        )
+        records = F.when(swallowed, F.transform(F.array(*map(F.lit, texts)), parsed)).otherwise(
+            records
+        )
+    exploded = numbered.select(F.col(SOURCE_FILE), F.explode(records).alias("__record"))
+    return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
+
+
+def _split_broken_records(
+    df: DataFrame, header: list[str], options: Mapping[str, str]
+) -> DataFrame:
+    """Rows of a multiLine CSV read, with each record that spans several lines and still does
+    not parse (too few or too many fields, typically after an unclosed quote swallowed the lines
+    that follow it) replaced by its lines, each parsed as a record of its own, the way the
+    line-by-line reader reads them: an unclosed quote costs one record, not the rest of the
+    file.  Blank lines inside such a record are skipped, as that reader skips them.  Same
+    columns as ``df`` (the header's fields, ``__corrupt``, ``__source_file``), rows in order."""
+    ddl, line_options = _line_parsing(header, options)
+    corrupt = F.col(CORRUPT)
+    lines = F.filter(F.split(corrupt, r"\r\n|\r|\n"), lambda text: text != "")
+    broken = F.coalesce(corrupt.rlike(r"[\r\n]"), F.lit(False))
+    fields = [*header, CORRUPT]
+    as_read = F.struct(*[F.col(f"`{c}`").alias(c) for c in fields])
+    records = F.when(broken, F.transform(lines, lambda text: F.from_csv(text, ddl, line_options)))
+    exploded = df.select(
+        F.col(SOURCE_FILE), F.explode(records.otherwise(F.array(as_read))).alias("__record")
+    )
+    return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
+
+
+def _line_parsing(header: list[str], options: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The schema (DDL) and ``from_csv`` options that parse one line of a CSV file as the
+    line-by-line reader would (corrupt text into ``__corrupt``)."""
+    ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
+    dropped = ("header", "multiline", "enforceschema", "mode", "columnnameofcorruptrecord")
+    line_options = {k: v for k, v in options.items() if k.lower() not in dropped}
+    line_options.update(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+    return ddl, line_options
