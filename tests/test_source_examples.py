@@ -165,11 +165,19 @@ def test_day_and_click_order_with_spaces_and_parentheses_in_names(
         "2008;4;1;1;1;1;A13;28\n"
         "2008;4;1;3;1;2;B4;43\n"
         "2008;4;2;1;2;3;C17;57\n"
+        # A month that does not exist and an order that is not a number: one row each, under
+        # Spark 4's ANSI mode too (a cast() in the mapping failed the whole run).
+        "2008;13;1;4;1;1;A20;28\n"
+        "2008;4;1;x;1;1;A21;28\n"
     )
     config = _config("click_order_csv.yaml", tmp_path, [str(raw)])
     lake = Lake(spark, config.lake)
     counts = ingest.run(spark, lake, config, run_id="r")
-    assert (counts.input_rows, counts.kept, counts.quarantined) == (4, 4, 0)
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (6, 4, 2)
+    assert dict(counts.quarantine_reasons) == {
+        "unparseable event_ts: 2008-13-1": 1,
+        "invalid order_by value: x": 1,
+    }
     events = _events(lake)
     assert {e["event_ts"] for e in events} == {datetime(2008, 4, 1), datetime(2008, 4, 2)}
     assert events[0]["category"] == "main-category-1" and events[0]["price"] == 28.0
