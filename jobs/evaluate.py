@@ -51,7 +51,7 @@ from jobs.core.tables import (
     SESSIONS,
     USER_SEQUENCES,
 )
-from jobs.evaluation.backtest import Backtest, EmbeddingSource, run_backtest
+from jobs.evaluation.backtest import Backtest, EmbeddingSource, encoder_caveat, run_backtest
 from jobs.evaluation.external import truth_labels
 from jobs.evaluation.internal import sample_rows, with_squared_norms
 from jobs.evaluation.methods import known_vectors
@@ -289,6 +289,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         # The encoder as embed resolved it (encoder.kind auto decides on the same table).
         encoder, _ = resolve_encoder(config.encoder, lake.read(SESSIONS))
         resolved = dataclasses.replace(config, encoder=encoder)
+        embedding = _embedding_source(lake, resolved, target)
         # The backtest and the same-rows metrics share nothing but their inputs: their Spark
         # jobs run side by side (a second driver thread fills the gaps between small jobs;
         # every fit is seeded, so the numbers do not depend on the interleaving).
@@ -305,7 +306,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
                 units=rows.select("id"),
                 k=k,
                 config=resolved,
-                embedding=_embedding_source(lake, resolved, target),
+                embedding=embedding,
             )
             results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
             backtest = pending.result()
@@ -313,6 +314,14 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     finally:
         rows.unpersist()
     _store_history_vectors(lake, backtest, target, run_id)
+    caveat = (
+        encoder_caveat(embedding.model_dir)
+        if backtest.protocol and isinstance(embedding, EmbeddingSource)
+        else None
+    )
+    if caveat:
+        log.warning("backtest: %s", caveat)
+        backtest = dataclasses.replace(backtest, caveat=caveat)
     for method, values in backtest.metrics.items():
         results.setdefault(method, {}).update(values)
     skipped.update(backtest.not_applicable)

@@ -4,7 +4,9 @@ history only, future metrics with hand-computed values, and known answers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from jobs.evaluation.methods import (
 )
 from jobs.evaluation.protocol import (
     choose_protocol,
+    count_scored,
     future_cutoff,
     future_targets,
     history_units,
@@ -93,14 +96,14 @@ def test_future_split_puts_every_event_on_one_side_of_the_cutoff(spark: SparkSes
     # An aware UTC instant (T0 is naive: Spark read it in this driver's zone, UTC in the tests)
     assert cutoff is not None and cutoff.tzinfo is timezone.utc
     assert cutoff == (T0 + timedelta(minutes=120)).replace(tzinfo=timezone.utc)
-    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff)
+    split = split_events(sessions, protocol="future", unit="user", config=config, cutoff=cutoff)
     got = {
         r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
         for r in split.collect()
     }
     assert got == {"s1": (["a", "b"], []), "s2": (["c"], ["d"]), "s3": ([], ["e"])}
     with pytest.raises(ValueError, match="has no time zone"):  # a naive datetime is no instant
-        split_events(sessions, protocol="future", config=config, cutoff=T0)
+        split_events(sessions, protocol="future", unit="user", config=config, cutoff=T0)
     history = history_units(split, unit="user", sessionize=SessionizeConfig())
     assert [(r["id"], [e["item_id"] for e in r["events"]]) for r in history.collect()] == [
         ("u1", ["a", "b", "c"])
@@ -126,12 +129,52 @@ def test_session_suffix_split(spark: SparkSession) -> None:
             ("s2", "u2", [ev(i, f"j{i}") for i in range(3)]),  # shorter than 4: history only
         ],
     )
-    split = split_events(sessions, protocol="session_suffix", config=EvaluateConfig())
+    split = split_events(
+        sessions, protocol="session_suffix", unit="session", config=EvaluateConfig()
+    )
     got = {
         r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
         for r in split.collect()
     }
     assert got == {"s1": (["i0", "i1", "i2"], ["i3", "i4"]), "s2": (["j0", "j1", "j2"], [])}
+
+
+def test_session_suffix_for_users_cuts_once_before_anything_the_user_did_later(
+    spark: SparkSession,
+) -> None:
+    sessions = sessions_frame(
+        spark,
+        [
+            # u1: the last session long enough to split is s2; s1 before it is history whole.
+            ("s1", "u1", [ev(i, f"a{i}") for i in range(4)]),
+            ("s2", "u1", [ev(100 + i, f"b{i}") for i in range(4)]),
+            # u2: s4 comes after the suffix of s3 (too short to split): neither side.
+            ("s3", "u2", [ev(i, f"c{i}") for i in range(4)]),
+            ("s4", "u2", [ev(100 + i, f"d{i}") for i in range(2)]),
+            # u3: nothing to split, all history, not scored.
+            ("s5", "u3", [ev(i, f"e{i}") for i in range(3)]),
+        ],
+    )
+    config = EvaluateConfig()
+    split = split_events(sessions, protocol="session_suffix", unit="user", config=config)
+    got = {
+        r["session_id"]: ([e["item_id"] for e in r["history"]], [e["item_id"] for e in r["future"]])
+        for r in split.collect()
+    }
+    assert got == {
+        "s1": (["a0", "a1", "a2", "a3"], []),
+        "s2": (["b0", "b1"], ["b2", "b3"]),
+        "s3": (["c0", "c1"], ["c2", "c3"]),
+        "s4": ([], []),
+        "s5": (["e0", "e1", "e2"], []),
+    }
+    history = history_units(split, unit="user", sessionize=SessionizeConfig())
+    assert {r["id"]: [e["item_id"] for e in r["events"]] for r in history.collect()} == {
+        "u1": ["a0", "a1", "a2", "a3", "b0", "b1"],
+        "u2": ["c0", "c1"],
+        "u3": ["e0", "e1", "e2"],
+    }
+    assert count_scored(split, unit="user") == 2
 
 
 def test_auto_protocol_says_why_when_too_few_users(spark: SparkSession) -> None:
@@ -247,7 +290,7 @@ def _history_and_targets(
     sessions: DataFrame, config: EvaluateConfig
 ) -> tuple[DataFrame, DataFrame]:
     cutoff = future_cutoff(sessions, config)
-    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff)
+    split = split_events(sessions, protocol="future", unit="user", config=config, cutoff=cutoff)
     return history_units(split, unit="user", sessionize=SessionizeConfig()), future_targets(
         split, unit="user"
     )
@@ -464,3 +507,29 @@ def test_a_history_encoded_once_is_reused_by_its_text(spark: SparkSession) -> No
         again.select("id", "embedding"),
         first.select("id", "content_hash").join(stored, "content_hash").drop("content_hash"),
     )
+
+
+def test_an_encoder_trained_on_the_lake_puts_a_caveat_on_the_verdict(tmp_path: Path) -> None:
+    from jobs.evaluation.backtest import Backtest, encoder_caveat
+    from jobs.evaluation.report import verdict
+
+    # The packaged MiniLM (no train_encoder metadata) never saw the lake: no caveat.
+    assert encoder_caveat(None) is None and encoder_caveat(str(tmp_path)) is None
+    (tmp_path / "metadata.json").write_text(
+        json.dumps({"mode": "mlm", "trained_on": {"table": "sessions (delta-rs, lake/sessions)"}})
+    )
+    caveat = encoder_caveat(str(tmp_path))
+    assert caveat is not None and "including the events held out as the future" in caveat
+    metrics = {
+        "embedding": {
+            "future_item_hit_rate_at_20": 0.30,
+            "future_item_hit_rate_at_20_diff_best_baseline_ci_low": 0.02,
+            "future_item_hit_rate_at_20_diff_best_baseline_ci_high": 0.08,
+            "future_users": 200.0,
+        },
+        "tfidf_baseline": {"future_item_hit_rate_at_20": 0.25},
+    }
+    plain = verdict(metrics, Backtest("future", "auto"))
+    assert plain is not None and plain.startswith("Use the embedding segments")
+    warned = verdict(metrics, Backtest("future", "auto", caveat=caveat))
+    assert warned == f"{plain} Caveat: {caveat}."

@@ -116,7 +116,9 @@ SCRIPT = textwrap.dedent(
     cutoff = future_cutoff(sessions, config)
     assert cutoff == at("2024-11-03 09:10:00"), cutoff
     assert f"{cutoff:%Y-%m-%d %H:%M:%S}" == "2024-11-03 09:10:00", cutoff
-    split = split_events(sessions, protocol="future", config=config, cutoff=cutoff).first()
+    split = split_events(
+        sessions, protocol="future", unit="user", config=config, cutoff=cutoff
+    ).first()
     sides = ([e["item_id"] for e in split["history"]], [e["item_id"] for e in split["future"]])
     assert sides == (["i0"], ["i1", "i2"]), sides
     print("cutoff in UTC")

@@ -93,7 +93,7 @@ def test_evaluate_queries_never_window_over_the_whole_table(spark: SparkSession)
         f"session_end timestamp, events array<{EVENT}>, duration_s double, n_events long, "
         "n_views long, n_purchases long, n_add_to_cart long, revenue double, is_bot boolean",
     )
-    split = split_events(sessions, protocol="session_suffix", config=EvaluateConfig())
+    split = split_events(sessions, protocol="session_suffix", unit="user", config=EvaluateConfig())
     segments = spark.createDataFrame([], "method string, id string, segment int")
     values = spark.createDataFrame([], "id string, value string")
     plans = {

@@ -54,6 +54,32 @@ class Backtest:
     #: ``content_hash``, ``embedding`` of the history texts this run encoded (one row per
     #: text; materialised), for ``history_embeddings``; None when nothing was encoded.
     encoded_histories: DataFrame | None = None
+    #: Why the embedding's future metrics may be optimistic (:func:`encoder_caveat`), or None.
+    caveat: str | None = None
+
+
+def encoder_caveat(model_dir: str | None) -> str | None:
+    """Why the embedding's future metrics may be optimistic, or None: an encoder trained by
+    ``train_encoder`` (its ``metadata.json`` records ``trained_on``) learned from every
+    session of the lake, the held-out future included, while every other method is fitted on
+    history only.  The packaged pretrained MiniLM never saw this data."""
+    if model_dir is None:
+        return None
+    import json
+    from pathlib import Path
+
+    metadata = Path(model_dir) / "metadata.json"
+    try:
+        trained_on = json.loads(metadata.read_text()).get("trained_on")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not trained_on:
+        return None
+    return (
+        f"the encoder ({model_dir}) was trained by train_encoder on {trained_on.get('table')} "
+        "including the events held out as the future, so the embedding's future metrics may be "
+        "optimistic against the baselines, which see history only"
+    )
 
 
 @dataclass(frozen=True)
@@ -135,7 +161,7 @@ def _run(
         return Backtest(None, choice.reason)
     log.info("protocol %s: %s", choice.protocol, choice.reason)
     split = split_events(
-        human, protocol=choice.protocol, config=config.evaluate, cutoff=choice.cutoff
+        human, protocol=choice.protocol, unit=unit, config=config.evaluate, cutoff=choice.cutoff
     ).persist(StorageLevel.MEMORY_AND_DISK)
     history = history_units(split, unit=unit, sessionize=config.sessionize).persist(
         StorageLevel.MEMORY_AND_DISK

@@ -11,7 +11,11 @@ Two protocols split each human session's events into *history* and *future*:
   ``suffix_min_events`` events keeps its first events as history and its last
   ``max(1, floor(n x suffix_share))`` events as the future to predict (the "given the prefix,
   predict the rest" protocol of session-based recommendation).  Shorter sessions are history
-  only.
+  only.  For user units only the user's last such session is cut; the user's later sessions
+  are left out (:func:`split_events`).  There is no time cutoff across units here: a
+  popularity ranking or a baseline is fitted on every unit's history, including units whose
+  sessions came after the suffixes of others, as in session-based evaluation on random
+  session splits; ``future`` has the global cutoff.
 
 Everything a method fits (the clustering under evaluation, every baseline's vocabulary, IDF,
 scaler and centroids, every popularity ranking) is computed from :func:`history_units` only; the
@@ -25,7 +29,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.core.config import EvaluateConfig, SessionizeConfig
@@ -84,12 +88,23 @@ def _epoch_micros(instant: datetime) -> int:
 
 
 def split_events(
-    sessions: DataFrame, *, protocol: str, config: EvaluateConfig, cutoff: datetime | None = None
+    sessions: DataFrame,
+    *,
+    protocol: str,
+    unit: str,
+    config: EvaluateConfig,
+    cutoff: datetime | None = None,
 ) -> DataFrame:
     """``sessions`` with ``history`` and ``future``: the session's ``events`` split by
     ``protocol`` (module docstring); both are arrays of the same struct, in time order.
     ``cutoff`` is needed for ``future``: a timezone-aware instant (:func:`future_cutoff`)
-    compared with ``events.ts``."""
+    compared with ``events.ts``.
+
+    ``session_suffix`` for ``unit`` user makes one cut per user, at the suffix of the user's
+    last session long enough to split: the sessions before it are history whole, and those
+    after it (shorter ones) neither history nor future, so no event a user logged after the
+    events to predict reaches that user's history (splitting every session apart put later
+    sessions' prefixes into the history of an earlier suffix)."""
     events = F.col("events")
     if protocol == FUTURE:
         if cutoff is None:
@@ -103,6 +118,13 @@ def split_events(
         split = n >= F.lit(config.suffix_min_events)
         history = F.when(split, F.slice(events, F.lit(1), n - m)).otherwise(events)
         future = F.when(split, F.slice(events, n - m + 1, m)).otherwise(F.slice(events, 1, 0))
+        if unit == "user":
+            this = F.struct(events[0]["ts"].alias("start"), F.col("session_id").alias("id"))
+            cut = F.max(F.when(split, this)).over(Window.partitionBy("user_id"))
+            nothing = F.slice(events, 1, 0)
+            # A user without a session to split keeps every session as history (cut is null).
+            history = F.when(this == cut, history).when(this > cut, nothing).otherwise(events)
+            future = F.when(this == cut, future).otherwise(nothing)
     else:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     return sessions.withColumn("history", history).withColumn("future", future)
@@ -176,7 +198,7 @@ def choose_protocol(sessions: DataFrame, *, unit: str, config: EvaluateConfig) -
         if protocol == FUTURE and cutoff is None:
             found[protocol] = 0
             continue
-        split = split_events(sessions, protocol=protocol, config=config, cutoff=cutoff)
+        split = split_events(sessions, protocol=protocol, unit=unit, config=config, cutoff=cutoff)
         found[protocol] = count_scored(split, unit=unit)
     enough = [p for p in candidates if found[p] >= needed]
     short = "; ".join(_not_enough(p, found[p], needed) for p in candidates if p not in enough)

@@ -112,7 +112,16 @@ def leaderboard(
 
 def verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> str | None:
     """One computed sentence: which segmentation to use on this data and by how much, from the
-    embedding's paired difference to the best other method on future item hit-rate@20."""
+    embedding's paired difference to the best other method on future item hit-rate@20; with
+    the backtest's ``caveat`` (an encoder that saw the future) after it."""
+    sentence = _verdict(metrics, backtest)
+    caveat = getattr(backtest, "caveat", None)
+    if sentence and caveat and getattr(backtest, "protocol", None) is not None:
+        return f"{sentence} Caveat: {caveat}."
+    return sentence
+
+
+def _verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> str | None:
     if getattr(backtest, "protocol", None) is None:
         reason = getattr(backtest, "reason", "")
         return f"No recommendation: {reason}." if reason else None
