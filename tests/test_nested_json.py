@@ -288,3 +288,29 @@ def test_fields_beside_a_nested_array_stay_in_each_element_s_raw_record(
         '{"payload":{"events":[{"ts":1709287200000,"type":"clicks","aid":5}],"user":"u1"}}',
         '{"payload":{"events":[{"ts":1709287200000,"type":"clicks","aid":5}],"user":"u2"}}',
     ]
+
+
+def test_an_element_beyond_the_source_order_range_is_quarantined(
+    spark: SparkSession, lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # source_order is position x 65,536 + element: a 65,537th element would take the order of
+    # the next record's first.  Shown with the range cut to 2 elements per record.
+    from jobs.sources import dedup, nested
+
+    monkeypatch.setattr(nested, "ELEMENTS_PER_RECORD", 2)
+    monkeypatch.setattr(dedup, "ELEMENTS_PER_RECORD", 2)
+    events = [{"aid": i, "ts": 1659304800000 + i, "type": "clicks"} for i in range(3)]
+    path = write_lines(tmp_path / "long.jsonl", [{"session": 12, "events": events}])
+    config = config_for(
+        tmp_path,
+        path,
+        SESSION_MAPPING,
+        explode="events",
+        event_type_map={"clicks": "view"},
+        timestamp_unit="ms",
+    )
+    counts = ingest.run(spark, lake, config, run_id="r")
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (3, 2, 1)
+    assert dict(counts.quarantine_reasons) == {"element beyond the first 2 of events": 1}
+    kept = lake.read(EVENTS).select("item_id", "source_order").orderBy("source_order").collect()
+    assert [(r["item_id"], r["source_order"]) for r in kept] == [("0", 0), ("1", 1)]

@@ -71,3 +71,7 @@ EXPLODE_REASON = "__explode_reason"
 #: The event time was wall-clock time that occurs twice in ``ingest.source.timezone`` (clocks
 #: turned back); resolved by :data:`jobs.sources.timestamps.AMBIGUOUS_RULE` and counted.
 AMBIGUOUS_TIME = "__ambiguous_time"
+
+#: Elements per record in ``events.source_order`` (``position x 65536 + element``): an element
+#: beyond the first 65,536 of its record's array is quarantined, not given another's order.
+ELEMENTS_PER_RECORD = 65536

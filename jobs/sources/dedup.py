@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from jobs.sources.columns import (
     CONTENT_COLUMNS,
     ELEMENT,
+    ELEMENTS_PER_RECORD,
     LABEL,
     ORDER_VALUE,
     POSITION,
@@ -46,8 +47,6 @@ QUARANTINED = "quarantined"
 LABELS = (KEPT, DUPLICATE, COLLAPSED, QUARANTINED)
 #: The quarantine reason of a record whose source id an event with other content already has.
 CONFLICTING_EVENT_ID = "conflicting event_id"
-#: Positions per record in :func:`source_order` (elements of one record's exploded array).
-ELEMENTS_PER_RECORD = 65536
 
 _EXISTING = "__existing"
 _CONFLICT = "conflict"

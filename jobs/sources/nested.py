@@ -25,7 +25,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.core.config import InputSpec
-from jobs.sources.columns import BAD_UTF8, CORRUPT, ELEMENT, EXPLODE_REASON, RAW, RECORD_BYTES
+from jobs.sources.columns import (
+    BAD_UTF8,
+    CORRUPT,
+    ELEMENT,
+    ELEMENTS_PER_RECORD,
+    EXPLODE_REASON,
+    RAW,
+    RECORD_BYTES,
+)
 from jobs.sources.errors import IngestError
 
 #: Field paths a mapping reads: each name maps to the names read inside it; a name with no
@@ -187,6 +195,9 @@ def explode_records(raw: DataFrame, spec: InputSpec, *, max_record_bytes: int) -
         inner = F.replace(marked, F.lit(json.dumps(marker)), in_array)
         element_raw = F.concat(head, F.lit(f"{json.dumps(root)}:"), inner, F.lit("}"))
     bad_element = F.when(
+        pos >= F.lit(ELEMENTS_PER_RECORD),
+        F.lit(f"element beyond the first {ELEMENTS_PER_RECORD:,} of {name}"),
+    ).when(
         pos.isNotNull() & F.lit(bool(node)) & ~is_object,
         F.lit(f"element of {name} is not an object"),
     )
