@@ -153,7 +153,8 @@ def internal_metrics_local(
     """:func:`internal_metrics_by` of rows already on the driver: ``local`` (:func:`fetch_rows`),
     ``labels`` an Arrow table of ``method``, ``id``, ``cluster_id`` (a label whose id is not
     among the rows is ignored, as the Spark path's join drops it), ``sample_ids`` the ids of the
-    exact silhouette's sample (a sequence or Arrow array).  ``long`` is the same data as the
+    exact silhouette's sample (a sequence of Python strings: ``to_pylist()`` an Arrow array
+    first, whose scalars would match no id).  ``long`` is the same data as the
     Spark path's frame, read only for the cosine silhouette of non-unit vectors."""
     methods, at, clusters = _positions(local, labels)
     sampled = np.isin(local.ids, np.array(list(sample_ids), dtype=object))
