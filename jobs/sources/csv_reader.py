@@ -35,10 +35,13 @@ def read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFram
     if "multiline" not in lowered:
         # A quoted field may hold line breaks (RFC 4180), but Spark reads such records only
         # with multiLine, which cannot split a file across tasks: use it when a record needs it.
-        multi_line = _quoted_line_breaks(spark, options, paths, quote=quote, escape=escape)
+        multi_line, odd_files = _quote_scan(spark, options, paths, quote=quote, escape=escape)
         options["multiLine"] = str(multi_line).lower()
     else:
         multi_line = lowered["multiline"].strip().lower() == "true"
+        odd_files = (
+            _quote_scan(spark, options, paths, quote=quote, escape=escape)[1] if multi_line else []
+        )
     schema = T.StructType(
         [T.StructField(c, T.StringType()) for c in header]
         + [T.StructField(CORRUPT, T.StringType())]
@@ -55,7 +58,9 @@ def read_csv(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFram
     )
     df = df.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
     if multi_line:
-        df = _reopen_unclosed_tail(spark, df, header, options, paths, quote=quote, escape=escape)
+        df = _reopen_unclosed_tail(
+            spark, df, header, options, paths, odd_files, quote=quote, escape=escape
+        )
         df = _split_broken_records(df, header, options)
     sep = lowered.get("sep", lowered.get("delimiter", ","))
     values = [F.col(f"`{c}`") for c in header]
@@ -99,19 +104,34 @@ def _odd_quotes(quote: str, escape: str, line: Column | None = None) -> Column:
     return (F.length(line) - F.length(F.replace(line, F.lit(quote), F.lit("")))) % 2 == 1
 
 
-def _quoted_line_breaks(
-    spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
-) -> bool:
-    """Whether any line of the files holds an odd number of ``quote`` characters (escaped
-    quotes aside).  A record continues on the next line only inside a quoted field, and the
-    line where it breaks then holds an odd count (RFC 4180, section 2, rule 6; a doubled quote
-    counts two); an unclosed quote gives one too.  One scan of the text, which stops at the
-    first such line; no CSV parsing."""
-    if not quote or quote == "\u0000":
-        return False
+def _text_lines(spark: SparkSession, options: Mapping[str, str], paths: list[str]) -> DataFrame:
+    """The files' lines as the text reader reads them (``value``), with the reader options
+    that choose the files or split their lines."""
     text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
-    scan = spark.read.options(**text_options).text(paths).where(_odd_quotes(quote, escape))
-    return not reading(scan.isEmpty)
+    return spark.read.options(**text_options).text(paths)
+
+
+def _quote_scan(
+    spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
+) -> tuple[bool, list[str]]:
+    """Whether any line of the files holds an odd number of ``quote`` characters (escaped
+    quotes aside), and the files whose quotes do not pair up (an odd total).  A record
+    continues on the next line only inside a quoted field, and the line where it breaks then
+    holds an odd count (RFC 4180, section 2, rule 6; a doubled quote counts two); an unclosed
+    quote gives one too, and leaves its file's total odd.  One scan of the text (an
+    aggregation per file); no CSV parsing."""
+    if not quote or quote == "\u0000":
+        return False, []
+    odd = _odd_quotes(quote, escape).cast("int")
+    per_file = (
+        _text_lines(spark, options, paths)
+        .select(F.col("_metadata.file_path").alias(SOURCE_FILE), odd.alias("__odd"))
+        .groupBy(SOURCE_FILE)
+        .agg(F.max("__odd").alias("__any"), (F.sum("__odd") % 2).alias("__total"))
+        .where(F.col("__any") == 1)
+    )
+    rows = reading(per_file.collect)
+    return bool(rows), sorted(r[SOURCE_FILE] for r in rows if r["__total"] == 1)
 
 
 #: The most text :func:`_reopen_unclosed_tail` brings to the driver for one file's unclosed tail.
@@ -124,12 +144,14 @@ def _reopen_unclosed_tail(
     header: list[str],
     options: Mapping[str, str],
     paths: list[str],
+    odd_files: list[str],
     *,
     quote: str,
     escape: str,
 ) -> DataFrame:
-    """Rows of a multiLine CSV read (file order within each file), with the last record of a
-    file whose quotes do not pair up replaced by its lines, each parsed as a record of its own.
+    """Rows of a multiLine CSV read (file order within each file), with the last record of
+    each of ``odd_files``, whose quotes do not pair up (:func:`_quote_scan`), replaced by its
+    lines, each parsed as a record of its own.
 
     In such a file (an odd number of quotes, escaped ones aside) a quote is still open at the
     end: the last record ran from the line that opened it to the end of the file.  When the
@@ -137,14 +159,15 @@ def _reopen_unclosed_tail(
     with every following line inside that field (those records would be lost without a trace).
     Its lines are the file's lines from the last one that starts outside a quote; each is parsed
     alone, as :func:`_split_broken_records` does for records that do not parse, and the line
-    holding an odd number of quotes is a malformed record.  Blank lines are skipped.  One scan of
-    the text; when a file's quotes do not pair up, its tail (at most
-    :data:`_TAIL_LIMIT_CHARS`, else :class:`IngestError` naming the file and line) and the
-    position of its last record come to the driver."""
-    text_options = {k: v for k, v in options.items() if k.lower() in _FILE_OPTIONS}
+    holding an odd number of quotes is a malformed record.  Blank lines are skipped.  Nothing
+    runs without such a file; with one, its tail (at most :data:`_TAIL_LIMIT_CHARS`, else
+    :class:`IngestError` naming the file and line) and the position of its last record come to
+    the driver."""
+    if not odd_files:
+        return df
     scan = (
-        spark.read.options(**text_options)
-        .text(paths)
+        _text_lines(spark, options, paths)
+        .where(F.col("_metadata.file_path").isin(odd_files))
         .select(
             F.col("_metadata.file_path").alias(SOURCE_FILE),
             F.col("_metadata.file_block_start").alias("__block"),
@@ -153,17 +176,11 @@ def _reopen_unclosed_tail(
             _odd_quotes(quote, escape).cast("int").alias("__odd"),
         )
     )
-    parity = scan.groupBy(SOURCE_FILE).agg((F.sum("__odd") % 2).alias("__p"))
-    odd_files = [r[SOURCE_FILE] for r in reading(parity.where(F.col("__p") == 1).collect)]
-    if not odd_files:
-        return df
     in_order = Window.partitionBy(SOURCE_FILE).orderBy("__block", "__line")
     opened = F.sum("__odd").over(in_order.rowsBetween(Window.unboundedPreceding, -1))
     key = F.struct("__block", "__line")
-    lines = (
-        scan.where(F.col(SOURCE_FILE).isin(odd_files))
-        .withColumn("__open", F.coalesce(opened, F.lit(0)) % 2 == 1)
-        .withColumn("__number", F.row_number().over(in_order))
+    lines = scan.withColumn("__open", F.coalesce(opened, F.lit(0)) % 2 == 1).withColumn(
+        "__number", F.row_number().over(in_order)
     )
     starts = F.max(F.when(~F.col("__open"), key)).over(Window.partitionBy(SOURCE_FILE))
     tails = reading(
