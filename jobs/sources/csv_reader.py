@@ -223,7 +223,7 @@ def _reopen_unclosed_tail(
             F.from_csv(text, ddl, line_options)
         )
 
-    records = F.array(F.struct(*[F.col(f"`{c}`").alias(c) for c in fields]))
+    records = F.array(_as_read(fields))
     for tail in tails:
         texts = [t["value"] for t in tail["__t"] if t["value"] != ""]
         swallowed = (
@@ -234,8 +234,7 @@ def _reopen_unclosed_tail(
         records = F.when(swallowed, F.transform(F.array(*map(F.lit, texts)), parsed)).otherwise(
             records
         )
-    exploded = numbered.select(F.col(SOURCE_FILE), F.explode(records).alias("__record"))
-    return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
+    return _records_in_place(numbered, records, fields)
 
 
 def _split_broken_records(
@@ -252,11 +251,19 @@ def _split_broken_records(
     lines = F.filter(F.split(corrupt, r"\r\n|\r|\n"), lambda text: text != "")
     broken = F.coalesce(corrupt.rlike(r"[\r\n]"), F.lit(False))
     fields = [*header, CORRUPT]
-    as_read = F.struct(*[F.col(f"`{c}`").alias(c) for c in fields])
     records = F.when(broken, F.transform(lines, lambda text: F.from_csv(text, ddl, line_options)))
-    exploded = df.select(
-        F.col(SOURCE_FILE), F.explode(records.otherwise(F.array(as_read))).alias("__record")
-    )
+    return _records_in_place(df, records.otherwise(F.array(_as_read(fields))), fields)
+
+
+def _as_read(fields: list[str]) -> Column:
+    """A row's ``fields`` as one struct, as the CSV reader read them."""
+    return F.struct(*[F.col(f"`{c}`").alias(c) for c in fields])
+
+
+def _records_in_place(df: DataFrame, records: Column, fields: list[str]) -> DataFrame:
+    """``fields`` and ``__source_file`` of each struct in every row's ``records`` array, rows
+    in place (an explode keeps the file read's order and its ``_metadata`` for positions)."""
+    exploded = df.select(F.col(SOURCE_FILE), F.explode(records).alias("__record"))
     return exploded.select(*[F.col("__record")[c].alias(c) for c in fields], F.col(SOURCE_FILE))
 
 
