@@ -135,22 +135,31 @@ class _Target:
 
 
 def _latest_cluster_run(lake: Lake) -> str:
-    """The most recently created cluster run (by the time its metrics were recorded; run ids
-    are not compared as strings), else the greatest run id in ``cluster_assignments``."""
-    runs = lake.read(CLUSTER_ASSIGNMENTS).select("run_id").distinct()
+    """The most recently created cluster run that has assignments (by the time its metrics
+    were recorded; run ids are not compared as strings), else the greatest run id in
+    ``cluster_assignments``.
+
+    Cost: one aggregate over the ``sse`` rows of ``cluster_metrics`` (a row per run and k),
+    then a probe of one ``run_id`` partition of ``cluster_assignments`` per candidate, newest
+    first (a run whose cluster stage died between its metrics and its assignments is
+    skipped).  The assignments of every run are scanned only without metrics: a lake with a
+    year of daily runs is not read in full to find the last one."""
+    assignments = lake.read(CLUSTER_ASSIGNMENTS)
     if lake.exists(CLUSTER_METRICS):
-        row = (
+        newest_first = (
             lake.read(CLUSTER_METRICS)
             .where((F.col("method") == "embedding") & (F.col("metric") == "sse"))
-            .join(runs, "run_id")
             .groupBy("run_id")
             .agg(F.min("created_at").alias("created"))
             .orderBy(F.desc("created"), F.desc("run_id"))
-            .first()
+            .select("run_id")
+            .collect()  # a row per run: 365 for a year of daily runs
         )
-        if row is not None:
-            return str(row["run_id"])
-    row = runs.agg(F.max("run_id")).first()
+        for candidate in newest_first:
+            run = str(candidate["run_id"])
+            if assignments.where(F.col("run_id") == run).limit(1).count():
+                return run
+    row = assignments.select("run_id").agg(F.max("run_id")).first()
     if row is None or row[0] is None:
         raise DataError(f"{CLUSTER_ASSIGNMENTS} is empty: run the cluster stage first")
     return str(row[0])

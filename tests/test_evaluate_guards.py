@@ -230,6 +230,10 @@ def test_latest_run_is_the_most_recently_created(spark: SparkSession, lake: Lake
     time.sleep(1.1)  # created_at has its own, later, timestamp
     record_metrics(spark, lake, "aa-new", [_metric_row("aa-new", "sse", "cpu")])
     assert evaluate._latest_cluster_run(lake) == "aa-new"  # not the largest id string
+    # A cluster stage killed after its metrics, before its assignments: not a run to evaluate.
+    time.sleep(1.1)
+    record_metrics(spark, lake, "mm-killed", [_metric_row("mm-killed", "sse", "cpu")])
+    assert evaluate._latest_cluster_run(lake) == "aa-new"
 
 
 def test_rerun_replaces_the_runs_rows_whatever_their_backend(
