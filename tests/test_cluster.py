@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from sklearn.metrics import adjusted_rand_score
 
 from jobs import cluster, evaluate
-from jobs.clustering.kmeans import pick_k
+from jobs.clustering.kmeans import _sklearn_tol, pick_k
 from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
 from jobs.core.errors import DataError
 from jobs.core.lake import Lake
@@ -309,22 +309,44 @@ def test_restarts_keep_the_lowest_cost_start() -> None:
 
     from jobs.clustering.kmeans import _kmeans_pp_restarts
 
-    rng = np.random.default_rng(5)
-    # Uneven blobs where k-means++ seeds disagree: restarts find different costs.
-    points = np.vstack([rng.normal(loc, 1.0, size=(60, 2)) for loc in (0, 4, 8, 30, 31)])
-    settings = ClusterConfig(k=4, n_init=6, seed=11)
-    centres, costs = _kmeans_pp_restarts(points, np.ones(len(points)), k=4, config=settings)
+    rng = np.random.default_rng(9)
+    # Five touching blobs and a far one, k=5: k-means++ seeds settle in different optima.
+    corners = ((0, 0), (6, 0), (0, 6), (6, 6), (3, 3), (20, 20))
+    points = np.vstack([rng.normal(loc, 1.0, size=(60, 2)) for loc in corners])
+    settings = ClusterConfig(k=5, n_init=6, seed=11)
+    centres, costs = _kmeans_pp_restarts(points, np.ones(len(points)), k=5, config=settings)
     assert len(costs) == 6 and len(set(np.round(costs, 6))) > 1
     labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
     kept = sum(((points[labels == c] - centres[c]) ** 2).sum() for c in range(len(centres)))
     assert kept == pytest.approx(min(costs), rel=1e-6)
+    tol = _sklearn_tol(points, 1e-4)  # cluster.tol's meaning (test below)
     each = [
-        SkKMeans(n_clusters=4, n_init=1, random_state=11 + i, max_iter=50, tol=1e-4)
+        SkKMeans(n_clusters=5, n_init=1, random_state=11 + i, max_iter=50, tol=tol)
         .fit(points)
         .inertia_
         for i in range(6)
     ]
     assert costs == pytest.approx(each)
+
+
+def test_cluster_tol_is_the_largest_centre_shift_on_the_driver_as_on_spark() -> None:
+    # cluster.tol = 1e-3: the fit stops once no centre moves more than 1e-3 (MLlib's meaning,
+    # and the Spark passes').  Handed to scikit-learn as is, it bounded the sum of squared
+    # shifts by 1e-3 x the data's mean variance instead: here the restarts stopped with
+    # centres still moving by more.
+    from sklearn.cluster._kmeans import _tolerance
+
+    from jobs.clustering.kmeans import _kmeans_pp_restarts
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(2000, 8)) * np.linspace(1.0, 3.0, 8)  # one blob: slow to settle
+    settings = ClusterConfig(k=6, n_init=1, seed=4, tol=1e-3, max_iter=300)
+    centres, _ = _kmeans_pp_restarts(points, np.ones(len(points)), k=6, config=settings)
+    labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    moved = np.array([points[labels == c].mean(axis=0) for c in range(6)])
+    assert np.linalg.norm(moved - centres, axis=1).max() <= 1e-3
+    # scikit-learn's own bound on the sum of squared shifts is then tol squared.
+    assert _tolerance(points, _sklearn_tol(points, 1e-3)) == pytest.approx(1e-6)
 
 
 def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSession) -> None:

@@ -307,13 +307,14 @@ def _kmeans_pp_restarts(
     import numpy as np
     from sklearn.cluster import KMeans as SkKMeans
 
+    tol = _sklearn_tol(points, config.tol)
     fits = [
         SkKMeans(
             n_clusters=k,
             init="k-means++",
             n_init=1,
             max_iter=config.max_iter,
-            tol=config.tol,
+            tol=tol,
             random_state=(config.seed + i) % 2**32,
         ).fit(points, sample_weight=weights)
         for i in range(config.n_init)
@@ -321,6 +322,29 @@ def _kmeans_pp_restarts(
     best = min(fits, key=lambda f: f.inertia_)
     centres = np.unique(np.asarray(best.cluster_centers_, dtype=np.float64), axis=0)
     return centres, [float(f.inertia_) for f in fits]
+
+
+def _sklearn_tol(points: Any, tol: float) -> float:
+    """scikit-learn's ``tol`` that makes its Lloyd iterations stop as ``cluster.tol`` says:
+    once no centre moves more than ``tol`` (Euclidean), MLlib's meaning, which the Spark
+    passes of :class:`SampledStartKMeans` use too.
+
+    scikit-learn stops when the sum over centres of the squared shifts is at most ``tol`` times
+    the mean per-feature variance of ``points`` (``sklearn.cluster._kmeans._tolerance``, or
+    when no label changes).  Passing ``tol**2 / mean variance`` makes that bound ``tol**2``:
+    a sum of squared shifts within ``tol**2`` leaves every single shift within ``tol``.
+    ``points`` holds at least two distinct rows (:func:`_start`), so the variance is > 0."""
+    import numpy as np
+
+    if tol == 0:
+        return 0.0
+    if hasattr(points, "tocsr"):
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
+        variance = float(np.mean(mean_variance_axis(points.tocsr(), axis=0)[1]))
+    else:
+        variance = float(np.mean(np.var(points, axis=0)))
+    return tol * tol / variance
 
 
 def _model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:

@@ -334,6 +334,9 @@ class ClusterConfig:
     #: silhouette (highest squared-Euclidean silhouette) | elbow (knee of the SSE curve).
     criterion: Criterion = "silhouette"
     max_iter: int = 50
+    #: Convergence: Lloyd iterations stop once no centre moves more than ``tol`` (Euclidean
+    #: distance, MLlib's meaning), in the driver's restarts and the Spark passes alike; the GPU
+    #: backend hands it to cuML, whose test is its own.
     tol: float = 1e-4
     #: Must fit in 32 bits, as cuML requires.
     seed: int = 42
