@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from sklearn.metrics import adjusted_rand_score
 
 from jobs import cluster, evaluate
-from jobs.clustering.kmeans import _sklearn_tol, pick_k
+from jobs.clustering.kmeans import pick_k, sklearn_tol
 from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
 from jobs.core.errors import DataError
 from jobs.core.lake import Lake
@@ -319,7 +319,7 @@ def test_restarts_keep_the_lowest_cost_start() -> None:
     labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
     kept = sum(((points[labels == c] - centres[c]) ** 2).sum() for c in range(len(centres)))
     assert kept == pytest.approx(min(costs), rel=1e-6)
-    tol = _sklearn_tol(points, 1e-4)  # cluster.tol's meaning (test below)
+    tol = sklearn_tol(points, 1e-4)  # cluster.tol's meaning (test below)
     each = [
         SkKMeans(n_clusters=5, n_init=1, random_state=11 + i, max_iter=50, tol=tol)
         .fit(points)
@@ -346,7 +346,7 @@ def test_cluster_tol_is_the_largest_centre_shift_on_the_driver_as_on_spark() -> 
     moved = np.array([points[labels == c].mean(axis=0) for c in range(6)])
     assert np.linalg.norm(moved - centres, axis=1).max() <= 1e-3
     # scikit-learn's own bound on the sum of squared shifts is then tol squared.
-    assert _tolerance(points, _sklearn_tol(points, 1e-3)) == pytest.approx(1e-6)
+    assert _tolerance(points, sklearn_tol(points, 1e-3)) == pytest.approx(1e-6)
 
 
 def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSession) -> None:

@@ -307,7 +307,7 @@ def _kmeans_pp_restarts(
     import numpy as np
     from sklearn.cluster import KMeans as SkKMeans
 
-    tol = _sklearn_tol(points, config.tol)
+    tol = sklearn_tol(points, config.tol)
     fits = [
         SkKMeans(
             n_clusters=k,
@@ -324,7 +324,7 @@ def _kmeans_pp_restarts(
     return centres, [float(f.inertia_) for f in fits]
 
 
-def _sklearn_tol(points: Any, tol: float) -> float:
+def sklearn_tol(points: Any, tol: float) -> float:
     """scikit-learn's ``tol`` that makes its Lloyd iterations stop as ``cluster.tol`` says:
     once no centre moves more than ``tol`` (Euclidean), MLlib's meaning, which the Spark
     passes of :class:`SampledStartKMeans` use too.
