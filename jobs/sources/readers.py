@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -200,12 +200,44 @@ _RAW_JSON = {
 }
 
 
+def _by_name(value: Column, dtype: T.DataType) -> Column:
+    """``value`` with the fields of every struct in it (at any depth, inside arrays and map
+    values too) in name order, so that its JSON does not depend on the column order of the
+    file it came from (RFC 8785's canonical JSON orders object members by name too)."""
+    if isinstance(dtype, T.StructType):
+        ordered = sorted(dtype.fields, key=lambda f: f.name)
+        return F.when(value.isNull(), None).otherwise(
+            F.struct(*[_by_name(value[f.name], f.dataType).alias(f.name) for f in ordered])
+        )
+    if isinstance(dtype, T.ArrayType) and _has_struct(dtype.elementType):
+        return F.transform(value, lambda e: _by_name(e, dtype.elementType))
+    if isinstance(dtype, T.MapType) and _has_struct(dtype.valueType):
+        return F.transform_values(value, lambda _, v: _by_name(v, dtype.valueType))
+    return value
+
+
+def _has_struct(dtype: T.DataType) -> bool:
+    if isinstance(dtype, T.StructType):
+        return True
+    if isinstance(dtype, T.ArrayType):
+        return _has_struct(dtype.elementType)
+    if isinstance(dtype, T.MapType):
+        return _has_struct(dtype.valueType)
+    return False
+
+
 def _read_parquet(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataFrame:
     # Columns keep their types; nanosecond timestamps (pandas' default) become timestamps.
     df = read_parquet(spark, paths, spec.options)
     fields = df.columns
+    # The raw record (and so the event id of a row without a source id) names its columns in
+    # name order: the merged schema's order depends on which files are read together, and a
+    # file re-sent with its columns reordered holds the same records.
+    record = F.struct(
+        *[_by_name(F.col(f"`{c}`"), df.schema[c].dataType).alias(c) for c in sorted(fields)]
+    )
     return df.select(
-        F.to_json(F.struct(*[F.col(f"`{c}`") for c in fields]), _RAW_JSON).alias(RAW),
+        F.to_json(record, _RAW_JSON).alias(RAW),
         F.col("_metadata.file_path").alias(SOURCE_FILE),
         *[F.col(f"`{c}`") for c in fields],
         F.lit(None).cast("string").alias(CORRUPT),
