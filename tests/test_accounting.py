@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,25 @@ def versions(lake: Lake) -> dict[str, int]:
     return {t: lake.version(t) for t in (EVENTS, EVENTS_QUARANTINE, INGEST_LOG)}
 
 
-@pytest.fixture
-def ingested(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, Lake]:
-    """Three events and one duplicate, ingested once (every table at version 0)."""
-    path = tmp_path / "in.jsonl"
+@pytest.fixture(scope="module")
+def _first_ingest(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three events and one duplicate, ingested once (every table at version 0): the folder
+    holding the input and the lake, for each test to copy."""
+    root = tmp_path_factory.mktemp("ingested")
+    path = root / "in.jsonl"
     path.write_text("\n".join([line("e1"), line("e2", 1), line("e3", 2), line("e1")]) + "\n")
-    config = config_for(tmp_path, path)
-    lake = Lake(spark, config.lake)
-    counts = ingest.run(spark, lake, config, run_id="first")
+    config = config_for(root, path)
+    counts = ingest.run(spark, Lake(spark, config.lake), config, run_id="first")
     assert counts.summary() == "reconciliation OK: input 4 = kept 3 + duplicates 1 + quarantined 0"
-    return config, lake
+    return root
+
+
+@pytest.fixture
+def ingested(spark: SparkSession, tmp_path: Path, _first_ingest: Path) -> tuple[AppConfig, Lake]:
+    """A copy of the module's first ingest in this test's folder."""
+    shutil.copytree(_first_ingest, tmp_path, dirs_exist_ok=True)
+    config = config_for(tmp_path, tmp_path / "in.jsonl")
+    return config, Lake(spark, config.lake)
 
 
 def test_a_step_that_loses_a_row_fails_the_check_before_any_commit(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs.core.config import AppConfig, ConfigError, InputSpec, load_config
+from jobs.core.config import AppConfig, ConfigError, InputSpec, config_to_dict, load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -28,9 +29,28 @@ def test_base_yaml_spells_out_exactly_the_code_defaults() -> None:
         "sources/diginetica.yaml",
     ],
 )
-def test_every_shipped_profile_loads(profile: str) -> None:
+def test_every_shipped_profile_loads_with_every_setting_it_makes(profile: str) -> None:
+    import yaml
+
     config = load_config([CONF / "base.yaml", CONF / profile])
-    assert isinstance(config, AppConfig)
+    written = yaml.safe_load((CONF / profile).read_text())
+    # Each value the profile writes is the loaded config's (lists entry by entry; a mapping
+    # in a list, e.g. an input, may leave the rest of its keys at their defaults).
+    _assert_sets(written, config_to_dict(config), where=profile)
+
+
+def _assert_sets(written: Any, loaded: Any, *, where: str) -> None:
+    if isinstance(written, dict):
+        assert isinstance(loaded, dict), where
+        for key, value in written.items():
+            assert key in loaded, f"{where}.{key}"
+            _assert_sets(value, loaded[key], where=f"{where}.{key}")
+    elif isinstance(written, list):
+        assert isinstance(loaded, list) and len(loaded) == len(written), where
+        for i, (value, got) in enumerate(zip(written, loaded, strict=True)):
+            _assert_sets(value, got, where=f"{where}[{i}]")
+    else:
+        assert loaded == written, f"{where}: {loaded!r} != {written!r}"
 
 
 def test_incremental_profile_switches_the_three_incremental_stages() -> None:

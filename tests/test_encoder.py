@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,33 @@ def test_model_version_tracks_weights_and_rendering(tmp_path: Path) -> None:
     minilm = packaged_minilm_path()
     base = model_version(EncoderConfig(), minilm)
     assert base == model_version(EncoderConfig(), minilm)
-    assert model_version(EncoderConfig(max_length=64), minilm) != base
-    assert model_version(EncoderConfig(include_item_ids=True), minilm) != base
+    weights, rendering = base.split("-")
+    # Everything that shapes the input changes the rendering part only ...
+    for changed in (
+        EncoderConfig(max_length=64),
+        EncoderConfig(include_item_ids=True),
+        EncoderConfig(price_band_edges=(5.0, 50.0)),
+        EncoderConfig(kind="sequence"),
+    ):
+        assert model_version(changed, minilm).split("-") != [weights, rendering]
+        assert model_version(changed, minilm).split("-")[0] == weights
+    # ... and the weights the other part: one byte of a copy's weights, a vocabulary entry.
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm, copy)
+    assert model_version(EncoderConfig(), copy) == base  # where it lies does not matter
+    (copy / "metadata.json").write_text('{"trained_on": "elsewhere"}')
+    assert model_version(EncoderConfig(), copy) == base  # a note beside the weights is not them
+    with open(copy / "model.safetensors", "r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    flipped = model_version(EncoderConfig(), copy)
+    assert flipped.split("-") != [weights, rendering] and flipped.endswith(f"-{rendering}")
+    shutil.copy(minilm / "model.safetensors", copy / "model.safetensors")
+    with open(copy / "vocab.txt", "a") as handle:
+        handle.write("[unused-extra]\n")
+    assert model_version(EncoderConfig(), copy).split("-")[0] != weights
 
 
 def test_sequence_encoder_trains_and_encodes(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ whole-table windows, and the stage's result lines (the backtest: tests/test_back
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -202,6 +203,25 @@ def test_refits_on_the_driver_are_the_cluster_stages_fit(
     if init_sample >= 400:
         labels, costs = fit_on_driver(points, k=4, config=config)
         assert adjusted_rand_score(on_spark, labels) == 1.0 and len(costs) == config.n_init
+        # Blobs this far apart come out the same from any fit.  Overlapping ones, where
+        # another seed settles elsewhere, tell the stage's fit from any other.
+        blurred = rng.normal(size=(4, 12))[truth] + rng.normal(scale=1.5, size=(400, 12))
+        blurred /= np.linalg.norm(blurred, axis=1, keepdims=True)
+        features = spark.createDataFrame(
+            [(f"u{i}", [float(x) for x in p]) for i, p in enumerate(blurred)],
+            "id string, embedding array<double>",
+        ).withColumn(FEATURES, array_to_vector("embedding"))
+        stage = SampledStartKMeans(k=4, config=config)
+        assigned = stage.fit(features).transform(features).select("id", "cluster_id").collect()
+        by_id = {r["id"]: r["cluster_id"] for r in assigned}
+        stage_labels = np.array([by_id[f"u{i}"] for i in range(400)])
+        labels, costs = fit_on_driver(blurred, k=4, config=config)
+        assert stage.last_start is not None
+        assert costs == pytest.approx(list(stage.last_start.restart_costs), rel=1e-9)
+        assert adjusted_rand_score(stage_labels, labels) == 1.0
+        other = dataclasses.replace(config, seed=config.seed + 999)
+        other_labels, _ = fit_on_driver(blurred, k=4, config=other)
+        assert adjusted_rand_score(stage_labels, other_labels) < 0.99  # the data can tell
     else:
         with pytest.raises(ValueError, match=r"cluster\.init_sample=100"):
             fit_on_driver(points, k=4, config=config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -302,16 +303,29 @@ UNUSABLE = [
 ]
 
 
+@pytest.fixture(scope="module")
+def good_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake that one good ingest wrote (every table at version 0), for copies to fail on."""
+    root = tmp_path_factory.mktemp("good")
+    good = config_for(root, [CORPUS / "bom.jsonl"], "jsonl")
+    ingest.run(spark, Lake(spark, good.lake), good, run_id="before")
+    return root / "lake"
+
+
 @pytest.mark.parametrize(("files", "fmt", "message"), UNUSABLE, ids=[u[0][0] for u in UNUSABLE])
 def test_unusable_input_fails_naming_the_file_and_leaves_the_tables(
-    spark: SparkSession, tmp_path: Path, files: list[str], fmt: str, message: str
+    spark: SparkSession,
+    tmp_path: Path,
+    good_lake: Path,
+    files: list[str],
+    fmt: str,
+    message: str,
 ) -> None:
-    good = config_for(tmp_path, [CORPUS / "bom.jsonl"], "jsonl")
-    lake = Lake(spark, good.lake)
-    ingest.run(spark, lake, good, run_id="before")
-    before = sorted(map(repr, lake.read("events").collect()))
-
+    shutil.copytree(good_lake, tmp_path / "lake")
     config = config_for(tmp_path, [CORPUS / f for f in files], fmt)
+    lake = Lake(spark, config.lake)
+    before = sorted(map(repr, lake.read("events").collect()))
+    assert before  # the good ingest's events
     with pytest.raises(IngestError, match=message):
         ingest.run(spark, lake, config, run_id="hostile")
     # Failing before any commit leaves the previous tables as they were.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -277,7 +278,7 @@ def test_decimal_columns_write(spark: SparkSession, tmp_path: Path) -> None:
     lake = _lake(spark, tmp_path, flat="id long, amount decimal(10, 2)")
     frame = spark.sql("SELECT 1L AS id, CAST(12.34 AS DECIMAL(10, 2)) AS amount")
     assert lake.overwrite("flat", frame).rows_written == 1
-    assert lake.read("flat").first()["amount"] is not None  # type: ignore[index]
+    assert lake.read("flat").first()["amount"] == Decimal("12.34")  # type: ignore[index]
 
 
 def test_concurrent_commits_with_one_app_id_conflict(

@@ -67,11 +67,20 @@ def test_davies_bouldin(data: tuple[DataFrame, np.ndarray, np.ndarray]) -> None:
     ("distance", "metric"), [("squaredEuclidean", "sqeuclidean"), ("cosine", "cosine")]
 )
 def test_silhouettes_are_exact(
-    data: tuple[DataFrame, np.ndarray, np.ndarray], distance: str, metric: str
+    spark: SparkSession,
+    data: tuple[DataFrame, np.ndarray, np.ndarray],
+    distance: str,
+    metric: str,
 ) -> None:
-    df, points, labels = data
-    assert internal.silhouette(df, distance=distance) == pytest.approx(
-        sk.silhouette_score(points, labels, metric=metric), abs=1e-6
+    _, unit, labels = data
+    # Rows of three lengths: on unit vectors the two silhouettes coincide (cosine distance is
+    # half the squared Euclidean one), and a mix-up of the two would pass unseen.
+    points = unit * (1.0 + np.arange(len(unit)) % 3)[:, None]
+    expected = sk.silhouette_score(points, labels, metric=metric)
+    other = sk.silhouette_score(points, labels, metric=({"cosine", "sqeuclidean"} - {metric}).pop())
+    assert abs(expected - other) > 0.01
+    assert internal.silhouette(frame(spark, points, labels), distance=distance) == pytest.approx(
+        expected, abs=1e-6
     )
 
 

@@ -269,13 +269,19 @@ def test_user_sequences_keep_session_boundaries_and_the_last_events(spark: Spark
 
 
 def test_assign_sessions_keeps_one_row_per_event(spark: SparkSession) -> None:
-    rows = [("u1", at(m), "view") for m in range(0, 200, 7)]
+    # Every 7 minutes for 200 minutes, a 45-minute pause, then every 7 minutes again: two
+    # sessions, each row stamped with its own session's first event.
+    minutes = [*range(0, 200, 7), *range(241, 300, 7)]
+    rows = [("u1", at(m), "view") for m in minutes]
     assigned = events(spark, rows).transform(assign_sessions, config=DEFAULT)
     assert assigned.count() == len(rows)
     per_session = assigned.groupBy("session_id").agg(
-        F.min("event_ts").alias("start"), F.first("session_start").alias("s")
+        F.min("event_ts").alias("start"),
+        F.count(F.lit(1)).alias("n"),
+        F.collect_set("session_start").alias("s"),
     )
-    assert all(r["start"] == r["s"] for r in per_session.collect())
+    got = sorted((r["start"], r["n"], r["s"]) for r in per_session.collect())
+    assert got == [(at(0), 29, [at(0)]), (at(241), 9, [at(241)])]
 
 
 @pytest.mark.parametrize("bad", [{"inactivity_gap_s": 0}, {"max_session_duration_s": -1}])
