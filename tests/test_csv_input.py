@@ -129,6 +129,48 @@ def test_an_unclosed_quote_in_the_last_field_costs_one_record_not_the_rest_of_th
     ]
 
 
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # An inch mark inside an unquoted field is a character (the file's quotes then do not
+        # pair up); every record is read once, none twice, none quarantined.
+        (
+            [
+                "i-1,u1,2024-03-01T10:00:00Z,view,p1,,,1,",
+                'i-2,u1,2024-03-01T10:01:00Z,view,27" monitor,,,2,',
+                "i-3,u1,2024-03-01T10:02:00Z,view,p3,,,3,",
+                "i-4,u1,2024-03-01T10:03:00Z,view,p4,,,4,",
+            ],
+            (4, 4, 0),
+        ),
+        # ... also before a closed multi-line record, and with one as the file's last.
+        (
+            [
+                'i-1,u1,2024-03-01T10:00:00Z,view,27" monitor,,,1,',
+                'i-2,u1,2024-03-01T10:01:00Z,search,,,,,"multi\nline"',
+                "i-3,u1,2024-03-01T10:02:00Z,view,p3,,,3,",
+                'i-4,u1,2024-03-01T10:03:00Z,search,,,,,"last\nline"',
+            ],
+            (4, 4, 0),
+        ),
+    ],
+    ids=["inch-mark", "inch-mark-then-multi-line-records"],
+)
+def test_a_stray_quote_inside_a_field_keeps_every_record_once(
+    spark: SparkSession, lake: Lake, tmp_path: Path, rows: list[str], expected: tuple[int, ...]
+) -> None:
+    path = tmp_path / "stray.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    counts = ingest.run(spark, lake, config_for(tmp_path, [path]), run_id="r")
+    assert (counts.input_rows, counts.kept, counts.quarantined) == expected, counts.summary()
+    assert counts.duplicates_removed == 0 and counts.reconciles
+    events = events_by_id(lake)
+    assert sorted(events) == [f"i-{n}" for n in range(1, 5)]
+    assert lake.read(EVENTS_QUARANTINE).count() == 0
+    positions = sorted(r["source_order"] for r in lake.read(EVENTS).collect())
+    assert positions == [n * 65_536 for n in range(4)]  # one position per record, in order
+
+
 def test_multiline_setting_overrides_detection(spark: SparkSession, tmp_path: Path) -> None:
     path = tmp_path / "nl.csv"
     path.write_text(HEADER + 'nl-1,u1,2024-03-01T10:00:00Z,search,,,,,"red\nshoes"\n')

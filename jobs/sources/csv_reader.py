@@ -150,24 +150,53 @@ def _reopen_unclosed_tail(
     escape: str,
 ) -> DataFrame:
     """Rows of a multiLine CSV read (file order within each file), with the last record of
-    each of ``odd_files``, whose quotes do not pair up (:func:`_quote_scan`), replaced by its
-    lines, each parsed as a record of its own.
+    each of ``odd_files`` (:func:`_quote_scan`: its quotes do not pair up) replaced by its
+    lines, each parsed as a record of its own, when that record swallowed the end of the file.
 
-    In such a file (an odd number of quotes, escaped ones aside) a quote is still open at the
-    end: the last record ran from the line that opened it to the end of the file.  When the
-    open field is the record's last, the record still has the header's field count and parses,
-    with every following line inside that field (those records would be lost without a trace).
-    Its lines are the file's lines from the last one that starts outside a quote; each is parsed
-    alone, as :func:`_split_broken_records` does for records that do not parse, and the line
-    holding an odd number of quotes is a malformed record.  Blank lines are skipped.  Nothing
-    runs without such a file; with one, its tail (at most :data:`_TAIL_LIMIT_CHARS`, else
-    :class:`IngestError` naming the file and line) and the position of its last record come to
-    the driver."""
+    A quote opened in a record's last field and never closed makes the record run to the end
+    of the file: it still has the header's field count and parses, with every following line
+    inside that field (those records would be lost without a trace).  Such a record spans
+    several lines, and its lines hold an odd number of quotes (escaped ones aside): the one
+    that opened the field is never matched.  A last record that spans one line, or whose lines
+    pair their quotes (a quoted line break, closed), is left as it is, whatever else made the
+    file's total odd (e.g. a ``27" monitor`` inch mark inside an unquoted field, which the
+    parser keeps as a character).  The lines the record spans are counted from its own fields
+    (a line break inside a field is a line of the file; one at the very end is the file's last
+    line ending), so they are the file's last lines.  Of those, the first (the one that opened
+    the quote) is a malformed record and the others are parsed alone, as
+    :func:`_split_broken_records` does; blank lines are skipped.  Nothing runs without an odd
+    file; with one, its last record's span and then those lines (at most
+    :data:`_TAIL_LIMIT_CHARS`, else :class:`IngestError` naming the file and line) come to the
+    driver."""
     if not odd_files:
+        return df
+    numbered = df.withColumn("__row", F.monotonically_increasing_id())
+    breaks = reduce(
+        lambda a, b: a + b,
+        [
+            F.size(F.split(F.coalesce(F.col(f"`{c}`"), F.lit("")), r"\r\n|\r|\n")) - 1
+            for c in header
+        ],
+    )
+    at_end = F.coalesce(F.col(f"`{header[-1]}`").rlike(r"(\r\n|\r|\n)$"), F.lit(False))
+    spanned = breaks + 1 - F.when(at_end, 1).otherwise(0)
+    last_records = reading(
+        numbered.where(F.col(SOURCE_FILE).isin(odd_files))
+        .groupBy(SOURCE_FILE)
+        .agg(F.max(F.struct("__row", spanned.alias("lines"), F.col(CORRUPT))).alias("__last"))
+        .collect
+    )
+    # One that does not parse (a CORRUPT text) is split by the next step.
+    candidates = {
+        r[SOURCE_FILE]: r["__last"]
+        for r in last_records
+        if r["__last"]["lines"] > 1 and r["__last"][CORRUPT] is None
+    }
+    if not candidates:
         return df
     scan = (
         _text_lines(spark, options, paths)
-        .where(F.col("_metadata.file_path").isin(odd_files))
+        .where(F.col("_metadata.file_path").isin(sorted(candidates)))
         .select(
             F.col("_metadata.file_path").alias(SOURCE_FILE),
             F.col("_metadata.file_block_start").alias("__block"),
@@ -177,23 +206,23 @@ def _reopen_unclosed_tail(
         )
     )
     in_order = Window.partitionBy(SOURCE_FILE).orderBy("__block", "__line")
-    opened = F.sum("__odd").over(in_order.rowsBetween(Window.unboundedPreceding, -1))
-    key = F.struct("__block", "__line")
-    lines = scan.withColumn("__open", F.coalesce(opened, F.lit(0)) % 2 == 1).withColumn(
-        "__number", F.row_number().over(in_order)
-    )
-    starts = F.max(F.when(~F.col("__open"), key)).over(Window.partitionBy(SOURCE_FILE))
+    backwards = Window.partitionBy(SOURCE_FILE).orderBy(F.desc("__block"), F.desc("__line"))
+    spans = F.create_map(*[x for f, r in candidates.items() for x in (F.lit(f), F.lit(r["lines"]))])
     tails = reading(
-        lines.withColumn("__start", starts)
-        .where(key >= F.col("__start"))
+        scan.withColumn("__number", F.row_number().over(in_order))
+        .withColumn("__from_end", F.row_number().over(backwards))
+        .where(F.col("__from_end") <= spans[F.col(SOURCE_FILE)])
         .groupBy(SOURCE_FILE)
         .agg(
             F.array_sort(F.collect_list(F.struct("__block", "__line", "value"))).alias("__t"),
             F.min("__number").alias("__from"),
             F.sum(F.length("value")).alias("__chars"),
+            (F.sum("__odd") % 2).alias("__unclosed"),
         )
         .collect
     )
+    # Lines that pair their quotes: the record is a closed multi-line one, read right.
+    tails = [t for t in tails if t["__unclosed"] == 1]
     for tail in tails:
         if tail["__chars"] > _TAIL_LIMIT_CHARS:
             raise IngestError(
@@ -201,39 +230,19 @@ def _reopen_unclosed_tail(
                 f"closed, so the rest of the file ({tail['__chars']:,} characters) reads as one "
                 "field; close it, or set the CSV reader's quote/escape options in the mapping"
             )
-    numbered = df.withColumn("__row", F.monotonically_increasing_id())
-    last = {
-        r[SOURCE_FILE]: r["__last"]
-        for r in reading(
-            numbered.where(F.col(SOURCE_FILE).isin(odd_files))
-            .groupBy(SOURCE_FILE)
-            .agg(F.max("__row").alias("__last"))
-            .collect
-        )
-    }
     ddl, line_options = _line_parsing(header, options)
     fields = [*header, CORRUPT]
-
-    def parsed(text: Column) -> Column:
-        # The line that left the quote open (an odd count) is malformed, however it parses.
-        malformed = F.struct(
-            *[F.lit(None).cast("string").alias(c) for c in header], text.alias(CORRUPT)
-        )
-        return F.when(_odd_quotes(quote, escape, text), malformed).otherwise(
-            F.from_csv(text, ddl, line_options)
-        )
-
+    # The line that left the quote open is malformed, however it parses.
+    malformed = [F.lit(None).cast("string").alias(c) for c in header]
     records = F.array(_as_read(fields))
     for tail in tails:
-        texts = [t["value"] for t in tail["__t"] if t["value"] != ""]
-        swallowed = (
-            (F.col(SOURCE_FILE) == tail[SOURCE_FILE])
-            & (F.col("__row") == last[tail[SOURCE_FILE]])
-            & F.col(CORRUPT).isNull()  # one that does not parse is split by the next step
+        opener, *rest = [t["value"] for t in tail["__t"]]
+        parts = [F.struct(*malformed, F.lit(opener).alias(CORRUPT))]
+        parts += [F.from_csv(F.lit(text), ddl, line_options) for text in rest if text != ""]
+        swallowed = (F.col(SOURCE_FILE) == tail[SOURCE_FILE]) & (
+            F.col("__row") == candidates[tail[SOURCE_FILE]]["__row"]
         )
-        records = F.when(swallowed, F.transform(F.array(*map(F.lit, texts)), parsed)).otherwise(
-            records
-        )
+        records = F.when(swallowed, F.array(*parts)).otherwise(records)
     return _records_in_place(numbered, records, fields)
 
 
