@@ -173,6 +173,51 @@ def test_impossible_combinations_are_refused(overrides: list[str], match: str) -
         load_config([], overrides)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "ingest.source.timezone=Europe/Berln",
+            "ingest.source.timezone: 'Europe/Berln' is not an IANA zone name or a UTC offset, "
+            "e.g. Europe/Berlin (did you mean Europe/Berlin",
+        ),
+        (
+            "sessionize.timezone=+02:00",
+            "sessionize.timezone: '+02:00' is not an IANA zone name, e.g. Europe/Berlin",
+        ),
+        ("sessionize.inactivity_gap_s=0", "sessionize.inactivity_gap_s must be positive, got 0"),
+        ("sessionize.max_events=-1", "sessionize.max_events must be positive, got -1"),
+        ("sessionize.lookback_hours=-1", "sessionize.lookback_hours must be 0 or more, got -1"),
+        (
+            "ingest.source.min_event_ts=yesterday",
+            "ingest.source.min_event_ts='yesterday': write an ISO-8601 instant",
+        ),
+        (
+            "ingest.source.min_event_ts='2100-01-02'",
+            "ingest.source.min_event_ts (2100-01-02) must be before max_event_ts",
+        ),
+        (
+            "ingest.source.max_record_bytes=0",
+            "ingest.source.max_record_bytes must be positive, got 0",
+        ),
+        (
+            "ingest.source.event_type_map={View: view, view: view}",
+            "ingest.source.event_type_map: keys 'View' and 'view' are the same raw event type",
+        ),
+    ],
+)
+def test_values_spark_would_reject_mid_run_are_refused_at_load(override: str, message: str) -> None:
+    # Before: a Java stack trace halfway through the run, or every record quarantined.
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("zone", ["+02:00", "UTC+01:00", "GMT-5", "Z", "PST", "America/New_York"])
+def test_time_zones_spark_reads_load_for_the_source(zone: str) -> None:
+    assert load_config([], [f"ingest.source.timezone={zone}"]).ingest.source.timezone == zone
+
+
 def test_partitioning_is_not_configuration() -> None:
     # Partition columns belong to the table contract (docs/tables.md), not to a profile.
     with pytest.raises(ConfigError, match=r"unknown key 'lake.tables.events.partition_by'"):

@@ -200,3 +200,26 @@ def test_multiline_reading_keeps_the_bom_and_header_checks(
     config = config_for(tmp_path, [drift], multiLine="true")
     with pytest.raises(IngestError, match=r"cannot read input file \S*/csv_header_drift/b\.csv"):
         ingest.run(spark, lake, config, run_id="drift")
+
+
+def test_a_mapped_field_the_header_lacks_fails_naming_the_setting(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(HEADER + "e1,u1,2024-03-01T10:00:00Z,view,p1,,,1,\n")
+    config = config_for(tmp_path, [path])
+    spec = config.ingest.source.inputs[0]
+    typo = dataclasses.replace(spec, columns={**spec.columns, "item_id": "product"})
+    source = dataclasses.replace(config.ingest.source, inputs=(typo,))
+    config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, source=source))
+    # Before: a Python traceback of Spark's UNRESOLVED_COLUMN and the plan in JSON.
+    with pytest.raises(IngestError) as failure:
+        ingest.run(spark, lake, config, run_id="r")
+    message = str(failure.value)
+    assert message.startswith(
+        "source 'synthetic': ingest.source.inputs[].columns.item_id 'product' cannot be "
+        f"evaluated over input ['{path}'] (fields: ['event_id', 'user', 'event_time', 'type', "
+        "'product_id', 'category_code', 'brand', 'price', 'search_query']): "
+    )
+    assert "\n" not in message and len(message) < 700
+    assert not lake.exists(EVENTS)

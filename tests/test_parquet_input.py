@@ -250,3 +250,17 @@ def test_a_parquet_row_is_the_same_event_whatever_the_column_order_of_its_file(
     counts = ingest.run(spark, lake, full, run_id="r3")
     assert (counts.input_rows, counts.kept, counts.duplicates_removed) == (2, 1, 1)
     assert [r["event_id"] for r in lake.read("events").collect()] == [incremental_id]
+
+
+def test_a_folder_without_parquet_data_files_holds_no_records(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    folder = tmp_path / "day"
+    folder.mkdir()
+    (folder / "_SUCCESS").write_text("")  # a writer's marker, and no data file (yet)
+    config = config_for(tmp_path, [folder], "naive")
+    lake = Lake(spark, config.lake)
+    # Before: Spark's UNABLE_TO_INFER_SCHEMA as a Python traceback.
+    with pytest.raises(IngestError) as failure:
+        ingest.run(spark, lake, config, run_id="r")
+    assert str(failure.value) == f"input ['{folder}'] holds no records (no Parquet data files)"

@@ -289,3 +289,41 @@ def test_ingest_quarantines_gap_times_and_logs_how_many_repeated_times_it_resolv
     assert (counts.input_rows, counts.kept, counts.quarantined) == (4, 3, 1)
     assert counts.quarantine_reasons == {GAP: 1}
     assert f"2 ambiguous local times resolved as {AMBIGUOUS_RULE}" in caplog.messages
+
+
+@pytest.mark.parametrize(
+    ("unit", "values", "expected"),
+    [
+        # A fraction of the unit is kept to the microsecond, as text or as a JSON number.
+        (
+            "ms",
+            [1709287200123.456, "1709287200123.9", "1.7092872001234567E12", 1709287200123],
+            ["10:00:00.123456", "10:00:00.123900", "10:00:00.123456", "10:00:00.123000"],
+        ),
+        (
+            "s",
+            ["1709287200.999999", 1709287200.5, "1709287200"],
+            ["10:00:00.999999", "10:00:00.500000", "10:00:00.000000"],
+        ),
+        ("us", ["1709287200123456.9", 1709287200123456], ["10:00:00.123456", "10:00:00.123456"]),
+    ],
+)
+def test_fractional_epochs_keep_their_microseconds(
+    spark: SparkSession, tmp_path: Path, unit: str, values: list[object], expected: list[str]
+) -> None:
+    # Before: milliseconds went through a whole number first (.123456 ms -> .123000).
+    path = tmp_path / "times.jsonl"
+    lines = [
+        json.dumps({"event_id": f"e{i}", "user": "u1", "event_time": v, "type": "view"})
+        for i, v in enumerate(values)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    config = config_for(tmp_path, path, timestamp_unit=unit)
+    spec, source = config.ingest.source.inputs[0], config.ingest.source
+    rows = (
+        normalise(read_raw(spark, spec), spec=spec, source=source)
+        .select("event_id", F.date_format("event_ts", "HH:mm:ss.SSSSSS").alias("t"), REASON)
+        .orderBy("event_id")
+        .collect()
+    )
+    assert [(r["t"], r[REASON]) for r in rows] == [(t, None) for t in expected]

@@ -51,6 +51,22 @@ def record_hash(raw: Column) -> Column:
     return F.substring(F.sha2(raw, 256), 1, 32)
 
 
+def _check_evaluates(
+    raw: DataFrame, expression: str, setting: str, spec: InputSpec, source: SourceConfig
+) -> None:
+    """:class:`IngestError` naming ``setting`` when the Spark SQL ``expression`` cannot be
+    evaluated over the input's fields (a field the files do not have, a typo in a function),
+    before any row is read.  The schema is asked for, so that Spark Connect, which analyses
+    lazily, checks it here too."""
+    try:
+        raw.select(F.expr(expression)).schema  # noqa: B018 - analysing the plan is the check
+    except AnalysisException as exc:  # also a ParseException
+        raise IngestError(
+            f"source {source.name!r}: {setting} {expression!r} cannot be evaluated over input "
+            f"{list(spec.paths)} (fields: {_fields(raw)}): {str(exc).splitlines()[0][:200]}"
+        ) from None
+
+
 def normalise(
     raw: DataFrame,
     *,
@@ -91,6 +107,8 @@ def normalise(
         )
     # One row per event: an input with ``explode`` yields one per array element (.nested).
     raw = explode_records(raw, spec, max_record_bytes=source.max_record_bytes)
+    for column, expression in spec.columns.items():
+        _check_evaluates(raw, expression, f"ingest.source.inputs[].columns.{column}", spec, source)
     null_values = [v.strip() for v in source.null_values]
 
     def text(expression: str) -> Column:
@@ -110,14 +128,7 @@ def normalise(
     price = price_text.try_cast("double")
     order_text = F.lit(None).cast("string")
     if source.order_by:
-        try:
-            raw.select(F.expr(source.order_by))
-        except AnalysisException as exc:  # also a ParseException
-            raise IngestError(
-                f"source {source.name!r}: ingest.source.order_by {source.order_by!r} cannot be "
-                f"evaluated over input {list(spec.paths)} (fields: {_fields(raw)}): "
-                f"{str(exc).splitlines()[0][:200]}"
-            ) from None
+        _check_evaluates(raw, source.order_by, "ingest.source.order_by", spec, source)
         order_text = text(source.order_by)
     lineage = {
         POSITION: F.col(POSITION) if POSITION in raw.columns else F.lit(None).cast("long"),

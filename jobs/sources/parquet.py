@@ -45,7 +45,8 @@ def read_parquet(
     (``INT64 TIMESTAMP(NANOS)``, top level) as ``timestamp`` (UTC-adjusted) or
     ``timestamp_ntz`` (not adjusted) values, truncated to the microsecond.
 
-    Raises :class:`IngestError` naming the file when a column has a type Spark cannot read and
+    Raises :class:`IngestError` when the paths hold no Parquet data file (e.g. a folder with
+    only ``_SUCCESS``), and naming the file when a column has a type Spark cannot read and
     this cannot convert (a nanosecond timestamp inside a struct or list, files that store one
     column in different units, any other type Spark rejects), or when a file's footer cannot be
     read on the driver (local paths, and the object stores delta-rs reaches with the endpoint
@@ -62,6 +63,11 @@ def read_parquet(
         return reader.parquet(*paths)
     except Exception as exc:  # Spark raises AnalysisException; Spark Connect its own type
         text = str(exc)
+        if "UNABLE_TO_INFER_SCHEMA" in text:
+            # A folder with no Parquet data file (only _SUCCESS, or nothing yet).
+            raise IngestError(
+                f"input {list(paths)} holds no records (no Parquet data files)"
+            ) from None
         if "CANNOT_MERGE" in text or "Failed to merge" in text:
             raise IngestError(
                 f"input {list(paths)}: the Parquet files disagree on a column's type "

@@ -190,15 +190,21 @@ def _zone_letters(pattern: str) -> tuple[bool, bool]:
     return required, optional
 
 
+#: Microseconds per epoch unit.
+_MICROS_PER = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
 def _from_epoch(number: Column, unit: str) -> Column:
-    """A timestamp from an epoch number (or numeric text) in ``unit`` (s, ms or us)."""
-    value = number.try_cast("double")
-    if unit == "s":
-        converted = F.timestamp_seconds(value)
-    else:
-        # Through double, so exponent notation (1.7092872E12) parses too.
-        whole = value.cast("bigint")
-        converted = F.timestamp_millis(whole) if unit == "ms" else F.timestamp_micros(whole)
+    """A timestamp from an epoch number (or numeric text) in ``unit`` (s, ms or us), to the
+    microsecond: a fraction of the unit is kept down to the microsecond (``1709287200123.456``
+    ms is ``...00.123456``), a finer one dropped (rounded down, as for nanoseconds).
+
+    Converted through a decimal, which reads numeric text exactly (exponent notation such as
+    ``1.7092872E12`` included); a double would round 16-digit microsecond counts."""
+    value = number.try_cast("double")  # the range checks below
+    exact = number.try_cast("decimal(38,9)")
+    micros = F.floor(exact * F.lit(_MICROS_PER[unit])).try_cast("bigint")
+    converted = F.timestamp_micros(micros)
     # Beyond about year 33,000 the conversion overflows, an error under ANSI mode; such an
     # epoch is garbage, so it becomes a time the range check rejects.
     return (

@@ -12,6 +12,7 @@ replaced whole, so a source mapping in a profile never inherits stray columns fr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -134,6 +135,7 @@ def check_combinations(config: AppConfig) -> None:
                 f"ingest.source.inputs[{index}].explode: only JSON lines hold arrays of events "
                 f"to explode; this input's format is {spec.format}"
             )
+    _check_ingest_and_sessionize(config)
     _check_evaluate(config)
     # Refused at load, before any Spark work, like every other impossible setting: a scheduled
     # cluster run that silently skipped tracking would leave no registered model to deploy.
@@ -148,6 +150,92 @@ def check_combinations(config: AppConfig) -> None:
             "train_encoder.mode=contrastive fine-tunes the text encoder: set encoder.kind=text "
             "(the sequence encoder is trained with mode=mlm)"
         )
+
+
+#: Java's short zone ids (``ZoneId.SHORT_IDS``), which Spark accepts besides IANA names.
+_SHORT_IDS = (
+    "ACT AET AGT ART AST BET BST CAT CNT CST CTT EAT ECT EST HST IET IST JST MIT MST NET NST PLT"
+)
+_JAVA_SHORT_IDS = frozenset([*_SHORT_IDS.split(" "), "PNT", "PRT", "PST", "SST", "VST"])
+_OFFSET = re.compile(r"(?:UTC|GMT|UT)?(?:[+-]\d{1,2}(?::?\d{2}(?::?\d{2})?)?)?|Z", re.IGNORECASE)
+
+
+def _zone_problem(name: str, *, offsets: bool) -> str | None:
+    """Why ``name`` is not a time zone Spark (and, without ``offsets``, Python's zoneinfo)
+    resolves, or None.  Without a tz database on this machine nothing is refused."""
+    import zoneinfo
+
+    if not zoneinfo.available_timezones():
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+        return None
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        pass
+    if offsets and (_OFFSET.fullmatch(name) or name.upper() in _JAVA_SHORT_IDS):
+        return None
+    close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    kind = "an IANA zone name or a UTC offset" if offsets else "an IANA zone name"
+    return f"{name!r} is not {kind}, e.g. Europe/Berlin{hint}"
+
+
+def _check_ingest_and_sessionize(config: AppConfig) -> None:
+    """Values Spark would only reject halfway through a run (or turn into a quarantine of every
+    record): time zones, instants, sizes, and event-type keys that collide once lower-cased."""
+    from datetime import datetime, timezone
+
+    source = config.ingest.source
+    problem = _zone_problem(source.timezone, offsets=True)
+    if problem:
+        raise ConfigError(f"ingest.source.timezone: {problem}")
+    # The incremental window is cut at local midnights computed with zoneinfo: names only.
+    problem = _zone_problem(config.sessionize.timezone, offsets=False)
+    if problem:
+        raise ConfigError(f"sessionize.timezone: {problem}")
+    bounds = []
+    for name in ("min_event_ts", "max_event_ts"):
+        value = getattr(source, name)
+        try:
+            bounds.append(datetime.fromisoformat(value))
+        except ValueError:
+            raise ConfigError(
+                f"ingest.source.{name}={value!r}: write an ISO-8601 instant, e.g. "
+                "'2000-01-01T00:00:00Z' (quoted in YAML and in --set)"
+            ) from None
+    low, high = (b if b.tzinfo else b.replace(tzinfo=timezone.utc) for b in bounds)
+    if low >= high:
+        raise ConfigError(
+            f"ingest.source.min_event_ts ({source.min_event_ts}) must be before max_event_ts "
+            f"({source.max_event_ts})"
+        )
+    if source.max_record_bytes < 1:
+        raise ConfigError(
+            f"ingest.source.max_record_bytes must be positive, got {source.max_record_bytes}"
+        )
+    seen: dict[str, str] = {}
+    for key in source.event_type_map:
+        folded = key.lower()
+        if folded in seen:
+            raise ConfigError(
+                f"ingest.source.event_type_map: keys {seen[folded]!r} and {key!r} are the same "
+                "raw event type (compared lower-cased); keep one"
+            )
+        seen[folded] = key
+    sessionize = config.sessionize
+    for name in ("inactivity_gap_s", "max_session_duration_s", "max_events"):
+        if getattr(sessionize, name) < 1:
+            raise ConfigError(
+                f"sessionize.{name} must be positive, got {getattr(sessionize, name)}"
+            )
+    if sessionize.lookback_hours < 0:
+        raise ConfigError(
+            f"sessionize.lookback_hours must be 0 or more, got {sessionize.lookback_hours}"
+        )
+    bot = sessionize.bot
+    for name in ("max_events_per_minute", "min_events_for_rate", "max_events_per_day"):
+        if getattr(bot, name) <= 0:
+            raise ConfigError(f"sessionize.bot.{name} must be positive, got {getattr(bot, name)}")
 
 
 def _check_evaluate(config: AppConfig) -> None:
