@@ -101,3 +101,23 @@ def test_maintain_compacts_and_vacuums_the_existing_tables(
     assert sorted(r["run_id"] for r in lake.read(SESSIONIZE_LOG).collect()) == ["r1", "r2"]
     unknown = main(["--tables", "nope"])
     assert unknown == 2
+
+
+def test_a_file_spark_cannot_read_fails_with_lines_a_person_can_read(tmp_path: Path) -> None:
+    # Two CSV files whose headers differ: Spark's task fails, and its executor logs the error.
+    overlay = tmp_path / "drift.yaml"
+    overlay.write_text(
+        f"lake: {{root: {tmp_path / 'lake'}}}\n"
+        "mlflow: {enabled: false}\n"
+        "ingest: {source: {inputs: [{paths: ["
+        f"{REPO / 'tests' / 'hostile' / 'csv_header_drift'}], format: csv, columns: "
+        "{user_id: user, event_ts: event_time, event_type: type}}]}}\n"
+    )
+    result = _segments("ingest", "--conf", "conf/local.yaml", "--conf", str(overlay))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith(
+        "segments ingest: error: cannot read input file "
+    ), result.stderr[-3000:]
+    # Spark's own error lines keep their first line, not the Java frames under it.
+    assert "\tat org.apache" not in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

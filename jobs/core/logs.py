@@ -47,7 +47,9 @@ def spark_log_level() -> str:
 
 
 def log4j2_config_file(level: str) -> Path:
-    """A log4j2 properties file sending Spark's logs at ``level`` and above to stderr.
+    """A log4j2 properties file sending Spark's logs at ``level`` and above to stderr (with an
+    error's whole Java stack trace from ``WARN`` down; at ``ERROR``, the default, its first
+    line only).
 
     Written once per level into the temp folder and passed to the driver JVM with
     ``-Dlog4j2.configurationFile`` (Spark's own default file would let start-up warnings through
@@ -70,7 +72,14 @@ def log4j2_config_file(level: str) -> Path:
             "appender.console.name = console",
             "appender.console.target = SYSTEM_ERR",
             "appender.console.layout.type = PatternLayout",
-            "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %p %c{1}: %m%n%ex",
+            # An error's Java stack trace only when Spark logs at WARN (--log-level DEBUG):
+            # otherwise its first line, since the stage's own error says what failed.
+            "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %p %c{1}: %m"
+            + (
+                "%n%ex"
+                if level.upper() in ("WARN", "INFO", "DEBUG", "TRACE", "ALL")
+                else " %ex{1}%n"
+            ),
             "",
         ]
     )
