@@ -69,6 +69,8 @@ CASES: list[tuple[str, str]] = [
     (record(event_id="e12", price="12,99 EUR"), "invalid price"),
     (record(event_id="e13", price=-5), "negative price"),
     (record(event_id="e14", user="NA"), "missing user_id"),
+    # A Java literal, which Spark's cast alone would read as 19.99.
+    (record(event_id="e15", price="19.99d"), "invalid price"),
 ]
 
 

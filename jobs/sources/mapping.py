@@ -51,6 +51,10 @@ def record_hash(raw: Column) -> Column:
     return F.substring(F.sha2(raw, 256), 1, 32)
 
 
+#: Price text that is a number: digits with an optional fraction and exponent.
+_DECIMAL = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+
+
 def _check_evaluates(
     raw: DataFrame, expression: str, setting: str, spec: InputSpec, source: SourceConfig
 ) -> None:
@@ -125,7 +129,8 @@ def normalise(
     ts_text = text(spec.columns["event_ts"])
     event_ts = parse_timestamp(ts_raw, ts_text, ts_type, source)
     price_text = text(spec.columns["price"]) if "price" in spec.columns else F.lit(None)
-    price = price_text.try_cast("double")
+    # A decimal number only: Spark's cast would also read Java literals such as 19.99d / 19.99F.
+    price = F.when(price_text.rlike(_DECIMAL), price_text.try_cast("double"))
     order_text = F.lit(None).cast("string")
     if source.order_by:
         _check_evaluates(raw, source.order_by, "ingest.source.order_by", spec, source)

@@ -137,9 +137,30 @@ def _parse(
         # The pattern decides alone: digits-only text such as 20240301100000 is not an epoch.
         return F.try_to_timestamp(text, F.lit(pattern)), _pattern_zoned(text, pattern)
     epoch = text.rlike(_EPOCH)
-    parsed = F.when(text.rlike(_TIME_ONLY), None).otherwise(F.try_to_timestamp(text))
+    as_cast = F.try_to_timestamp(text)
+    # Only text the cast cannot read is rewritten (CASE and COALESCE evaluate lazily).
+    iso = _iso_forms(text)
+    parsed = F.when(text.rlike(_TIME_ONLY), None).otherwise(
+        F.coalesce(as_cast, F.try_to_timestamp(iso))
+    )
     value = F.when(epoch, _from_epoch(text, source.timestamp_unit)).otherwise(parsed)
-    return value, epoch | text.rlike(_ZONED_TEXT)
+    zoned = F.when(as_cast.isNotNull(), text.rlike(_ZONED_TEXT)).otherwise(iso.rlike(_ZONED_TEXT))
+    return value, epoch | zoned
+
+
+def _iso_forms(text: Column) -> Column:
+    """ISO-8601 (and RFC 3339) forms Spark's timestamp cast does not read, rewritten to ones it
+    does: the basic format (``20240301T100000Z``), a lower-case ``t`` or ``z``, a decimal
+    comma (``10:00:00,123``) and a zoned time without seconds (``10:00Z``, ``10:00+01:00``;
+    the cast reads ``10:00`` without a zone already)."""
+    date_time = r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2})"
+    rewritten = F.regexp_replace(
+        text, r"^(\d{4})(\d{2})(\d{2})[Tt](\d{2})(\d{2})(\d{2})", "$1-$2-$3T$4:$5:$6"
+    )
+    rewritten = F.regexp_replace(rewritten, r"^(\d{4}-\d{2}-\d{2})t", "$1T")
+    rewritten = F.regexp_replace(rewritten, r"(\d)z$", "$1Z")
+    rewritten = F.regexp_replace(rewritten, date_time + r"(:\d{2}),(\d)", "$1T$2$3.$4")
+    return F.regexp_replace(rewritten, date_time + r"(Z|[+-]\d{2}(:?\d{2})?)$", "$1T$2:00$3")
 
 
 def _pattern_zoned(text: Column, pattern: str) -> Column:
