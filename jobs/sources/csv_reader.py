@@ -223,6 +223,8 @@ def _reopen_unclosed_tail(
     )
     # Lines that pair their quotes: the record is a closed multi-line one, read right.
     tails = [t for t in tails if t["__unclosed"] == 1]
+    if not tails:
+        return df
     for tail in tails:
         if tail["__chars"] > _TAIL_LIMIT_CHARS:
             raise IngestError(

@@ -13,6 +13,7 @@ from functools import reduce
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs.core.config import InputSpec, LookupSpec, PrivacyConfig, SourceConfig
 from jobs.core.privacy import Pseudonymizer
@@ -129,8 +130,15 @@ def normalise(
     ts_text = text(spec.columns["event_ts"])
     event_ts = parse_timestamp(ts_raw, ts_text, ts_type, source)
     price_text = text(spec.columns["price"]) if "price" in spec.columns else F.lit(None)
-    # A decimal number only: Spark's cast would also read Java literals such as 19.99d / 19.99F.
-    price = F.when(price_text.rlike(_DECIMAL), price_text.try_cast("double"))
+    price = price_text.try_cast("double")
+    price_type = (
+        raw.select(F.expr(spec.columns["price"]).alias("p")).schema["p"].dataType
+        if "price" in spec.columns
+        else T.NullType()
+    )
+    if not isinstance(price_type, T.NumericType):
+        # Text must be a decimal number: the cast also reads Java literals (19.99d, 19.99F).
+        price = F.when(price_text.rlike(_DECIMAL), price)
     order_text = F.lit(None).cast("string")
     if source.order_by:
         _check_evaluates(raw, source.order_by, "ingest.source.order_by", spec, source)
