@@ -103,6 +103,18 @@ def test_maintain_compacts_and_vacuums_the_existing_tables(
     assert unknown == 2
 
 
+def test_spark_error_lines_keep_the_first_line_of_a_java_trace_unless_debugging() -> None:
+    from jobs.core.logs import log4j2_config_file
+
+    def pattern(level: str) -> str:
+        text = log4j2_config_file(level).read_text()
+        return next(x for x in text.splitlines() if x.startswith("appender.console.layout.p"))
+
+    assert pattern("ERROR").endswith(": %m %ex{1}%n")  # the default: one line per error
+    assert pattern("WARN").endswith(": %m%n%ex")  # --log-level DEBUG: the whole trace
+
+
+@pytest.mark.slow  # a Spark run in a subprocess (about 18 s); the pattern is checked above
 def test_a_file_spark_cannot_read_fails_with_lines_a_person_can_read(tmp_path: Path) -> None:
     # Two CSV files whose headers differ: Spark's task fails, and its executor logs the error.
     overlay = tmp_path / "drift.yaml"

@@ -13,7 +13,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from jobs import cluster, evaluate
 from jobs.clustering.kmeans import pick_k, sklearn_tol
-from jobs.core.config import AppConfig, ClusterConfig, ConfigError, LakeConfig, load_config
+from jobs.core.config import (
+    AppConfig,
+    ClusterConfig,
+    ConfigError,
+    LakeConfig,
+    MlflowConfig,
+    load_config,
+)
 from jobs.core.errors import DataError
 from jobs.core.lake import Lake
 from jobs.core.tables import EMBEDDINGS, contract_of
@@ -38,6 +45,7 @@ def blob_lake(spark: SparkSession, tmp_path: Path) -> tuple[AppConfig, np.ndarra
         AppConfig(),
         lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
         cluster=ClusterConfig(k=K_TRUE, model_root=str(tmp_path / "models"), backend="cpu"),
+        mlflow=MlflowConfig(enabled=False),  # tracking: tests/test_mlflow.py
     )
     rows = [
         (
@@ -215,6 +223,7 @@ def test_fewer_distinct_points_than_k_reduces_k_and_records_what_was_fitted(
         AppConfig(),
         lake=LakeConfig(engine="delta-rs", root=str(tmp_path / "lake")),
         cluster=ClusterConfig(k=(2, 6), model_root=str(tmp_path / "models"), backend="cpu"),
+        mlflow=MlflowConfig(enabled=False),
     )
     vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     rows = [

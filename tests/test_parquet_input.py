@@ -244,12 +244,6 @@ def test_a_parquet_row_is_the_same_event_whatever_the_column_order_of_its_file(
     pq.write_table(reordered, folder / "b.parquet")
     again = ingest.run(spark, lake, config, run_id="r2")
     assert (again.input_rows, again.kept, again.duplicates_removed) == (1, 0, 1)
-    # A full run over both files agrees: one event, one duplicate, the same id.
-    (incremental_id,) = [r["event_id"] for r in lake.read("events").collect()]
-    full = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, mode="full"))
-    counts = ingest.run(spark, lake, full, run_id="r3")
-    assert (counts.input_rows, counts.kept, counts.duplicates_removed) == (2, 1, 1)
-    assert [r["event_id"] for r in lake.read("events").collect()] == [incremental_id]
 
 
 def test_a_folder_without_parquet_data_files_holds_no_records(
