@@ -137,7 +137,7 @@ def _start_e2e_connect_run() -> None:
 
 @pytest.fixture(scope="session")
 def e2e_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ...]:
-    """The whole pipeline once on 400 generated users, in this process's classic session on
+    """The whole pipeline once on 300 generated users, in this process's classic session on
     the delta-rs engine: ``(config, outcomes, table_lines)``.  tests/test_pipeline.py checks
     its accounting; tests/test_engines.py compares a Spark Connect run on delta-spark with it.
     When those tests are selected, the raw files are generated at collection and that run

@@ -48,7 +48,7 @@ def small_config(tmp_path: Path, formats: tuple[str, ...] = ("jsonl",)) -> AppCo
         base,
         generate=dataclasses.replace(
             base.generate,
-            n_users=400,
+            n_users=300,
             n_days=4,
             formats=formats,
             output_dir=str(raw),
