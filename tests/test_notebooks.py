@@ -162,10 +162,11 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def demo_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two cluster runs on 400 generated users: a k sweep {4, 6} through the whole pipeline
-    (evaluated, profiled), then a newer sweep {3, 5} on the same embeddings that was only
-    clustered, as when an engineer tries candidates before evaluating.  (A second evaluation
-    would add ~30 s on 2 cores; tests/test_explore.py covers multi-run comparisons.)"""
+    """Two cluster runs on ``small_config``'s generated users: a k sweep {4, 6} through the
+    whole pipeline (evaluated, profiled), then a newer sweep {3, 5} on the same embeddings
+    that was only clustered, as when an engineer tries candidates before evaluating.  (A
+    second evaluation would add ~30 s on 2 cores; tests/test_explore.py covers multi-run
+    comparisons.)"""
     root = tmp_path_factory.mktemp("notebook-lake")
     base = small_config(root)
     config = dataclasses.replace(
@@ -231,7 +232,8 @@ def test_analyst_notebook_runs_and_its_numbers_match_the_tables(
     # Segment sizes agree between Spark SQL, DuckDB, the profiles and the table itself.
     assert probe["sizes_spark"] == probe["sizes_duckdb"] == expected_sizes
     assert probe["profile_sizes"] == expected_sizes
-    assert sum(probe["sizes_duckdb"].values()) == len(run) == 400
+    users = small_config(demo_lake).generate.n_users  # every human user is clustered
+    assert sum(probe["sizes_duckdb"].values()) == len(run) == users
     assert probe["share_sum"] == pytest.approx(1.0)
     # Top categories: the same rows in both engines, shares consistent with the sequences.
     profiles = read(demo_lake, "cluster_profiles")
