@@ -58,13 +58,13 @@ _DECIMAL = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
 def _check_evaluates(
     raw: DataFrame, expression: str, setting: str, spec: InputSpec, source: SourceConfig
-) -> None:
-    """:class:`IngestError` naming ``setting`` when the Spark SQL ``expression`` cannot be
-    evaluated over the input's fields (a field the files do not have, a typo in a function),
-    before any row is read.  The schema is asked for, so that Spark Connect, which analyses
-    lazily, checks it here too."""
+) -> T.DataType:
+    """The type of the Spark SQL ``expression`` over the input's fields, or
+    :class:`IngestError` naming ``setting`` when it cannot be evaluated there (a field the files
+    do not have, a typo in a function), before any row is read.  The schema is asked for, so
+    that Spark Connect, which analyses lazily, checks it here too."""
     try:
-        raw.select(F.expr(expression)).schema  # noqa: B018 - analysing the plan is the check
+        return raw.select(F.expr(expression).alias("v")).schema["v"].dataType
     except AnalysisException as exc:  # also a ParseException
         raise IngestError(
             f"source {source.name!r}: {setting} {expression!r} cannot be evaluated over input "
@@ -112,8 +112,12 @@ def normalise(
         )
     # One row per event: an input with ``explode`` yields one per array element (.nested).
     raw = explode_records(raw, spec, max_record_bytes=source.max_record_bytes)
-    for column, expression in spec.columns.items():
-        _check_evaluates(raw, expression, f"ingest.source.inputs[].columns.{column}", spec, source)
+    types = {
+        column: _check_evaluates(
+            raw, expr, f"ingest.source.inputs[].columns.{column}", spec, source
+        )
+        for column, expr in spec.columns.items()
+    }
     null_values = [v.strip() for v in source.null_values]
 
     def text(expression: str) -> Column:
@@ -125,18 +129,13 @@ def normalise(
         for c in MAPPABLE_COLUMNS
         if c not in ("event_ts", "price")
     }
-    ts_type = raw.select(F.expr(spec.columns["event_ts"]).alias("t")).schema["t"].dataType
+    ts_type = types["event_ts"]
     ts_raw = F.expr(spec.columns["event_ts"])
     ts_text = text(spec.columns["event_ts"])
     event_ts = parse_timestamp(ts_raw, ts_text, ts_type, source)
     price_text = text(spec.columns["price"]) if "price" in spec.columns else F.lit(None)
     price = price_text.try_cast("double")
-    price_type = (
-        raw.select(F.expr(spec.columns["price"]).alias("p")).schema["p"].dataType
-        if "price" in spec.columns
-        else T.NullType()
-    )
-    if not isinstance(price_type, T.NumericType):
+    if not isinstance(types.get("price"), T.NumericType):
         # Text must be a decimal number: the cast also reads Java literals (19.99d, 19.99F).
         price = F.when(price_text.rlike(_DECIMAL), price)
     order_text = F.lit(None).cast("string")
