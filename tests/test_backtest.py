@@ -15,15 +15,18 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import roc_auc_score
 
+from jobs.clustering.kmeans import FEATURES
 from jobs.core.config import AppConfig, EvaluateConfig, SessionizeConfig
 from jobs.evaluation.backtest import EmbeddingSource, run_backtest
 from jobs.evaluation.future import FutureScores, future_metrics, grouped_auc, score_future
 from jobs.evaluation.methods import (
     ENCODED,
+    _kmeans_segments,
     aggregate_segments,
     encoded_histories,
     known_vectors,
     tfidf_features,
+    tfidf_matrix,
     tfidf_segments,
     tfidf_vocabulary,
 )
@@ -394,6 +397,50 @@ def test_the_tfidf_vocabulary_is_mllibs_in_a_fixed_order(spark: SparkSession) ->
         "a",
         "b",
     ]
+
+
+def test_the_driver_tfidf_is_mllibs_and_clusters_the_same(spark: SparkSession) -> None:
+    """Small data is weighted on the driver (tfidf_matrix); its rows must be MLlib's path's,
+    including a token in every document (IDF 0) and a row left without weight."""
+    bags = {
+        "u1": ["a", "a", "a", "b", "b"],
+        "u2": ["a", "b", "c"],
+        "u3": ["a", "c", "c", "c", "d"],
+        "u4": ["a", "x"],  # "a" weighs 0 and "x" is too rare: a zero row
+        "u5": ["a", "d", "d", "b"],
+        "u6": ["a", "c", "b", "b", "b", "b"],
+        "u7": ["a", "d", "c"],
+    }
+    units = spark.createDataFrame(
+        [
+            (uid, uid, [ev(i, f"i{i}", category=c) for i, c in enumerate(tokens)])
+            for uid, tokens in bags.items()
+        ],
+        f"id string, user_id string, events array<{EVENT}>",
+    )
+    config = EvaluateConfig(tfidf_min_df=2, tfidf_max_df=1.0)
+    edges = (20.0, 60.0, 200.0, 600.0)
+    features = tfidf_features(units, method="tfidf_baseline", config=config, edges=edges)
+    spark_rows = {r["id"]: r[FEATURES].toArray() for r in features.collect()}
+    ids = sorted(bags)
+    driver = tfidf_matrix([bags[i] for i in ids], config=config).toarray()
+    expected = np.array([spark_rows[i] for i in ids])
+    np.testing.assert_allclose(driver, expected, rtol=0, atol=1e-12)
+    # By hand: vocabulary a (9 occurrences), b (8), c (6), d (4); n = 7 documents; df a 7
+    # (IDF ln(8/8) = 0), b 4, d 3.  u5 (a, d, d, b): b 1 x ln(8/5), d (1 + ln 2) x ln(8/4), L2.
+    b, d = np.log(8 / 5), (1 + np.log(2)) * np.log(2)
+    expected_u5 = np.array([0.0, b, 0.0, d]) / np.hypot(b, d)
+    np.testing.assert_allclose(driver[ids.index("u5")], expected_u5, rtol=0, atol=1e-12)
+    assert not driver[ids.index("u4")].any()
+    norms = np.linalg.norm(np.delete(driver, ids.index("u4"), axis=0), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-12)
+    cluster = AppConfig().cluster
+    assertDataFrameEqual(
+        tfidf_segments(
+            units, method="tfidf_baseline", k=2, config=config, cluster=cluster, edges=edges
+        ),
+        _kmeans_segments(features, k=2, cluster=cluster),
+    )
 
 
 # ------------------------------------------------------------------------ known answers

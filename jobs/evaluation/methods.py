@@ -23,11 +23,13 @@ A method that cannot be fitted on the data raises :class:`NotApplicable` with th
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.clustering.kmeans import (
@@ -84,7 +86,6 @@ def _driver_segments(features: DataFrame, *, k: int, cluster: ClusterConfig) -> 
     """:func:`_kmeans_segments` on the driver, or None when the rows exceed
     ``cluster.init_sample`` (one bounded fetch decides: at most that many rows plus one)."""
     import numpy as np
-    import pyarrow as pa
 
     # One job whatever the size: on small data it is the whole input; on data larger than the
     # bound it is a bounded fetch thrown away before the Spark fit (small next to its passes).
@@ -97,8 +98,14 @@ def _driver_segments(features: DataFrame, *, k: int, cluster: ClusterConfig) -> 
         raise NotApplicable(str(reason)) from None
     if len(np.unique(labels)) < 2:
         raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
-    segments = pa.table({"id": table.column("id"), SEGMENT: pa.array(labels, pa.int32())})
-    return features.sparkSession.createDataFrame(segments)
+    return _labelled(features.sparkSession, table.column("id"), labels)
+
+
+def _labelled(spark: SparkSession, ids: Any, labels: Any) -> DataFrame:
+    """``id``, ``segment`` from the driver's ids and K-Means labels (a local relation)."""
+    import pyarrow as pa
+
+    return spark.createDataFrame(pa.table({"id": ids, SEGMENT: pa.array(labels, pa.int32())}))
 
 
 #: Column of :func:`encoded_histories`: true where the vector was encoded by this call.
@@ -262,9 +269,72 @@ def tfidf_segments(
     cluster: ClusterConfig,
     edges: tuple[float, ...],
 ) -> DataFrame:
-    """``id``, ``segment`` of a TF-IDF baseline (:func:`tfidf_features`, then K-Means)."""
+    """``id``, ``segment`` of a TF-IDF baseline (:func:`tfidf_features`, then K-Means).
+
+    Units that fit ``cluster.init_sample`` (K-Means then runs on the driver anyway) are
+    weighted on the driver too (:func:`tfidf_matrix`, the same numbers): one Arrow fetch of
+    their token bags instead of the vocabulary, count, IDF and Python UDF jobs on Spark."""
+    if cluster.algorithm == "kmeans":
+        column = dict(TFIDF_BASELINES)[method]
+        bags = token_bags(units, edges=edges).select("id", column)
+        table = bags.limit(cluster.init_sample + 1).toArrow()
+        if table.num_rows <= cluster.init_sample:
+            matrix = tfidf_matrix(table.column(column).to_pylist(), config=config)
+            try:
+                labels, _ = fit_on_driver(matrix, k=k, config=cluster)
+            except SingleCluster as reason:
+                raise NotApplicable(str(reason)) from None
+            if len(set(labels.tolist())) < 2:
+                raise NotApplicable("K-Means found a single cluster (all histories coincide)")
+            return _labelled(units.sparkSession, table.column("id"), labels)
     features = tfidf_features(units, method=method, config=config, edges=edges)
     return _kmeans_segments(features, k=k, cluster=cluster)
+
+
+def tfidf_matrix(bags: list[list[str]], *, config: EvaluateConfig) -> Any:
+    """The rows of :func:`tfidf_features` for token ``bags`` (one list per document) computed
+    on the driver: an ``(n, vocabulary)`` float64 CSR matrix, columns in
+    :func:`tfidf_vocabulary`'s order.  The same rules and formulas as MLlib's path: sublinear
+    term frequency ``1 + ln tf``, MLlib's IDF ``ln((n + 1) / (df + 1))`` (not scikit-learn's
+    ``ln((1 + n) / (1 + df)) + 1``), L2 rows (a row without a vocabulary token stays zero).
+    :class:`NotApplicable` when no token survives the document-frequency bounds.
+
+    Counting is scikit-learn's ``CountVectorizer`` on the given vocabulary; the vocabulary
+    rule (its order and cap) is the project's own (:func:`tfidf_vocabulary` says why)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    total: Counter[str] = Counter()
+    containing: Counter[str] = Counter()
+    for bag in bags:
+        total.update(bag)
+        containing.update(set(bag))
+    docs = float(len(bags))
+    kept = [
+        t
+        for t, df in containing.items()
+        if df >= float(config.tfidf_min_df) and df <= float(config.tfidf_max_df) * docs
+    ]
+    vocabulary = sorted(kept, key=lambda t: (-total[t], t))[: config.tfidf_vocab_size]
+    if not vocabulary:
+        raise NotApplicable(
+            f"no token occurs in at least {config.tfidf_min_df:g} and at most "
+            f"{config.tfidf_max_df:.0%} of the histories"
+        )
+    counter = CountVectorizer(analyzer=_tokens_as_given, vocabulary=vocabulary)
+    matrix = counter.transform(bags).astype(np.float64).tocsr()
+    matrix.sort_indices()
+    matrix.data = 1.0 + np.log(matrix.data)
+    df = np.bincount(matrix.indices, minlength=len(vocabulary))
+    matrix.data *= np.log((docs + 1.0) / (df + 1.0))[matrix.indices]
+    matrix.eliminate_zeros()  # a token in every document weighs 0
+    return normalize(matrix, norm="l2", copy=False)
+
+
+def _tokens_as_given(bag: list[str]) -> list[str]:
+    """A document that is already its list of tokens (``CountVectorizer``'s analyzer)."""
+    return bag
 
 
 def aggregate_features(units: DataFrame, *, top_categories: int) -> DataFrame:
