@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     same_tol = sklearn_tol(points64, args.tol)
 
     settings = ClusterConfig(k=args.k, max_iter=args.max_iter, tol=args.tol, seed=args.seed)
-    estimator = kmeans_estimator("cpu", args.k, settings)
+    # As the cluster stage builds it: the stage has counted its rows once for every k.
+    estimator = kmeans_estimator("cpu", args.k, settings, rows=rows)
 
     def fit_mllib():
         return KMeans(

@@ -104,11 +104,14 @@ def pick_k(sweep: list[tuple[int, float, float]], criterion: str) -> int:
 # ==================================================================== fitting
 
 
-def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
+def kmeans_estimator(
+    backend: str, k: int, config: ClusterConfig, *, rows: int | None = None
+) -> Any:
     """An unfitted K-Means of ``backend`` and ``config.algorithm`` (``bisecting_kmeans``:
     MLlib's ``BisectingKMeans`` on :data:`FEATURES`, whatever the backend; ``gpu``:
     spark-rapids-ml on the array column; ``cpu``: :class:`SampledStartKMeans` on
-    :data:`FEATURES`) predicting :data:`PREDICTION`."""
+    :data:`FEATURES`) predicting :data:`PREDICTION`.  ``rows``: the row count of the data it
+    will fit, when the caller has counted it (the CPU path then does not count again)."""
     if config.algorithm == "bisecting_kmeans":
         from pyspark.ml.clustering import BisectingKMeans
 
@@ -127,7 +130,7 @@ def kmeans_estimator(backend: str, k: int, config: ClusterConfig) -> Any:
             .setFeaturesCol("embedding")
             .setPredictionCol(PREDICTION)
         )
-    return SampledStartKMeans(k=k, config=config)
+    return SampledStartKMeans(k=k, config=config, rows=rows)
 
 
 class SingleCluster(DataError):
@@ -178,9 +181,11 @@ class SampledStartKMeans:
     Nothing but the bounded sample reaches the driver: O(n k d) per pass, as MLlib's Lloyd.
     """
 
-    def __init__(self, *, k: int, config: ClusterConfig) -> None:
+    def __init__(self, *, k: int, config: ClusterConfig, rows: int | None = None) -> None:
         self.k = k
         self.config = config
+        #: Rows of the data ``fit`` gets, when the caller counted them (else ``fit`` counts).
+        self.rows = rows
         self.last_start: StartReport | None = None
 
     def fit(self, features: DataFrame) -> Any:
@@ -192,7 +197,7 @@ class SampledStartKMeans:
         from pyspark.ml.stat import Summarizer
 
         cfg = self.config
-        total = features.count()
+        total = features.count() if self.rows is None else self.rows
         vectors = features.select(FEATURES)
         if total > cfg.init_sample:
             fraction = min(1.0, 1.2 * cfg.init_sample / total)
