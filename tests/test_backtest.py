@@ -18,17 +18,17 @@ from sklearn.metrics import roc_auc_score
 from jobs.clustering.kmeans import FEATURES
 from jobs.core.config import AppConfig, EvaluateConfig, SessionizeConfig
 from jobs.evaluation.backtest import EmbeddingSource, run_backtest
+from jobs.evaluation.baselines import tfidf_features, tfidf_matrix, tfidf_vocabulary
 from jobs.evaluation.future import FutureScores, future_metrics, grouped_auc, score_future
 from jobs.evaluation.methods import (
     ENCODED,
     _kmeans_segments,
+    aggregate_features,
+    aggregate_matrix,
     aggregate_segments,
     encoded_histories,
     known_vectors,
-    tfidf_features,
-    tfidf_matrix,
     tfidf_segments,
-    tfidf_vocabulary,
 )
 from jobs.evaluation.protocol import (
     choose_protocol,
@@ -441,6 +441,47 @@ def test_the_driver_tfidf_is_mllibs_and_clusters_the_same(spark: SparkSession) -
         ),
         _kmeans_segments(features, k=2, cluster=cluster),
     )
+
+
+def test_the_driver_aggregate_baseline_is_mllibs_scaling_and_clusters_the_same(
+    spark: SparkSession,
+) -> None:
+    """Small data is standardised on the driver (aggregate_matrix): the same figures as
+    VectorAssembler + StandardScaler (sample deviation, a constant figure scaled to 0)."""
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
+    history, _ = _history_and_targets(_shop(spark), EvaluateConfig(holdout_days=1.0))
+    history = history.cache()
+    config = EvaluateConfig()
+    figures = aggregate_features(history, top_categories=config.aggregate_top_categories)
+    columns = [c for c in figures.columns if c != "id"]
+    assembled = VectorAssembler(inputCols=columns, outputCol="raw").transform(figures)
+    scaler = StandardScaler(inputCol="raw", outputCol="scaled", withMean=True, withStd=True)
+    by_spark = {
+        r["id"]: r["scaled"].toArray()
+        for r in scaler.fit(assembled).transform(assembled).select("id", "scaled").collect()
+    }
+    local = aggregate_matrix(history, config=config, at_most=1_000)
+    assert local is not None
+    ids, matrix = local
+    expected = np.array([by_spark[i] for i in ids.to_pylist()])
+    assert matrix.shape == expected.shape and matrix.shape[1] == len(columns)
+    np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-9)
+    # A figure every unit shares scales to 0 on both paths, also where NumPy's mean of the
+    # equal values is an ulp off them (log_revenue here; no searches in this shop).
+    for constant in ("log_sessions", "log_revenue", "share_search"):
+        assert not matrix[:, columns.index(constant)].any()
+    # Too many rows for the bound: the caller takes the Spark path.
+    assert aggregate_matrix(history, config=config, at_most=len(by_spark) - 1) is None
+    cluster = AppConfig().cluster
+    scaled = (
+        scaler.fit(assembled).transform(assembled).select("id", F.col("scaled").alias(FEATURES))
+    )
+    assertDataFrameEqual(
+        aggregate_segments(history, k=3, config=config, cluster=cluster),
+        _kmeans_segments(scaled, k=3, cluster=cluster),
+    )
+    history.unpersist()
 
 
 # ------------------------------------------------------------------------ known answers

@@ -4,7 +4,7 @@
   Davies-Bouldin, silhouettes, size balance) from per-cluster aggregates;
 * :mod:`~jobs.evaluation.external`: contingency tables and ARI / NMI / purity against labels;
 * :mod:`~jobs.evaluation.stability`: seed-refit agreement and per-segment bootstrap Jaccard;
-* :mod:`~jobs.evaluation.baselines`: the TF-IDF baselines' token bags;
+* :mod:`~jobs.evaluation.baselines`: the TF-IDF baselines' token bags and weights;
 * :mod:`~jobs.evaluation.protocol`: the leakage-free split into history and future;
 * :mod:`~jobs.evaluation.methods`: every method, fitted on history only;
 * :mod:`~jobs.evaluation.future`: future-behaviour metrics with bootstrap intervals;

@@ -23,13 +23,11 @@ A method that cannot be fitted on the data raises :class:`NotApplicable` with th
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.clustering.kmeans import (
@@ -43,7 +41,13 @@ from jobs.clustering.kmeans import (
 from jobs.clustering.sample import vectors_from_arrow
 from jobs.core.config import AppConfig, ClusterConfig, EncoderConfig, EvaluateConfig
 from jobs.core.metrics import METHODS
-from jobs.evaluation.baselines import TFIDF_BASELINES, token_bags
+from jobs.evaluation.baselines import (
+    TFIDF_BASELINES,
+    NotApplicable,
+    tfidf_features,
+    tfidf_matrix,
+    token_bags,
+)
 from jobs.sequences.rendering import content_hash, render_sequences
 
 log = logging.getLogger(__name__)
@@ -52,10 +56,6 @@ SEGMENT = "segment"
 EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase", "search")
 #: Method names, in the order the metrics table knows them.
 PROTOCOL_METHODS = METHODS
-
-
-class NotApplicable(Exception):
-    """A method or metric that cannot be computed on this data; the message says why."""
 
 
 def _kmeans_segments(
@@ -85,26 +85,30 @@ def _kmeans_segments(
 def _driver_segments(features: DataFrame, *, k: int, cluster: ClusterConfig) -> DataFrame | None:
     """:func:`_kmeans_segments` on the driver, or None when the rows exceed
     ``cluster.init_sample`` (one bounded fetch decides: at most that many rows plus one)."""
-    import numpy as np
-
     # One job whatever the size: on small data it is the whole input; on data larger than the
     # bound it is a bounded fetch thrown away before the Spark fit (small next to its passes).
     table = features.select("id", FEATURES).limit(cluster.init_sample + 1).toArrow()
     if table.num_rows > cluster.init_sample:
         return None
+    matrix = vectors_from_arrow(table.column(FEATURES))
+    return _fit_labelled(features.sparkSession, table.column("id"), matrix, k=k, cluster=cluster)
+
+
+def _fit_labelled(
+    spark: SparkSession, ids: Any, matrix: Any, *, k: int, cluster: ClusterConfig
+) -> DataFrame:
+    """``id``, ``segment`` (a local relation) of :func:`jobs.clustering.kmeans.fit_on_driver`
+    on ``matrix`` (rows in the order of the Arrow array ``ids``); :class:`NotApplicable` when
+    the rows hold a single distinct point or K-Means finds a single cluster."""
+    import numpy as np
+    import pyarrow as pa
+
     try:
-        labels, _ = fit_on_driver(vectors_from_arrow(table.column(FEATURES)), k=k, config=cluster)
+        labels, _ = fit_on_driver(matrix, k=k, config=cluster)
     except SingleCluster as reason:
         raise NotApplicable(str(reason)) from None
     if len(np.unique(labels)) < 2:
         raise NotApplicable("K-Means found a single cluster (all history vectors coincide)")
-    return _labelled(features.sparkSession, table.column("id"), labels)
-
-
-def _labelled(spark: SparkSession, ids: Any, labels: Any) -> DataFrame:
-    """``id``, ``segment`` from the driver's ids and K-Means labels (a local relation)."""
-    import pyarrow as pa
-
     return spark.createDataFrame(pa.table({"id": ids, SEGMENT: pa.array(labels, pa.int32())}))
 
 
@@ -180,86 +184,6 @@ def embedding_segments(vectors: DataFrame, *, k: int, cluster: ClusterConfig) ->
     return _kmeans_segments(vectors.transform(with_features), k=k, cluster=cluster)
 
 
-def tfidf_features(
-    units: DataFrame, *, method: str, config: EvaluateConfig, edges: tuple[float, ...]
-) -> DataFrame:
-    """``id`` and :data:`FEATURES`: L2-normalised TF-IDF of the method's tokens, with sublinear
-    term frequency (1 + log tf, Manning et al., *Introduction to IR*, 6.4.1) and the vocabulary
-    bounded by document frequency (``tfidf_min_df`` documents to ``tfidf_max_df`` of them) and
-    capped at ``tfidf_vocab_size``.  :class:`NotApplicable` when no token survives."""
-    from pyspark.ml.feature import IDF, CountVectorizerModel, Normalizer
-
-    column = dict(TFIDF_BASELINES)[method]
-    # Read by the vocabulary's pass and again by the transform: built once.
-    bags = token_bags(units, edges=edges).select("id", column).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        vocabulary = tfidf_vocabulary(bags, column=column, config=config)
-        size = len(vocabulary)
-        if size == 0:
-            raise NotApplicable(
-                f"no token occurs in at least {config.tfidf_min_df:g} and at most "
-                f"{config.tfidf_max_df:.0%} of the histories"
-            )
-        if size >= config.tfidf_vocab_size:
-            log.info("%s: vocabulary capped at evaluate.tfidf_vocab_size=%d", method, size)
-        counter = CountVectorizerModel.from_vocabulary(
-            vocabulary, inputCol=column, outputCol="__tf"
-        )
-        counts = counter.transform(bags)
-        # Materialised: MLlib's fits read their input as an RDD, where a Python UDF cannot run.
-        sublinear = counts.withColumn("__tf", _sublinear_tf(F.col("__tf"))).localCheckpoint()
-    finally:
-        bags.unpersist()
-    idf = IDF(inputCol="__tf", outputCol="__tfidf").fit(sublinear)
-    weighted = idf.transform(sublinear)
-    normal = Normalizer(inputCol="__tfidf", outputCol=FEATURES, p=2.0).transform(weighted)
-    return normal.select("id", FEATURES)
-
-
-def tfidf_vocabulary(bags: DataFrame, *, column: str, config: EvaluateConfig) -> list[str]:
-    """The vocabulary of the token arrays in ``column`` of ``bags`` (one row per document),
-    as MLlib's ``CountVectorizer`` selects it: tokens in at least ``tfidf_min_df`` documents (a
-    count) and at most ``tfidf_max_df`` of them (a share in (0, 1], as the config loader
-    checks: 1.0 keeps a token that is in every document, where ``CountVectorizer``'s
-    ``maxDF=1.0`` would mean one document), the ``tfidf_vocab_size`` most frequent by total
-    count.  In that order, ties by token, so the same tokens get the same columns on every run.
-
-    Computed here rather than by ``CountVectorizer.fit``: its vocabulary comes out in the order
-    the shuffle blocks arrive (and which tokens tie at the cap is as arbitrary), the feature
-    columns follow it, and a baseline's K-Means start depends on them, so the same data could
-    give another baseline segmentation from run to run.  One Spark job instead of its five.
-    """
-    occurrences = bags.select(F.explode(column).alias("t")).groupBy("t").count()
-    containing = bags.select(F.explode(F.array_distinct(column)).alias("t")).groupBy("t").count()
-    per_token = occurrences.withColumnRenamed("count", "tf").join(
-        containing.withColumnRenamed("count", "df"), "t"
-    )
-    documents = bags.agg(F.count(F.lit(1)).cast("double").alias("__docs"))
-
-    kept = per_token.crossJoin(documents).where(
-        (F.col("df") >= F.lit(float(config.tfidf_min_df)))
-        & (F.col("df") <= F.lit(float(config.tfidf_max_df)) * F.col("__docs"))
-    )
-    rows = kept.orderBy(F.desc("tf"), "t").limit(config.tfidf_vocab_size).select("t").collect()
-    return [r["t"] for r in rows]
-
-
-def _sublinear_tf(counts: Column) -> Column:
-    """``1 + log(tf)`` of each non-zero count of a sparse count vector.
-
-    Written here because MLlib has no element-wise function on vectors, and going through
-    ``vector_to_array`` would make each row as wide as the vocabulary; this Python UDF touches
-    only the non-zero entries.
-    """
-    import numpy as np
-    from pyspark.ml.linalg import SparseVector, VectorUDT
-
-    def sublinear(v: SparseVector) -> SparseVector:
-        return SparseVector(v.size, v.indices, 1.0 + np.log(v.values))
-
-    return F.udf(sublinear, VectorUDT())(counts)
-
-
 def tfidf_segments(
     units: DataFrame,
     *,
@@ -280,61 +204,11 @@ def tfidf_segments(
         table = bags.limit(cluster.init_sample + 1).toArrow()
         if table.num_rows <= cluster.init_sample:
             matrix = tfidf_matrix(table.column(column).to_pylist(), config=config)
-            try:
-                labels, _ = fit_on_driver(matrix, k=k, config=cluster)
-            except SingleCluster as reason:
-                raise NotApplicable(str(reason)) from None
-            if len(set(labels.tolist())) < 2:
-                raise NotApplicable("K-Means found a single cluster (all histories coincide)")
-            return _labelled(units.sparkSession, table.column("id"), labels)
+            return _fit_labelled(
+                units.sparkSession, table.column("id"), matrix, k=k, cluster=cluster
+            )
     features = tfidf_features(units, method=method, config=config, edges=edges)
     return _kmeans_segments(features, k=k, cluster=cluster)
-
-
-def tfidf_matrix(bags: list[list[str]], *, config: EvaluateConfig) -> Any:
-    """The rows of :func:`tfidf_features` for token ``bags`` (one list per document) computed
-    on the driver: an ``(n, vocabulary)`` float64 CSR matrix, columns in
-    :func:`tfidf_vocabulary`'s order.  The same rules and formulas as MLlib's path: sublinear
-    term frequency ``1 + ln tf``, MLlib's IDF ``ln((n + 1) / (df + 1))`` (not scikit-learn's
-    ``ln((1 + n) / (1 + df)) + 1``), L2 rows (a row without a vocabulary token stays zero).
-    :class:`NotApplicable` when no token survives the document-frequency bounds.
-
-    Counting is scikit-learn's ``CountVectorizer`` on the given vocabulary; the vocabulary
-    rule (its order and cap) is the project's own (:func:`tfidf_vocabulary` says why)."""
-    import numpy as np
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.preprocessing import normalize
-
-    total: Counter[str] = Counter()
-    containing: Counter[str] = Counter()
-    for bag in bags:
-        total.update(bag)
-        containing.update(set(bag))
-    docs = float(len(bags))
-    kept = [
-        t
-        for t, df in containing.items()
-        if df >= float(config.tfidf_min_df) and df <= float(config.tfidf_max_df) * docs
-    ]
-    vocabulary = sorted(kept, key=lambda t: (-total[t], t))[: config.tfidf_vocab_size]
-    if not vocabulary:
-        raise NotApplicable(
-            f"no token occurs in at least {config.tfidf_min_df:g} and at most "
-            f"{config.tfidf_max_df:.0%} of the histories"
-        )
-    counter = CountVectorizer(analyzer=_tokens_as_given, vocabulary=vocabulary)
-    matrix = counter.transform(bags).astype(np.float64).tocsr()
-    matrix.sort_indices()
-    matrix.data = 1.0 + np.log(matrix.data)
-    df = np.bincount(matrix.indices, minlength=len(vocabulary))
-    matrix.data *= np.log((docs + 1.0) / (df + 1.0))[matrix.indices]
-    matrix.eliminate_zeros()  # a token in every document weighs 0
-    return normalize(matrix, norm="l2", copy=False)
-
-
-def _tokens_as_given(bag: list[str]) -> list[str]:
-    """A document that is already its list of tokens (``CountVectorizer``'s analyzer)."""
-    return bag
 
 
 def aggregate_features(units: DataFrame, *, top_categories: int) -> DataFrame:
@@ -343,6 +217,16 @@ def aggregate_features(units: DataFrame, *, top_categories: int) -> DataFrame:
     ``log_sessions`` (frequency), ``log_revenue`` (monetary: purchase prices), the share of each
     event type and of each of the ``top_categories`` most frequent history categories (the
     classic RFM figures plus behaviour mix; Hughes, *Strategic Database Marketing*, 1994)."""
+    per_unit = _unit_figures(units, top_categories=top_categories)
+    last = per_unit.agg(F.max(F.unix_micros("__last"))).first()[0]  # type: ignore[index]
+    return per_unit.withColumn("recency_days", _recency_days(F.unix_micros("__last"), last)).drop(
+        "__last"
+    )
+
+
+def _unit_figures(units: DataFrame, *, top_categories: int) -> DataFrame:
+    """:func:`aggregate_features` with ``__last`` (the unit's last event time) in place of
+    ``recency_days``; finding the top categories is a Spark job."""
     events = units.select("id", F.explode("events").alias("e"))
     has_session = "session_id" in units.schema["events"].dataType.elementType.names  # type: ignore[attr-defined]
     top = [
@@ -373,25 +257,73 @@ def aggregate_features(units: DataFrame, *, top_categories: int) -> DataFrame:
             for i, c in enumerate(top)
         ],
     ]
-    per_unit = events.groupBy("id").agg(*figures)
-    last = events.agg(F.max(F.unix_micros("e.ts"))).first()[0]  # type: ignore[index]
-    recency = (F.lit(last) - F.unix_micros("__last")) / F.lit(86_400_000_000.0)
-    return per_unit.withColumn("recency_days", recency).drop("__last")
+    return events.groupBy("id").agg(*figures)
+
+
+def _recency_days(last_of_unit: Any, last_of_all: Any) -> Any:
+    """Days from a unit's last history event to the last of all (both in epoch microseconds;
+    Spark columns or NumPy arrays alike)."""
+    return (last_of_all - last_of_unit) / 86_400_000_000.0
 
 
 def aggregate_segments(
     units: DataFrame, *, k: int, config: EvaluateConfig, cluster: ClusterConfig
 ) -> DataFrame:
     """``id``, ``segment`` of ``aggregate_baseline``: :func:`aggregate_features`, standardised
-    (zero mean, unit variance: ``pyspark.ml.feature.StandardScaler``), K-Means."""
+    (zero mean, unit variance: ``pyspark.ml.feature.StandardScaler``), K-Means.  Units that fit
+    ``cluster.init_sample`` are scaled and clustered on the driver (:func:`aggregate_matrix`,
+    the same numbers): no scaler job, no job for the last event time."""
     from pyspark.ml.feature import StandardScaler, VectorAssembler
 
+    if cluster.algorithm == "kmeans":
+        local = aggregate_matrix(units, config=config, at_most=cluster.init_sample)
+        if local is not None:
+            ids, matrix = local
+            return _fit_labelled(units.sparkSession, ids, matrix, k=k, cluster=cluster)
     figures = aggregate_features(units, top_categories=config.aggregate_top_categories)
     columns = [c for c in figures.columns if c != "id"]
     assembled = VectorAssembler(inputCols=columns, outputCol="__raw").transform(figures)
     scaler = StandardScaler(inputCol="__raw", outputCol=FEATURES, withMean=True, withStd=True)
     scaled = scaler.fit(assembled).transform(assembled)
     return _kmeans_segments(scaled.select("id", FEATURES), k=k, cluster=cluster)
+
+
+def aggregate_matrix(
+    units: DataFrame, *, config: EvaluateConfig, at_most: int
+) -> tuple[Any, Any] | None:
+    """``(ids, matrix)``: the ``id`` column (Arrow) and the standardised figures of
+    :func:`aggregate_segments` ((n, figures) float64, columns in :func:`aggregate_features`'
+    order), computed on the driver from one bounded Arrow fetch; None when ``units`` hold more
+    than ``at_most`` rows.
+
+    The same numbers as the Spark path: the overall last event is the largest of the units'
+    (no job of its own), and each figure is standardised as MLlib's ``StandardScaler`` with
+    ``withMean`` and ``withStd`` does it: minus the mean, times 1 / the sample standard deviation
+    (n - 1), 0 for a constant figure (whose deviation is 0)."""
+    import numpy as np
+
+    per_unit = _unit_figures(units, top_categories=config.aggregate_top_categories)
+    table = per_unit.withColumn("__last", F.unix_micros("__last")).limit(at_most + 1).toArrow()
+    if table.num_rows > at_most:
+        return None
+    names = [c for c in table.column_names if c not in ("id", "__last")]
+    columns = [table.column(c).to_numpy().astype(np.float64) for c in names]
+    last = table.column("__last").to_numpy()
+    if table.num_rows:
+        columns.append(_recency_days(last, int(last.max())))
+    else:
+        columns.append(np.zeros(0))
+    raw = np.column_stack(columns)
+    n = raw.shape[0]
+    mean = raw.mean(axis=0) if n else np.zeros(raw.shape[1])
+    std = np.zeros(raw.shape[1])
+    if n > 1:
+        std = raw.std(axis=0, ddof=1)
+        # A constant figure's deviation is 0 exactly, as MLlib's online summary gets it; NumPy's
+        # mean of equal values can be an ulp off, which a scale of 1 / 1e-16 would blow up.
+        std[np.ptp(raw, axis=0) == 0] = 0.0
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std != 0)
+    return table.column("id"), (raw - mean) * scale
 
 
 def random_segments(units: DataFrame, *, k: int, seed: int) -> DataFrame:
