@@ -19,7 +19,13 @@ from jobs.clustering.kmeans import FEATURES
 from jobs.core.config import AppConfig, EvaluateConfig, SessionizeConfig
 from jobs.evaluation.backtest import EmbeddingSource, run_backtest
 from jobs.evaluation.baselines import tfidf_features, tfidf_matrix, tfidf_vocabulary
-from jobs.evaluation.future import FutureScores, future_metrics, grouped_auc, score_future
+from jobs.evaluation.future import (
+    FutureScores,
+    _score_on_driver,
+    future_metrics,
+    grouped_auc,
+    score_future,
+)
 from jobs.evaluation.methods import (
     ENCODED,
     _kmeans_segments,
@@ -52,7 +58,7 @@ SESSION = (
 T0 = datetime(2024, 3, 1, 10, 0, 0)
 
 
-def ev(minute: float, item: str, category: str = "c", kind: str = "view") -> tuple:
+def ev(minute: float, item: str, category: str | None = "c", kind: str = "view") -> tuple:
     return (T0 + timedelta(minutes=minute), kind, item, category, None, 10.0)
 
 
@@ -244,6 +250,9 @@ def test_future_scores_hand_computed(spark: SparkSession) -> None:
         "method string, id string, segment int",
     )
     scores = score_future(segments, history, targets, buckets=1)
+    # The driver's path (small data) gives the same sums and tables.
+    local = score_future(segments, history, targets, buckets=1, local_rows=10)
+    _assert_same_scores(local, scores)
     n, hits, ndcg, _, _ = scores.per_bucket["m"][0]
     # top 20 of segment 0: A (3), B (1); of segment 1: C.  u1: B at rank 2 -> hit, DCG 1/log2(3),
     # ideal DCG over 2 items 1 + 1/log2(3); u2: C not in segment 0 -> miss; u3: C at rank 1.
@@ -264,6 +273,51 @@ def test_future_scores_hand_computed(spark: SparkSession) -> None:
     )
     for values in metrics.values():
         assert all(np.isfinite(v) for v in values.values())
+
+
+def _assert_same_scores(local: FutureScores, spark_side: FutureScores) -> None:
+    assert local.history_categories == spark_side.history_categories
+    assert sorted(local.per_bucket) == sorted(spark_side.per_bucket)
+    for method, table in spark_side.per_bucket.items():
+        np.testing.assert_allclose(local.per_bucket[method], table, rtol=1e-12, atol=1e-12)
+    assert {m: sorted(t) for m, t in local.auc_tables.items()} == {
+        m: sorted(t) for m, t in spark_side.auc_tables.items()
+    }
+
+
+def test_future_scores_on_the_driver_are_sparks(spark: SparkSession) -> None:
+    """Random shop with more than 10 categories (the category metric applies), ties in
+    popularity, units without future or without history, null categories: both paths agree."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(80):
+        for day in range(int(rng.integers(1, 5))):
+            events = [
+                ev(
+                    day * 1440 + u * 3 + i,
+                    f"i{int(rng.integers(0, 30))}",
+                    category=None if rng.random() < 0.05 else f"c{int(rng.integers(0, 14))}",
+                    kind="purchase" if rng.random() < 0.1 else "view",
+                )
+                for i in range(int(rng.integers(1, 6)))
+            ]
+            rows.append((f"u{u:02d}-{day}", f"u{u:02d}", events))
+    history, targets = _history_and_targets(sessions_frame(spark, rows), EvaluateConfig())
+    history, targets = history.cache(), targets.cache()
+    ids = [r["id"] for r in history.select("id").collect()]
+    segments = spark.createDataFrame(
+        [(m, i, int(rng.integers(0, 4))) for m in ("a", "b", "embedding") for i in ids],
+        "method string, id string, segment int",
+    )
+    spark_side = score_future(segments, history, targets, buckets=7)
+    assert spark_side.history_categories > 10  # the category branch runs
+    _assert_same_scores(
+        score_future(segments, history, targets, buckets=7, local_rows=1_000), spark_side
+    )
+    # More units than the bound: the Spark path, whatever local_rows says.
+    assert _score_on_driver(segments, history, targets, buckets=7, at_most=len(ids) - 1) is None
+    history.unpersist()
+    targets.unpersist()
 
 
 def test_bootstrap_intervals_cover_the_estimate_and_pair_methods() -> None:

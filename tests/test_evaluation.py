@@ -96,7 +96,7 @@ def test_evaluate_queries_never_window_over_the_whole_table(spark: SparkSession)
     )
     split = split_events(sessions, protocol="session_suffix", unit="user", config=EvaluateConfig())
     segments = spark.createDataFrame([], "method string, id string, segment int")
-    values = spark.createDataFrame([], "id string, value string")
+    values = spark.createDataFrame([], "id string, value string, events long")
     plans = {
         "profiles": cluster_profiles(assignments, sequences, sessions),
         "history_units": history_units(split, unit="user", sessionize=SessionizeConfig()),

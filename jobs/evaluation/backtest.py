@@ -188,7 +188,14 @@ def _run(
         all_segments = fitted[0]
         for more in fitted[1:]:
             all_segments = all_segments.unionByName(more)
-        scores = score_future(all_segments, history, targets, buckets=BOOTSTRAP_BUCKETS)
+        # Units that fit the driver's bound are scored there (the same numbers, no shuffle).
+        scores = score_future(
+            all_segments,
+            history,
+            targets,
+            buckets=BOOTSTRAP_BUCKETS,
+            local_rows=config.cluster.init_sample,
+        )
         scores = FutureScores(
             scores.per_bucket, scores.auc_tables, scores.history_categories, skipped
         )

@@ -17,7 +17,9 @@ unit (history and at least one future item) is then measured against its own seg
 Intervals are percentile bootstraps over units (Efron & Tibshirani, 1993): units are hashed into
 at most ``buckets`` buckets, Spark reduces each (method, bucket) to sums, and the resampling runs
 on those small arrays, the same bucket draws for every method, so differences between methods are
-paired.  Everything in Spark is O(units x methods); nothing pairwise.
+paired.  Everything in Spark is O(units x methods); nothing pairwise.  Backtests whose units fit
+``cluster.init_sample`` are scored on the driver with pandas instead (the same sums; no
+shuffle), as the K-Means refits of small data are.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -64,12 +68,12 @@ def _ranked_hits(
 ) -> DataFrame:
     """``method``, ``id``, ``hit`` (0/1), ``ndcg``: each unit's future values against its
     segment's ``top`` most popular history values.  ``segments``: method, id, segment;
-    ``history_values``: id, value (one row per history event); ``future_values``: id, value
-    (distinct)."""
+    ``history_values``: id, value, ``events`` (how many of the unit's history events have the
+    value; one row per unit and value); ``future_values``: id, value (distinct)."""
     popular = (
         history_values.join(segments, "id")
         .groupBy("method", SEGMENT, "value")
-        .agg(F.count(F.lit(1)).alias("__n"))
+        .agg(F.sum("events").alias("__n"))
         .withColumn(
             "rank",
             F.row_number().over(
@@ -97,21 +101,34 @@ def score_future(
     targets: DataFrame,
     *,
     buckets: int,
+    local_rows: int = 0,
 ) -> FutureScores:
     """Measure every method's segments against the future.
 
     ``segments``: ``method``, ``id``, ``segment`` (history units only); ``history``: ``id``,
     ``events`` (:func:`jobs.evaluation.protocol.history_units`); ``targets``: ``id``,
     ``future_items``, ``future_categories``, ``future_purchase``
-    (:func:`jobs.evaluation.protocol.future_targets`).  Runs three Spark jobs.
+    (:func:`jobs.evaluation.protocol.future_targets`).  Runs three Spark jobs, or, when
+    ``history`` and ``targets`` hold at most ``local_rows`` units each, three fetches without a
+    shuffle and the same arithmetic on the driver (:func:`_score_on_driver`).
     """
+    if local_rows > 0:
+        local = _score_on_driver(segments, history, targets, buckets=buckets, at_most=local_rows)
+        if local is not None:
+            return local
     events = history.select("id", F.explode("events").alias("e"))
-    history_items = events.select("id", F.col("e.item_id").alias("value")).where(
-        F.col("value").isNotNull()
-    )
-    history_categories = events.select("id", F.col("e.category").alias("value")).where(
-        F.col("value").isNotNull()
-    )
+
+    def counted(field: str) -> DataFrame:
+        # One row per unit and value before the join with every method's segments: the join
+        # then carries (units x values) rows per method, not one per event (the same counts).
+        return (
+            events.select("id", F.col(f"e.{field}").alias("value"))
+            .where(F.col("value").isNotNull())
+            .groupBy("id", "value")
+            .agg(F.count(F.lit(1)).alias("events"))
+        )
+
+    history_items, history_categories = counted("item_id"), counted("category")
     n_categories = history_categories.select("value").distinct().count()
     future_items = targets.select("id", F.explode("future_items").alias("value"))
     items = _ranked_hits(segments, history_items, future_items, top=TOP_ITEMS)
@@ -161,6 +178,126 @@ def score_future(
             (float(row["rate"]), int(row["pos"]), int(row["neg"]))
         )
     return FutureScores(per_bucket, auc_tables, n_categories)
+
+
+def _score_on_driver(
+    segments: DataFrame, history: DataFrame, targets: DataFrame, *, buckets: int, at_most: int
+) -> FutureScores | None:
+    """:func:`score_future` computed with pandas from three Arrow fetches (the history's item
+    and category lists, the targets with each unit's bootstrap bucket, the segments), or None
+    when ``history`` or ``targets`` hold more than ``at_most`` units.  The same rules as the
+    Spark path (:func:`_ranked_hits`): popularity by history events, ties by value, NDCG over
+    ``min(#future values, top)``; buckets are Spark's ``xxhash64`` of the id, computed there."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    table = (
+        history.select(
+            "id",
+            F.col("events.item_id").alias("items"),
+            F.col("events.category").alias("categories"),
+            has_purchase(F.col("events")).alias("bought"),
+        )
+        .limit(at_most + 1)
+        .toArrow()
+    )
+    future = (
+        targets.select(
+            "id",
+            "future_items",
+            "future_categories",
+            "future_purchase",
+            F.pmod(F.xxhash64("id"), F.lit(buckets)).alias("bucket"),
+        )
+        .limit(at_most + 1)
+        .toArrow()
+    )
+    if table.num_rows > at_most or future.num_rows > at_most:
+        return None
+    seg = segments.select("method", "id", SEGMENT).toArrow().to_pandas()
+
+    def long(source: pa.Table, column: str) -> pd.DataFrame:
+        # One row per (unit, list entry), nulls dropped: Spark's explode and isNotNull.
+        lists = source.column(column).combine_chunks()
+        ids = source.column("id").combine_chunks().take(pc.list_parent_indices(lists))
+        values = pd.DataFrame({"id": ids.to_pandas(), "value": pc.list_flatten(lists).to_pandas()})
+        return values.dropna(subset=["value"])
+
+    history_categories = long(table, "categories")
+    n_categories = int(history_categories["value"].nunique())
+    per_unit = _ranked_hits_local(
+        seg, long(table, "items"), long(future, "future_items"), TOP_ITEMS
+    )
+    if n_categories > TOP_CATEGORIES:
+        categories = _ranked_hits_local(
+            seg, history_categories, long(future, "future_categories"), TOP_CATEGORIES
+        )
+        per_unit = per_unit.merge(
+            categories[["method", "id", "hit"]].rename(columns={"hit": "cat_hit"}),
+            on=["method", "id"],
+            how="outer",
+        )
+    else:
+        per_unit["cat_hit"] = np.nan
+    bucket_of = future.select(["id", "bucket"]).to_pandas()
+    per_unit = per_unit.merge(bucket_of, on="id")
+    grouped = per_unit.groupby(["method", "bucket"])
+    sums = pd.DataFrame(
+        {
+            "n": grouped["hit"].count(),
+            "hits": grouped["hit"].sum(),
+            "ndcg": grouped["ndcg"].sum(),
+            "n_cat": grouped["cat_hit"].count(),
+            "cat_hits": grouped["cat_hit"].sum(),
+        }
+    ).reset_index()
+    per_bucket: dict[str, np.ndarray] = {}
+    for method, rows in sums.groupby("method"):
+        array = np.zeros((buckets, len(_SUMS)))
+        array[rows["bucket"].to_numpy(dtype=np.int64)] = rows[list(_SUMS)].to_numpy(np.float64)
+        per_bucket[str(method)] = array
+
+    bought = table.select(["id", "bought"]).to_pandas()
+    bought["bought"] = bought["bought"].astype(np.float64)
+    rates = seg.merge(bought, on="id").groupby(["method", SEGMENT])["bought"].mean().rename("rate")
+    purchase = future.select(["id", "future_purchase"]).to_pandas()
+    labelled = seg.merge(purchase, on="id").merge(rates.reset_index(), on=["method", SEGMENT])
+    labelled["pos"] = labelled["future_purchase"].eq(True).astype(int)
+    labelled["neg"] = labelled["future_purchase"].eq(False).astype(int)
+    auc_rows = labelled.groupby(["method", SEGMENT, "rate"])[["pos", "neg"]].sum().reset_index()
+    auc_tables: dict[str, list[tuple[float, int, int]]] = {}
+    for row in auc_rows.itertuples(index=False):
+        auc_tables.setdefault(str(row.method), []).append(
+            (float(row.rate), int(row.pos), int(row.neg))
+        )
+    return FutureScores(per_bucket, auc_tables, n_categories)
+
+
+def _ranked_hits_local(seg: Any, history_values: Any, future_values: Any, top: int) -> Any:
+    """:func:`_ranked_hits` on pandas frames: ``method``, ``id``, ``hit`` (0/1), ``ndcg``."""
+    import pandas as pd
+
+    counts = history_values.groupby(["id", "value"]).size().rename("events").reset_index()
+    popular = (
+        counts.merge(seg, on="id")
+        .groupby(["method", SEGMENT, "value"], as_index=False)["events"]
+        .sum()
+        .sort_values(["method", SEGMENT, "events", "value"], ascending=[True, True, False, True])
+    )
+    popular["rank"] = popular.groupby(["method", SEGMENT]).cumcount() + 1
+    popular = popular[popular["rank"] <= top]
+    ranked = future_values.merge(seg, on="id").merge(
+        popular[["method", SEGMENT, "value", "rank"]], on=["method", SEGMENT, "value"], how="left"
+    )
+    found = ranked["rank"].notna()
+    ranked["hit"] = found.astype(int)
+    ranked["gain"] = np.where(found, 1.0 / np.log2(ranked["rank"].fillna(1.0) + 1.0), 0.0)
+    per_unit = ranked.groupby(["method", "id"]).agg(
+        hit=("hit", "max"), dcg=("gain", "sum"), n=("gain", "size")
+    )
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, top + 2)))
+    per_unit["ndcg"] = per_unit["dcg"] / ideal[np.minimum(per_unit["n"].to_numpy(), top) - 1]
+    return pd.DataFrame(per_unit[["hit", "ndcg"]]).reset_index()
 
 
 def grouped_auc(table: Sequence[tuple[float, int, int]]) -> float | None:
