@@ -240,7 +240,12 @@ def test_future_scores_hand_computed(spark: SparkSession) -> None:
         f"id string, events array<{EVENT}>",
     )
     targets = spark.createDataFrame(
-        [("u1", ["B", "Z"], ["c"], True), ("u2", ["C"], ["c"], False), ("u3", ["C"], ["c"], True)],
+        [
+            # A null entry is no item to predict: u1 has two future items.
+            ("u1", ["B", "Z", None], ["c"], True),
+            ("u2", ["C"], ["c"], False),
+            ("u3", ["C"], ["c"], True),
+        ],
         "id string, future_items array<string>, future_categories array<string>, "
         "future_purchase boolean",
     )

@@ -130,11 +130,17 @@ def score_future(
 
     history_items, history_categories = counted("item_id"), counted("category")
     n_categories = history_categories.select("value").distinct().count()
-    future_items = targets.select("id", F.explode("future_items").alias("value"))
+
+    def future_values(column: str) -> DataFrame:
+        # A null entry is no value to predict (future_targets' collect_set has none).
+        values = targets.select("id", F.explode(column).alias("value"))
+        return values.where(F.col("value").isNotNull())
+
+    future_items = future_values("future_items")
     items = _ranked_hits(segments, history_items, future_items, top=TOP_ITEMS)
     per_unit = items
     if n_categories > TOP_CATEGORIES:
-        future_categories = targets.select("id", F.explode("future_categories").alias("value"))
+        future_categories = future_values("future_categories")
         categories = _ranked_hits(
             segments, history_categories, future_categories, top=TOP_CATEGORIES
         ).select("method", "id", F.col("hit").alias("cat_hit"))
@@ -217,7 +223,7 @@ def _score_on_driver(
     seg = segments.select("method", "id", SEGMENT).toArrow().to_pandas()
 
     def long(source: pa.Table, column: str) -> pd.DataFrame:
-        # One row per (unit, list entry), nulls dropped: Spark's explode and isNotNull.
+        # One row per (unit, list entry), nulls dropped, as the Spark path's explode and filter.
         lists = source.column(column).combine_chunks()
         ids = source.column("id").combine_chunks().take(pc.list_parent_indices(lists))
         values = pd.DataFrame({"id": ids.to_pandas(), "value": pc.list_flatten(lists).to_pandas()})
