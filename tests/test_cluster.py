@@ -191,6 +191,7 @@ def test_sweep_picks_the_true_k_and_records_every_candidate(
     assert recorded == pytest.approx(sse, rel=1e-4)
 
 
+@pytest.mark.slow  # two cluster runs, about 25 s; the K-Means stage test stays in the default run
 def test_bisecting_kmeans_recovers_the_blobs_and_reloads(
     spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
 ) -> None:
