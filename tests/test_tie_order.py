@@ -91,6 +91,7 @@ def test_events_in_one_second_keep_the_order_they_were_logged_in(
     assert text.first()["rendered"] == "cart, buy"  # type: ignore[index]
 
 
+@pytest.mark.slow  # an ingest and a sessionize, about 12 s; the default order is tested above
 def test_a_configured_order_column_orders_ties(spark: SparkSession, tmp_path: Path) -> None:
     path = tmp_path / "steps.jsonl"
     lines = [
