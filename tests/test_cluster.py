@@ -167,7 +167,7 @@ def test_elbow_sweep_picks_the_true_k(
     _sweep(spark, blob_lake[0], "elbow", ks=(3, 4, 5, 6, 7, 8))
 
 
-@pytest.mark.slow  # a four-k sweep, about 12 s; the silhouette rule is test_pick_k_rules
+@pytest.mark.slow  # a three-k sweep, about 12 s; the silhouette rule is test_pick_k_rules
 def test_sweep_picks_the_true_k_and_records_every_candidate(
     spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
 ) -> None:
