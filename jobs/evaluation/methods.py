@@ -309,10 +309,7 @@ def aggregate_matrix(
     names = [c for c in table.column_names if c not in ("id", "__last")]
     columns = [table.column(c).to_numpy().astype(np.float64) for c in names]
     last = table.column("__last").to_numpy()
-    if table.num_rows:
-        columns.append(_recency_days(last, int(last.max())))
-    else:
-        columns.append(np.zeros(0))
+    columns.append(_recency_days(last, int(last.max()) if last.size else 0))
     raw = np.column_stack(columns)
     n = raw.shape[0]
     mean = raw.mean(axis=0) if n else np.zeros(raw.shape[1])
