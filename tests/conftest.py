@@ -91,6 +91,18 @@ def _mlflow_store_outside_the_repository(
 #: modules, two interleaved runs each: 203 s and 217 s without, 184 s and 195 s with it.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
+#: Spark settings of the same drivers: expressions evaluated by Spark's interpreter instead of
+#: compiled to Java (Janino) per query.  On the tests' tiny data compiling costs more than it
+#: saves: on the 2-core machine four ingest/dedup/CSV/sessionize modules took 196-199 s with
+#: code generation and 171 s without, and the native-Delta group's incremental sessionize test
+#: (Delta's own log-replay queries) 86-88 s and 56 s.  ``factoryMode`` is Spark's switch for
+#: exactly this (SQLConf: "for testing only"); results are the same by Spark's contract.
+#: Production runs, the CLI subprocess tests and ``pytest -m slow`` keep code generation.
+TEST_SPARK_SETTINGS = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
@@ -102,7 +114,11 @@ def spark() -> Iterator[SparkSession]:
             shuffle_partitions=2,
             driver_memory="2g",
             driver_java_options=TEST_JVM_OPTIONS,
-            extra={"spark.ui.showConsoleProgress": "false", "spark.sql.adaptive.enabled": "false"},
+            extra={
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.adaptive.enabled": "false",
+                **TEST_SPARK_SETTINGS,
+            },
         )
     )
     yield session

@@ -30,7 +30,7 @@ from jobs.core.lake.delta_spark import delta_spark_available
 from jobs.core.lake.maintenance import maintain
 from jobs.explore import spark_views
 
-from .conftest import TEST_JVM_OPTIONS, BackgroundRun
+from .conftest import TEST_JVM_OPTIONS, TEST_SPARK_SETTINGS, BackgroundRun
 from .test_incremental import check_crossing_session
 from .test_lake import SCHEMA, _contract, _frame, _rows, check_merge
 from .test_privacy import check_hmac
@@ -111,6 +111,7 @@ def _delta_session(root: Path) -> SparkSession:
                 "spark.sql.warehouse.dir": str(root / "warehouse"),
                 "spark.hadoop.javax.jdo.option.ConnectionURL": metastore,
                 "spark.ui.showConsoleProgress": "false",
+                **TEST_SPARK_SETTINGS,
             },
         ),
         delta=True,

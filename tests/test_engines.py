@@ -18,6 +18,7 @@ nor downloadable from Maven Central.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ from jobs.core.config import AppConfig, LakeConfig, config_to_dict
 from jobs.core.lake import Lake
 from jobs.core.tables import TABLES
 
-from .conftest import E2E_RUN_ID, TEST_JVM_OPTIONS, BackgroundRun
+from .conftest import E2E_RUN_ID, TEST_JVM_OPTIONS, TEST_SPARK_SETTINGS, BackgroundRun
 
 #: Wall-clock times of the writes themselves: the only columns two identical runs differ in.
 VOLATILE = {"quarantined_at", "ingested_at", "sessionized_at", "embedded_at", "created_at"}
@@ -64,7 +65,7 @@ def start_connect_run(config: AppConfig, out: Path) -> None:
         # sees the same batches: fp32 sums in another order differ in the last bits.
         "spark.shuffle_partitions=2",
         f"spark.driver_java_options={TEST_JVM_OPTIONS}",
-        "spark.extra={spark.sql.adaptive.enabled: 'false'}",
+        "spark.extra=" + json.dumps({"spark.sql.adaptive.enabled": "false", **TEST_SPARK_SETTINGS}),
         "lake.engine=spark",
         f"lake.root={out / 'lake'}",
         f"cluster.model_root={out / 'models'}",
