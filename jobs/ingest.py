@@ -62,7 +62,7 @@ from jobs.sources.files import (
 from jobs.sources.mapping import apply_lookups, normalise
 from jobs.sources.outputs import to_events, to_quarantine, valid_rows
 from jobs.sources.readers import read_lookup, read_raw, resolve_positions
-from jobs.sources.timestamps import AMBIGUOUS_RULE, count_ambiguous
+from jobs.sources.timestamps import AMBIGUOUS_RULE, check_timestamp_format, count_ambiguous
 
 # IngestError is re-exported: callers catch ``jobs.ingest.IngestError``.
 __all__ = ["IngestCounts", "IngestError", "main", "run"]
@@ -99,6 +99,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> I
     mode = config.ingest.mode
     if not source.inputs:
         raise IngestError(f"source {source.name!r} configures no inputs")
+    check_timestamp_format(spark, source)
     files = list_input_files(spark, source.inputs)
     incremental = mode == "incremental" and lake.exists(INGEST_LOG)
     # Overlapping incremental runs: both commits below carry this app's Delta transaction id

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from jobs import stages
-from jobs.core.config import AppConfig
+from jobs.core.config import AppConfig, ConfigError
 from jobs.core.errors import PipelineError
 from jobs.runner import StageOutcome, execute_stage, parse_common
 
@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         outcomes, table_lines = run_pipeline(config, run_id, selected)
+    except ConfigError as exc:  # a setting only Spark can check (e.g. a datetime pattern)
+        print(f"segments pipeline: config error: {exc}", file=sys.stderr)
+        return 2
     except PipelineError as exc:
         log.debug("pipeline failed", exc_info=True)
         print(f"segments pipeline: error: {exc}", file=sys.stderr)

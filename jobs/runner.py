@@ -148,6 +148,9 @@ def run_stage(name: str, argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         outcome = execute_stage(name, config, run_id)
+    except ConfigError as exc:  # a setting only Spark can check (e.g. a datetime pattern)
+        print(f"segments {name}: config error: {exc}", file=sys.stderr)
+        return 2
     except PipelineError as exc:
         log.debug("stage %s failed", name, exc_info=True)
         print(f"segments {name}: error: {exc}", file=sys.stderr)

@@ -15,12 +15,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import ingest
-from jobs.core.config import AppConfig, LakeConfig, load_config
+from jobs.core.config import AppConfig, ConfigError, LakeConfig, load_config
 from jobs.core.lake import Lake
 from jobs.sources.columns import AMBIGUOUS_TIME, REASON
 from jobs.sources.mapping import normalise
 from jobs.sources.readers import read_raw
-from jobs.sources.timestamps import AMBIGUOUS_RULE
+from jobs.sources.timestamps import AMBIGUOUS_RULE, PATTERN_GUIDE, check_timestamp_format
 
 from .conftest import REPO
 
@@ -240,6 +240,69 @@ def test_a_timestamp_format_with_a_zone_decides_the_instant(
     ]
     got = outcomes(reduce(DataFrame.unionByName, frames))
     assert got == [(expected, None, False) for *_, expected in cases]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("yyyy-MM-dd HH:mm:ss bbb", "Unknown pattern letter: b"),
+        (
+            "YYYY-ww-e",
+            "All week-based patterns are unsupported since Spark 3.0, detected week-based "
+            "character: Y.",
+        ),
+        ("yyyy-MM-dd 'T", "Pattern ends with an incomplete string literal"),
+        ("EEEEEE", "Fail to recognize 'EEEEEE' pattern in the DateTimeFormatter."),
+    ],
+)
+def test_a_timestamp_format_spark_cannot_parse_exits_2_before_any_input_is_read(
+    spark: SparkSession,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    pattern: str,
+    problem: str,
+) -> None:
+    """Spark checks a pattern only on the first value it parses: ingest asks its parser first,
+    so the run stops with one line naming the setting (exit 2), before reading a file."""
+    from jobs.runner import run_stage
+
+    missing = tmp_path / "not-read.jsonl"  # never listed: the check comes first
+    code = run_stage(
+        "ingest",
+        [
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"ingest.source.inputs=[{{paths: ['{missing}'], format: jsonl}}]",
+            "--set",
+            f"ingest.source.timestamp_format={pattern}",
+            "--set",
+            f"lake.root={tmp_path / 'lake'}",
+            "--set",
+            "mlflow.enabled=false",
+        ],
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "py4j" not in err
+    # The stage's log lines (INFO, in this process) aside, one line says what is wrong.
+    lines = [line for line in err.splitlines() if line.startswith("segments ingest")]
+    assert lines == [
+        f"segments ingest: config error: ingest.source.timestamp_format={pattern!r} is not a "
+        f"pattern Spark can parse: {lines[0].split('can parse: ', 1)[1]}"
+    ]
+    assert problem in lines[0] and lines[0].endswith(f"(pattern letters: {PATTERN_GUIDE})")
+    assert "SQLSTATE" not in lines[0] and "LEGACY" not in lines[0]
+    assert not (tmp_path / "lake").exists()
+
+
+def test_a_valid_timestamp_format_passes_the_check_and_an_empty_one_is_refused_at_load(
+    spark: SparkSession,
+) -> None:
+    source = load_config([], ["ingest.source.timestamp_format=dd/MM/yyyy HH:mm"]).ingest.source
+    check_timestamp_format(spark, source)  # no error
+    with pytest.raises(ConfigError, match=r"ingest\.source\.timestamp_format is empty"):
+        load_config([], ["ingest.source.timestamp_format= "])
 
 
 @pytest.mark.slow

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+from pyspark.errors import IllegalArgumentException, SparkUpgradeException
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.core.config import SourceConfig
+from jobs.core.config import ConfigError, SourceConfig
 from jobs.sources.columns import AMBIGUOUS_TIME, REASON
 
 #: Text that is an epoch number: digits, an optional fraction and exponent (``1.7092872E12``).
@@ -52,6 +53,46 @@ _LOWEST, _HIGHEST = "0001-01-03 00:00:00", "9999-12-29 00:00:00"
 #: How a wall-clock time that occurs twice (clocks turned back) becomes an instant: Spark's
 #: ``to_utc_timestamp`` (java.time ``ZonedDateTime.ofLocal``) takes the earlier offset.
 AMBIGUOUS_RULE = "the earlier instant (the offset in force before the clocks went back)"
+
+
+#: Spark's guide to its datetime patterns (the letters ``timestamp_format`` may use).
+PATTERN_GUIDE = "https://spark.apache.org/docs/latest/sql-ref-datetime-pattern.html"
+
+
+def check_timestamp_format(spark: SparkSession, source: SourceConfig) -> None:
+    """Raise :class:`ConfigError` naming ``ingest.source.timestamp_format`` when Spark's parser
+    refuses the pattern (an unknown letter, a week-based field, an unclosed quote, too many
+    letters); nothing when it is unset or valid.
+
+    Spark checks a pattern only when it parses the first value with it, so a bad one would
+    fail the ingest halfway with a Java error: this one-row query runs the same parser
+    (``try_to_timestamp``, as :func:`parse_timestamp` uses) before any input is read.  It
+    works the same under Spark Connect."""
+    pattern = source.timestamp_format
+    if pattern is None:
+        return
+    probe = F.try_to_timestamp(F.lit("2024-03-01 10:00:00"), F.lit(pattern))
+    try:
+        spark.range(1).select(probe).collect()
+    except (IllegalArgumentException, SparkUpgradeException) as exc:
+        raise ConfigError(
+            f"ingest.source.timestamp_format={pattern!r} is not a pattern Spark can parse: "
+            f"{_pattern_problem(str(exc))} (pattern letters: {PATTERN_GUIDE})"
+        ) from None
+
+
+def _pattern_problem(message: str) -> str:
+    """The lines of Spark's error that say what is wrong with the pattern, without its error
+    class preamble, the SQLSTATE and the advice to switch to the legacy parser."""
+    kept = []
+    for line in message.splitlines():
+        line = line.split(" SQLSTATE:")[0].strip()
+        if "You may get a different result" in line or "legacy" in line.lower():
+            continue
+        if line.startswith("2) You can form a valid datetime pattern") or not line:
+            continue
+        kept.append(line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line)
+    return " ".join(kept) or message.strip()
 
 
 def nonexistent_reason(zone: str) -> str:

@@ -209,6 +209,11 @@ def _check_ingest_and_sessionize(config: AppConfig) -> None:
             f"ingest.source.min_event_ts ({source.min_event_ts}) must be before max_event_ts "
             f"({source.max_event_ts})"
         )
+    if source.timestamp_format is not None and not source.timestamp_format.strip():
+        raise ConfigError(
+            "ingest.source.timestamp_format is empty: give a Spark datetime pattern, e.g. "
+            "'yyyy-MM-dd HH:mm:ss z', or leave it unset to read ISO-8601 and epochs"
+        )
     if source.max_record_bytes < 1:
         raise ConfigError(
             f"ingest.source.max_record_bytes must be positive, got {source.max_record_bytes}"
