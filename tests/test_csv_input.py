@@ -129,6 +129,29 @@ def test_an_unclosed_quote_in_the_last_field_costs_one_record_not_the_rest_of_th
     ]
 
 
+def test_an_unclosed_last_quote_is_found_when_an_inch_mark_evens_out_the_files_quotes(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    """The file's quotes pair up in number (an inch mark, then an unclosed quote), yet the
+    unclosed one swallows the records after it: they are read again, not lost."""
+    path = tmp_path / "even_quotes.csv"
+    path.write_text(
+        HEADER
+        + 'e-1,u1,2024-03-01T10:00:00Z,view,27" monitor,,,1,\n'
+        + 'e-2,u1,2024-03-01T10:01:00Z,search,,,,,"blue\n'
+        + "e-3,u1,2024-03-01T10:02:00Z,view,p1,c,b,1.0,\n"
+        + "e-4,u1,2024-03-01T10:03:00Z,view,p1,c,b,2.0,\n"
+    )
+    counts = ingest.run(spark, lake, config_for(tmp_path, [path]), run_id="r")
+
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (4, 3, 1), counts.summary()
+    assert dict(counts.quarantine_reasons) == {"malformed csv record": 1}
+    assert sorted(events_by_id(lake)) == ["e-1", "e-3", "e-4"]
+    assert [r["raw"] for r in lake.read(EVENTS_QUARANTINE).collect()] == [
+        'e-2,u1,2024-03-01T10:01:00Z,search,,,,,"blue'
+    ]
+
+
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [

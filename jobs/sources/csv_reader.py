@@ -115,11 +115,11 @@ def _quote_scan(
     spark: SparkSession, options: Mapping[str, str], paths: list[str], *, quote: str, escape: str
 ) -> tuple[bool, list[str]]:
     """Whether any line of the files holds an odd number of ``quote`` characters (escaped
-    quotes aside), and the files whose quotes do not pair up (an odd total).  A record
-    continues on the next line only inside a quoted field, and the line where it breaks then
-    holds an odd count (RFC 4180, section 2, rule 6; a doubled quote counts two); an unclosed
-    quote gives one too, and leaves its file's total odd.  One scan of the text (an
-    aggregation per file); no CSV parsing."""
+    quotes aside), and the files that have such a line.  A record continues on the next line
+    only inside a quoted field, and the line where it breaks then holds an odd count (RFC 4180,
+    section 2, rule 6; a doubled quote counts two); an unclosed quote gives one too.  The
+    file's total is no test of an unclosed quote: an inch mark elsewhere (``27" monitor``) makes
+    it even again.  One scan of the text (an aggregation per file); no CSV parsing."""
     if not quote or quote == "\u0000":
         return False, []
     odd = _odd_quotes(quote, escape).cast("int")
@@ -127,11 +127,11 @@ def _quote_scan(
         _text_lines(spark, options, paths)
         .select(F.col("_metadata.file_path").alias(SOURCE_FILE), odd.alias("__odd"))
         .groupBy(SOURCE_FILE)
-        .agg(F.max("__odd").alias("__any"), (F.sum("__odd") % 2).alias("__total"))
+        .agg(F.max("__odd").alias("__any"))
         .where(F.col("__any") == 1)
     )
     rows = reading(per_file.collect)
-    return bool(rows), sorted(r[SOURCE_FILE] for r in rows if r["__total"] == 1)
+    return bool(rows), sorted(r[SOURCE_FILE] for r in rows)
 
 
 #: The most text :func:`_reopen_unclosed_tail` brings to the driver for one file's unclosed tail.
@@ -150,21 +150,22 @@ def _reopen_unclosed_tail(
     escape: str,
 ) -> DataFrame:
     """Rows of a multiLine CSV read (file order within each file), with the last record of
-    each of ``odd_files`` (:func:`_quote_scan`: its quotes do not pair up) replaced by its
-    lines, each parsed as a record of its own, when that record swallowed the end of the file.
+    each of ``odd_files`` (:func:`_quote_scan`: a line of it holds an odd number of quotes)
+    replaced by its lines, each parsed as a record of its own, when that record swallowed the
+    end of the file.
 
     A quote opened in a record's last field and never closed makes the record run to the end
     of the file: it still has the header's field count and parses, with every following line
     inside that field (those records would be lost without a trace).  Such a record spans
     several lines, and its lines hold an odd number of quotes (escaped ones aside): the one
     that opened the field is never matched.  A last record that spans one line, or whose lines
-    pair their quotes (a quoted line break, closed), is left as it is, whatever else made the
-    file's total odd (e.g. a ``27" monitor`` inch mark inside an unquoted field, which the
-    parser keeps as a character).  The lines the record spans are counted from its own fields
+    pair their quotes (a quoted line break, closed), is left as it is, whatever else made a
+    line odd (e.g. a ``27" monitor`` inch mark inside an unquoted field, which the parser keeps
+    as a character).  The lines the record spans are counted from its own fields
     (a line break inside a field is a line of the file; one at the very end is the file's last
     line ending), so they are the file's last lines.  Of those, the first (the one that opened
     the quote) is a malformed record and the others are parsed alone, as
-    :func:`_split_broken_records` does; blank lines are skipped.  Nothing runs without an odd
+    :func:`_split_broken_records` does; blank lines are skipped.  Nothing runs without such a
     file; with one, its last record's span and then those lines (at most
     :data:`_TAIL_LIMIT_CHARS`, else :class:`IngestError` naming the file and line) come to the
     driver."""
