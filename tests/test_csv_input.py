@@ -152,6 +152,34 @@ def test_an_unclosed_last_quote_is_found_when_an_inch_mark_evens_out_the_files_q
     ]
 
 
+def test_a_closed_multi_line_last_record_is_kept_whatever_follows_or_precedes_it(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    """Files whose last record closes a multi-line field, where line counts or quote parity
+    would mislead: a blank line after it, a line break just before its closing quote, an inch
+    mark in the same record, CRLF line endings.  Every record is kept as written."""
+    first = 'c-{n}1,u1,2024-03-01T10:00:00Z,view,27" monitor,,,1,\n'
+    last = "c-{n}2,u1,2024-03-01T10:01:00Z,search,{product},,,,{query}\n"
+    tails = [
+        last.format(n=1, product="", query='"red\nshoes"') + "\n",
+        last.format(n=2, product="", query='"a\nb\n"'),
+        last.format(n=3, product='32" tv', query='"red\nshoes"'),
+        last.format(n=4, product="", query='"red\nshoes"') + "\n",
+    ]
+    paths = []
+    for n, tail in enumerate(tails, start=1):
+        text = HEADER + first.format(n=n) + tail
+        paths.append(tmp_path / f"closed_{n}.csv")
+        paths[-1].write_bytes((text.replace("\n", "\r\n") if n == 4 else text).encode())
+    counts = ingest.run(spark, lake, config_for(tmp_path, paths), run_id="r")
+
+    assert (counts.input_rows, counts.kept, counts.quarantined) == (8, 8, 0), counts.summary()
+    events = events_by_id(lake)
+    queries = {n: events[f"c-{n}2"]["query"] for n in range(1, 5)}
+    # (the CSV reader turns a CRLF inside a quoted field into a bare line feed)
+    assert queries == {1: "red\nshoes", 2: "a\nb\n", 3: "red\nshoes", 4: "red\nshoes"}
+
+
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [

@@ -157,11 +157,11 @@ def _reopen_unclosed_tail(
     A quote opened in a record's last field and never closed makes the record run to the end
     of the file: it still has the header's field count and parses, with every following line
     inside that field (those records would be lost without a trace).  Such a record spans
-    several lines, and its lines hold an odd number of quotes (escaped ones aside): the one
-    that opened the field is never matched.  A last record that spans one line, or whose lines
-    pair their quotes (a quoted line break, closed), is left as it is, whatever else made a
-    line odd (e.g. a ``27" monitor`` inch mark inside an unquoted field, which the parser keeps
-    as a character).  The lines the record spans are counted from its own fields
+    several lines, and its last field ends where the file's last line with text ends
+    (:func:`_runs_to_end`).  A last record that spans one line, or whose field was closed (a
+    quoted line break: the closing quote follows the field's text), is left as it is, whatever
+    made a line's quotes odd (e.g. a ``27" monitor`` inch mark inside an unquoted field, which
+    the parser keeps as a character).  The lines the record spans are counted from its own fields
     (a line break inside a field is a line of the file; one at the very end is the file's last
     line ending), so they are the file's last lines.  Of those, the first (the one that opened
     the quote) is a malformed record and the others are parsed alone, as
@@ -184,7 +184,19 @@ def _reopen_unclosed_tail(
     last_records = reading(
         numbered.where(F.col(SOURCE_FILE).isin(odd_files))
         .groupBy(SOURCE_FILE)
-        .agg(F.max(F.struct("__row", spanned.alias("lines"), F.col(CORRUPT))).alias("__last"))
+        .agg(
+            F.max(
+                F.struct(
+                    "__row",
+                    spanned.alias("lines"),
+                    F.col(CORRUPT),
+                    # The last field's last line with text: all the driver needs of it.
+                    F.regexp_extract(
+                        F.coalesce(F.col(f"`{header[-1]}`"), F.lit("")), r"([^\r\n]*)[\r\n]*$", 1
+                    ).alias("ending"),
+                )
+            ).alias("__last")
+        )
         .collect
     )
     # One that does not parse (a CORRUPT text) is split by the next step.
@@ -203,7 +215,6 @@ def _reopen_unclosed_tail(
             F.col("_metadata.file_block_start").alias("__block"),
             F.monotonically_increasing_id().alias("__line"),
             F.col("value"),
-            _odd_quotes(quote, escape).cast("int").alias("__odd"),
         )
     )
     in_order = Window.partitionBy(SOURCE_FILE).orderBy("__block", "__line")
@@ -218,12 +229,22 @@ def _reopen_unclosed_tail(
             F.array_sort(F.collect_list(F.struct("__block", "__line", "value"))).alias("__t"),
             F.min("__number").alias("__from"),
             F.sum(F.length("value")).alias("__chars"),
-            (F.sum("__odd") % 2).alias("__unclosed"),
         )
         .collect
     )
-    # Lines that pair their quotes: the record is a closed multi-line one, read right.
-    tails = [t for t in tails if t["__unclosed"] == 1]
+    # A record whose field ends where the file does swallowed its end; a closed multi-line
+    # one, read right, ends with its closing quote (plus any blank lines, which the CSV
+    # reader skips), which is not part of the field.
+    tails = [
+        t
+        for t in tails
+        if _runs_to_end(
+            [line["value"] for line in t["__t"]],
+            candidates[t[SOURCE_FILE]]["ending"],
+            quote=quote,
+            escape=escape,
+        )
+    ]
     if not tails:
         return df
     for tail in tails:
@@ -247,6 +268,17 @@ def _reopen_unclosed_tail(
         )
         records = F.when(swallowed, F.array(*parts)).otherwise(records)
     return _records_in_place(numbered, records, fields)
+
+
+def _runs_to_end(lines: list[str], ending: str, *, quote: str, escape: str) -> bool:
+    """Whether a record whose last field's last line of text is ``ending`` runs to the end of
+    a file whose last lines are ``lines``: the file's last line with text, its escaped quotes
+    read as the parser reads them, ends with ``ending`` (a field closed on that line would be
+    followed by its closing quote)."""
+    last = next((line for line in reversed(lines) if line != ""), "")
+    if escape:
+        last = last.replace(escape + quote, quote)
+    return last.endswith(ending)
 
 
 def _split_broken_records(
