@@ -97,7 +97,8 @@ TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 #: code generation and 171 s without, and the native-Delta group's incremental sessionize test
 #: (Delta's own log-replay queries) 86-88 s and 56 s.  ``factoryMode`` is Spark's switch for
 #: exactly this (SQLConf: "for testing only"); results are the same by Spark's contract.
-#: Production runs, the CLI subprocess tests and ``pytest -m slow`` keep code generation.
+#: The slow group's in-process tests and the background Connect comparison run use them too;
+#: production runs, the demo and the other CLI subprocess tests keep code generation.
 TEST_SPARK_SETTINGS = {
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",

@@ -20,7 +20,12 @@ from jobs.core.lake import Lake
 from jobs.sources.columns import AMBIGUOUS_TIME, REASON
 from jobs.sources.mapping import normalise
 from jobs.sources.readers import read_raw
-from jobs.sources.timestamps import AMBIGUOUS_RULE, PATTERN_GUIDE, check_timestamp_format
+from jobs.sources.timestamps import (
+    AMBIGUOUS_RULE,
+    PATTERN_GUIDE,
+    _pattern_problem,
+    check_timestamp_format,
+)
 
 from .conftest import REPO
 
@@ -296,11 +301,37 @@ def test_a_timestamp_format_spark_cannot_parse_exits_2_before_any_input_is_read(
     assert not (tmp_path / "lake").exists()
 
 
+def test_spark_connects_stack_trace_is_left_out_of_the_pattern_problem() -> None:
+    message = (
+        "[INCONSISTENT_BEHAVIOR_CROSS_VERSION.DATETIME_PATTERN_RECOGNITION] You may get a "
+        "different result due to the upgrading to Spark >= 3.0:\nFail to recognize 'EEEEEE' "
+        'pattern in the DateTimeFormatter.\n1) You can set "spark.sql.legacy.timeParserPolicy'
+        '" to "LEGACY" to restore the behavior before Spark 3.0.\n2) You can form a valid '
+        "datetime pattern with the guide from 'https://spark.apache.org/docs/latest/sql-ref-"
+        "datetime-pattern.html'. SQLSTATE: 42K0B\n\nJVM stacktrace:\n"
+        "org.apache.spark.SparkUpgradeException: [INCONSISTENT_BEHAVIOR_CROSS_VERSION]\n"
+        "\tat org.apache.spark.sql.errors.ExecutionErrors.failToRecognizePatternError(...)"
+    )
+    assert _pattern_problem(message) == (
+        "Fail to recognize 'EEEEEE' pattern in the DateTimeFormatter."
+    )
+
+
 def test_a_valid_timestamp_format_passes_the_check_and_an_empty_one_is_refused_at_load(
     spark: SparkSession,
 ) -> None:
     source = load_config([], ["ingest.source.timestamp_format=dd/MM/yyyy HH:mm"]).ingest.source
     check_timestamp_format(spark, source)  # no error
+    # Spark 3's parser policy (kept by some platform sessions) fails values the probe text
+    # does not match, with a pattern that is valid: still no error.
+    policy = "spark.sql.legacy.timeParserPolicy"
+    before = spark.conf.get(policy)
+    spark.conf.set(policy, "EXCEPTION")
+    try:
+        short = dataclasses.replace(source, timestamp_format="yyyy-MM-dd")
+        check_timestamp_format(spark, short)
+    finally:
+        spark.conf.set(policy, before)
     with pytest.raises(ConfigError, match=r"ingest\.source\.timestamp_format is empty"):
         load_config([], ["ingest.source.timestamp_format= "])
 

@@ -75,6 +75,10 @@ def check_timestamp_format(spark: SparkSession, source: SourceConfig) -> None:
     try:
         spark.range(1).select(probe).collect()
     except (IllegalArgumentException, SparkUpgradeException) as exc:
+        if "PARSE_DATETIME_BY_NEW_PARSER" in str(exc):
+            # spark.sql.legacy.timeParserPolicy=EXCEPTION (Spark 3's default, kept by some
+            # platform sessions): the pattern is valid, only the probe text does not match it.
+            return
         raise ConfigError(
             f"ingest.source.timestamp_format={pattern!r} is not a pattern Spark can parse: "
             f"{_pattern_problem(str(exc))} (pattern letters: {PATTERN_GUIDE})"
@@ -85,7 +89,8 @@ def _pattern_problem(message: str) -> str:
     """The lines of Spark's error that say what is wrong with the pattern, without its error
     class preamble, the SQLSTATE and the advice to switch to the legacy parser."""
     kept = []
-    for line in message.splitlines():
+    # Spark Connect appends the server's Java stack trace to the message.
+    for line in message.split("JVM stacktrace:")[0].splitlines():
         line = line.split(" SQLSTATE:")[0].strip()
         if "You may get a different result" in line or "legacy" in line.lower():
             continue
