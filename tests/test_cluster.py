@@ -365,7 +365,8 @@ def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSes
     from pyspark.sql import functions as F
     from sklearn.cluster import KMeans as SkKMeans
 
-    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans, _model_with_centres
+    from jobs.clustering.centres import model_with_centres
+    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans
 
     points, labels = blobs(seed=3)
     frame = spark.createDataFrame(
@@ -386,10 +387,63 @@ def test_sampled_start_refines_on_all_rows_to_scikit_learns_cost(spark: SparkSes
     reference = SkKMeans(n_clusters=K_TRUE, n_init=1, random_state=0).fit(points).inertia_
     assert cost <= reference * 1.01
     # The wrapper model holds exactly the centres it was given.
-    again = _model_with_centres(spark, centres, seed=1)
+    again = model_with_centres(spark, centres, seed=1)
     np.testing.assert_allclose(
         np.sort(np.array(again.clusterCenters()), axis=0), np.sort(centres, axis=0)
     )
+
+
+def test_a_model_built_in_the_jvm_is_the_model_mllib_fits_and_runs_no_job(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classic-session shim builds, without a Spark job, the model the portable route
+    fits: the same centres, params, predictions and saved model."""
+    from pyspark.ml.clustering import KMeansModel
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    from jobs.clustering import centres as centres_module
+    from jobs.clustering.kmeans import FEATURES, load_model
+
+    points, _ = blobs(seed=5)
+    given = np.array([points[i] for i in (0, 100, 200, 300)], dtype=np.float64)
+    frame = spark.createDataFrame(
+        [(i, [float(x) for x in p]) for i, p in enumerate(points)], "id int, e array<double>"
+    ).select("id", array_to_vector(F.col("e")).alias(FEATURES))
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("jvm-model", "the shim runs no job")
+    try:
+        built = centres_module.model_with_centres(spark, given, seed=1)
+        assert list(tracker.getJobIdsForGroup("jvm-model")) == []
+    finally:
+        spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
+    assert not built.hasSummary  # the shim's model: a fitted one carries a training summary
+    monkeypatch.setattr(centres_module, "_built_in_jvm", lambda *args: None)
+    fitted = centres_module.model_with_centres(spark, given, seed=1)
+    assert fitted.hasSummary
+
+    np.testing.assert_array_equal(np.array(built.clusterCenters()), given)
+    for name in ("k", "featuresCol", "predictionCol", "distanceMeasure", "maxIter", "seed"):
+        assert built.getOrDefault(name) == fitted.getOrDefault(name), name
+    assert built.getK() == 4 and built.getPredictionCol() == "cluster_id"
+
+    def predictions(model: KMeansModel) -> dict[int, int]:
+        rows = model.transform(frame).select("id", "cluster_id").collect()
+        return {r["id"]: r["cluster_id"] for r in rows}
+
+    # The fitted model may number the same centres differently: compare the partitions.
+    by_built, by_fitted = predictions(built), predictions(fitted)
+    ids = sorted(by_built)
+    assert adjusted_rand_score([by_built[i] for i in ids], [by_fitted[i] for i in ids]) == 1.0
+    nearest = ((points[:, None, :] - given[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    assert [by_built[i] for i in ids] == nearest.tolist()
+
+    built.write().overwrite().save(str(tmp_path / "model"))
+    loaded = load_model(str(tmp_path / "model"))
+    assert isinstance(loaded, KMeansModel) and loaded.getK() == 4
+    assert loaded.getFeaturesCol() == FEATURES and loaded.getPredictionCol() == "cluster_id"
+    np.testing.assert_array_equal(np.array(loaded.clusterCenters()), given)
+    assert predictions(loaded) == by_built
 
 
 def test_the_start_sample_arrives_through_arrow_and_dedups_in_a_fixed_order(

@@ -17,13 +17,10 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.clustering.centres import FEATURES, PREDICTION, model_with_centres
 from jobs.clustering.sample import distinct_points, vectors_from_arrow
 from jobs.core.config import ClusterConfig
 from jobs.core.errors import DataError
-
-FEATURES = "features"
-PREDICTION = "cluster_id"
-
 
 # ==================================================================== backend choice
 
@@ -174,9 +171,9 @@ class SampledStartKMeans:
        Spark's own pieces: an MLlib ``KMeansModel`` holding the current centres assigns the
        rows, ``Summarizer.mean`` per cluster gives the new centres, until no centre would move
        more than ``cluster.tol`` (the model then kept) or ``cluster.max_iter`` passes;
-    3. the centres are wrapped in an MLlib ``KMeansModel`` (fitted on the k centres
-       themselves, which reproduces them exactly; checked), so assignment, saving and
-       ``assign-only`` are MLlib's.
+    3. the centres are wrapped in an MLlib ``KMeansModel``
+       (:func:`jobs.clustering.centres.model_with_centres`, which reproduces them exactly;
+       checked), so assignment, saving and ``assign-only`` are MLlib's.
 
     Nothing but the bounded sample reaches the driver: O(n k d) per pass, as MLlib's Lloyd.
     """
@@ -220,7 +217,7 @@ class SampledStartKMeans:
             points, weights = distinct_points(_stacked(raw, extra))
         centres, costs = _start(points, weights, k=self.k, config=cfg)
         spark = features.sparkSession
-        model = _model_with_centres(spark, centres, seed=cfg.seed)
+        model = model_with_centres(spark, centres, seed=cfg.seed)
         passes = 0
         if total > sampled:
             cached = features.storageLevel != StorageLevel.NONE
@@ -240,7 +237,7 @@ class SampledStartKMeans:
                     shift = float(np.linalg.norm(moved - current, axis=1).max())
                     if shift <= cfg.tol:
                         break  # converged: the model's centres are within tol of the update
-                    model = _model_with_centres(spark, np.unique(moved, axis=0), seed=cfg.seed)
+                    model = model_with_centres(spark, np.unique(moved, axis=0), seed=cfg.seed)
             finally:
                 if not cached:
                     data.unpersist()
@@ -350,42 +347,6 @@ def sklearn_tol(points: Any, tol: float) -> float:
     else:
         variance = float(np.mean(np.var(points, axis=0)))
     return tol * tol / variance
-
-
-def _model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
-    """An MLlib ``KMeansModel`` whose centres are exactly ``centres`` ((k, d), distinct): fitted
-    on the k centres themselves with a random start, which picks all k of them, and no Lloyd
-    step (``maxIter=0``: the start is the model; checked below)."""
-    import numpy as np
-    import pyarrow as pa
-    from pyspark.ml.clustering import KMeans
-    from pyspark.ml.functions import array_to_vector
-
-    given = np.asarray(centres, dtype=np.float64)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(given.reshape(-1)), given.shape[1])
-    # From an Arrow table: a local relation, which MLlib's few jobs re-read in well under a
-    # second (a list of Python vectors became a pickled RDD: 1.2 s per model; a cache of it
-    # would not run on Databricks serverless).
-    rows = (
-        spark.createDataFrame(pa.table({"centre": column.cast(pa.list_(pa.float64()))}))
-        .select(array_to_vector(F.col("centre")).alias(FEATURES))
-        .coalesce(1)
-    )
-    model = KMeans(
-        k=len(given),
-        initMode="random",
-        maxIter=0,
-        seed=seed,
-        solver="row",
-        featuresCol=FEATURES,
-        predictionCol=PREDICTION,
-    ).fit(rows)
-    got = np.array(model.clusterCenters())
-    if got.shape != given.shape or not np.allclose(
-        got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
-    ):
-        raise RuntimeError("MLlib did not reproduce the K-Means centres it was given")
-    return model
 
 
 def centroid_frame(spark: SparkSession, model: Any, assigned: DataFrame) -> DataFrame:
