@@ -103,7 +103,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             models: dict[int, Any] = {}
             starts: dict[int, Any] = {}
             for wanted in candidates:
-                estimator = kmeans_estimator(backend, wanted, cfg, rows=n)
+                estimator = kmeans_estimator(backend, wanted, cfg, rows=n, sample_col="embedding")
                 model = estimator.fit(rows)
                 # k is what was fitted: the number of centroids written, never the request.
                 k = len(model.clusterCenters())

@@ -419,8 +419,17 @@ def test_a_model_built_in_the_jvm_is_the_model_mllib_fits_and_runs_no_job(
         spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
     assert not built.hasSummary  # the shim's model: a fitted one carries a training summary
     monkeypatch.setattr(centres_module, "_built_in_jvm", lambda *args: None)
+    monkeypatch.setattr(centres_module, "_DRAW_ORDER", {})
     fitted = centres_module.model_with_centres(spark, given, seed=1)
     assert fitted.hasSummary
+    # Both routes number the centres in the order given (a classic and a Connect run of the
+    # same data write the same cluster ids): the fitted one learnt MLlib's draw order once.
+    np.testing.assert_array_equal(np.array(fitted.clusterCenters()), given)
+    assert set(centres_module._DRAW_ORDER) == {(4, 1)}
+    other = given[[2, 0, 3, 1]]
+    np.testing.assert_array_equal(
+        np.array(centres_module.model_with_centres(spark, other, seed=1).clusterCenters()), other
+    )
 
     np.testing.assert_array_equal(np.array(built.clusterCenters()), given)
     for name in ("k", "featuresCol", "predictionCol", "distanceMeasure", "maxIter", "seed"):
@@ -431,10 +440,9 @@ def test_a_model_built_in_the_jvm_is_the_model_mllib_fits_and_runs_no_job(
         rows = model.transform(frame).select("id", "cluster_id").collect()
         return {r["id"]: r["cluster_id"] for r in rows}
 
-    # The fitted model may number the same centres differently: compare the partitions.
     by_built, by_fitted = predictions(built), predictions(fitted)
+    assert by_built == by_fitted
     ids = sorted(by_built)
-    assert adjusted_rand_score([by_built[i] for i in ids], [by_fitted[i] for i in ids]) == 1.0
     nearest = ((points[:, None, :] - given[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
     assert [by_built[i] for i in ids] == nearest.tolist()
 
@@ -497,8 +505,48 @@ def test_the_start_sample_arrives_through_arrow_and_dedups_in_a_fixed_order(
         vectors_from_arrow(spark.createDataFrame(mixed, schema).toArrow()[0])
 
 
-def test_a_sample_that_missed_the_rare_points_is_topped_up_from_the_full_data(
+def test_the_start_sample_read_from_the_embedding_column_is_the_vectors_sample(
     spark: SparkSession,
+) -> None:
+    """The cluster stage fetches its start sample from ``embedding`` (float32): the same
+    rows, values, restarts, Lloyd passes and centres as from the float64 vectors."""
+    import pyarrow as pa
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    from jobs.clustering.kmeans import FEATURES, SampledStartKMeans
+    from jobs.clustering.sample import arrays_from_arrow
+
+    points, _ = blobs(seed=7)
+    frame = spark.createDataFrame(
+        [([float(x) for x in p.astype(np.float32)],) for p in points], "embedding array<float>"
+    ).select("embedding", array_to_vector(F.col("embedding")).alias(FEATURES))
+    config = ClusterConfig(k=K_TRUE, init_sample=100)
+    fits = {}
+    for column in (None, "embedding"):
+        estimator = SampledStartKMeans(k=K_TRUE, config=config, sample_col=column)
+        fits[column] = (estimator.fit(frame), estimator.last_start)
+    (by_vectors, start), (by_array, array_start) = fits[None], fits["embedding"]
+    assert start is not None and array_start == start and start.lloyd_passes >= 1
+    np.testing.assert_array_equal(
+        np.array(by_array.clusterCenters()), np.array(by_vectors.clusterCenters())
+    )
+
+    values = np.array([[1.5, -0.1], [0.25, 3.0], [7.0, 0.0]], dtype=np.float32)
+    column = pa.array(values.tolist(), pa.list_(pa.float32()))
+    got = arrays_from_arrow(column)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, values.astype(np.float64))
+    np.testing.assert_array_equal(arrays_from_arrow(column.slice(1, 2)), got[1:])
+    with pytest.raises(ValueError, match="different dimensions"):
+        arrays_from_arrow(pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())))
+    with pytest.raises(ValueError, match="null"):
+        arrays_from_arrow(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())))
+
+
+@pytest.mark.parametrize("sample_col", [None, "e"], ids=["vectors", "array-column"])
+def test_a_sample_that_missed_the_rare_points_is_topped_up_from_the_full_data(
+    spark: SparkSession, sample_col: str | None
 ) -> None:
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
@@ -510,9 +558,10 @@ def test_a_sample_that_missed_the_rare_points_is_topped_up_from_the_full_data(
     rare = [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]]
     rows = [[1.0, 0.0, 0.0]] * 600 + rare
     frame = spark.createDataFrame([(r,) for r in rows], "e array<double>").select(
-        array_to_vector(F.col("e")).alias(FEATURES)
+        "e", array_to_vector(F.col("e")).alias(FEATURES)
     )
-    estimator = SampledStartKMeans(k=3, config=ClusterConfig(k=3, init_sample=30))
+    config = ClusterConfig(k=3, init_sample=30)
+    estimator = SampledStartKMeans(k=3, config=config, sample_col=sample_col)
     model = estimator.fit(frame)
     assert estimator.last_start is not None and estimator.last_start.sample_rows <= 30
     centres = np.array(model.clusterCenters())

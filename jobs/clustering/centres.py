@@ -13,7 +13,12 @@ RDD API's is not available under Spark Connect).  Two routes, the same model:
 * classic sessions: the model built in this process's JVM without a job (below, a compatibility
   shim), which the portable route backs up if the JVM refuses it.
 
-Either way the model's centres are checked against the given ones.
+Either way the model's centres are the given ones *in the given order*, checked, so that a
+centre's ``cluster_id`` is its row in ``centres`` and a classic and a Connect run number the
+same segments alike.  MLlib's random start numbers the centres in the order it draws them (a
+shuffle that depends on the number of centres and the seed only); the portable route learns
+that order from its first fit of each (k, seed) and then feeds the centres pre-shuffled so
+that the draw puts them back in place.
 """
 
 from __future__ import annotations
@@ -29,11 +34,16 @@ PREDICTION = "cluster_id"
 
 log = logging.getLogger(__name__)
 
+#: For each (number of centres, seed): MLlib's draw order, the rows of its input in the order
+#: the fitted model numbers them (learnt by :func:`_fitted_in_order`, per process).
+_DRAW_ORDER: dict[tuple[int, int], Any] = {}
+
 
 def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     """A pyspark ``KMeansModel`` (Euclidean, features :data:`FEATURES`, prediction
     :data:`PREDICTION`, ``k`` = the number of centres) whose centres are exactly ``centres``
-    ((k, d) array, distinct rows).  ``RuntimeError`` if MLlib does not reproduce them."""
+    ((k, d) array, distinct rows), in that order: cluster ``i`` is ``centres[i]``.
+    ``RuntimeError`` if MLlib does not reproduce them."""
     import numpy as np
     from pyspark.ml.clustering import KMeans
 
@@ -49,13 +59,47 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     )
     model = _built_in_jvm(spark, given, estimator)
     if model is None:
-        model = estimator.fit(_centre_rows(spark, given))
+        model = _fitted_in_order(spark, given, estimator, seed=seed)
     got = np.array(model.clusterCenters())
     if got.shape != given.shape or not np.allclose(
         got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
     ):
         raise RuntimeError("MLlib did not reproduce the K-Means centres it was given")
+    if not np.allclose(got, given):
+        # The draw order was not what the first fit showed (another MLlib?): the model is
+        # right, only its cluster ids follow MLlib's order.
+        _DRAW_ORDER.pop((len(given), seed), None)
+        log.warning(
+            "MLlib numbered the %d K-Means centres in its own order on this session: cluster "
+            "ids may differ from a classic session's run of the same data",
+            len(given),
+        )
     return model
+
+
+def _fitted_in_order(spark: SparkSession, given: Any, estimator: Any, *, seed: int) -> Any:
+    """``estimator`` (random start, no Lloyd step) fitted on the rows of ``given`` so that the
+    model numbers them in ``given``'s order.  The first fit of a (k, seed) learns MLlib's draw
+    order and, unless it happens to keep the order, a second fit on the rows placed where the
+    draw takes them from gives the model."""
+    import numpy as np
+
+    key = (len(given), seed)
+    order = _DRAW_ORDER.get(key)
+    if order is None:
+        model = estimator.fit(_centre_rows(spark, given))
+        got = np.array(model.clusterCenters())
+        # Each centre's row in ``given`` (the rows are distinct; MLlib copies the values).
+        distances = ((got[:, None, :] - given[None, :, :]) ** 2).sum(axis=2)
+        order = distances.argmin(axis=1)
+        if sorted(order.tolist()) != list(range(len(given))):
+            return model  # not the given centres: model_with_centres says so
+        _DRAW_ORDER[key] = order
+        if (order == np.arange(len(given))).all():
+            return model
+    placed = np.empty_like(given)
+    placed[order] = given  # the draw takes input row order[i] as centre i
+    return estimator.fit(_centre_rows(spark, placed))
 
 
 def _centre_rows(spark: SparkSession, given: Any) -> DataFrame:

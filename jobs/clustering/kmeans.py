@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.clustering.centres import FEATURES, PREDICTION, model_with_centres
-from jobs.clustering.sample import distinct_points, vectors_from_arrow
+from jobs.clustering.sample import arrays_from_arrow, distinct_points, vectors_from_arrow
 from jobs.core.config import ClusterConfig
 from jobs.core.errors import DataError
 
@@ -102,13 +102,20 @@ def pick_k(sweep: list[tuple[int, float, float]], criterion: str) -> int:
 
 
 def kmeans_estimator(
-    backend: str, k: int, config: ClusterConfig, *, rows: int | None = None
+    backend: str,
+    k: int,
+    config: ClusterConfig,
+    *,
+    rows: int | None = None,
+    sample_col: str | None = None,
 ) -> Any:
     """An unfitted K-Means of ``backend`` and ``config.algorithm`` (``bisecting_kmeans``:
     MLlib's ``BisectingKMeans`` on :data:`FEATURES`, whatever the backend; ``gpu``:
     spark-rapids-ml on the array column; ``cpu``: :class:`SampledStartKMeans` on
     :data:`FEATURES`) predicting :data:`PREDICTION`.  ``rows``: the row count of the data it
-    will fit, when the caller has counted it (the CPU path then does not count again)."""
+    will fit, when the caller has counted it (the CPU path then does not count again);
+    ``sample_col``: a dense array column of the data holding the same values as
+    :data:`FEATURES` (see :class:`SampledStartKMeans`)."""
     if config.algorithm == "bisecting_kmeans":
         from pyspark.ml.clustering import BisectingKMeans
 
@@ -127,7 +134,7 @@ def kmeans_estimator(
             .setFeaturesCol("embedding")
             .setPredictionCol(PREDICTION)
         )
-    return SampledStartKMeans(k=k, config=config, rows=rows)
+    return SampledStartKMeans(k=k, config=config, rows=rows, sample_col=sample_col)
 
 
 class SingleCluster(DataError):
@@ -178,11 +185,23 @@ class SampledStartKMeans:
     Nothing but the bounded sample reaches the driver: O(n k d) per pass, as MLlib's Lloyd.
     """
 
-    def __init__(self, *, k: int, config: ClusterConfig, rows: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        k: int,
+        config: ClusterConfig,
+        rows: int | None = None,
+        sample_col: str | None = None,
+    ) -> None:
         self.k = k
         self.config = config
         #: Rows of the data ``fit`` gets, when the caller counted them (else ``fit`` counts).
         self.rows = rows
+        #: A dense ``array<float>`` (or double) column of that data with the values of
+        #: :data:`FEATURES` (the cluster stage's ``embedding``, which its vectors are made from):
+        #: the start sample is fetched from it, half the bytes of float64 vectors and no vector
+        #: conversion, the same numbers.  None: the vectors themselves are fetched.
+        self.sample_col = sample_col
         self.last_start: StartReport | None = None
 
     def fit(self, features: DataFrame) -> Any:
@@ -195,7 +214,9 @@ class SampledStartKMeans:
 
         cfg = self.config
         total = features.count() if self.rows is None else self.rows
-        vectors = features.select(FEATURES)
+        fetched = self.sample_col or FEATURES
+        from_arrow = arrays_from_arrow if self.sample_col else vectors_from_arrow
+        vectors = features.select(fetched)
         if total > cfg.init_sample:
             fraction = min(1.0, 1.2 * cfg.init_sample / total)
             vectors = vectors.sample(withReplacement=False, fraction=fraction, seed=cfg.seed)
@@ -204,15 +225,15 @@ class SampledStartKMeans:
         if sampled > cfg.init_sample:  # an unbiased subsample, not the first partitions
             keep = np.random.default_rng(cfg.seed).choice(sampled, cfg.init_sample, False)
             table, sampled = table.take(np.sort(keep)), cfg.init_sample
-        raw = vectors_from_arrow(table.column(0))
+        raw = from_arrow(table.column(0))
         points, weights = distinct_points(raw)
         if points.shape[0] < self.k and total > sampled:
             # The sample missed rare points of the full data (the caller counted its distinct
             # vectors): up to k of the full data's distinct vectors join the start, so that it
             # can hold k centres; the Lloyd passes below then refine them on every row.  One
             # more job over the data (a distinct), only when the sample is this short.
-            extra = vectors_from_arrow(
-                features.select(FEATURES).distinct().limit(self.k).toArrow().column(0)
+            extra = from_arrow(
+                features.select(fetched).distinct().limit(self.k).toArrow().column(0)
             )
             points, weights = distinct_points(_stacked(raw, extra))
         centres, costs = _start(points, weights, k=self.k, config=cfg)

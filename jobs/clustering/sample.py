@@ -61,6 +61,29 @@ def vectors_from_arrow(column: pa.ChunkedArray | pa.Array) -> Any:
     return csr_matrix((data, indices, indptr), shape=(n, size.pop()))
 
 
+def arrays_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The rows of a dense ``array<float>`` or ``array<double>`` column (e.g. ``embeddings``'
+    ``embedding``) fetched with ``toArrow()``: an ``(n, d)`` float64 array, the values exactly
+    as ``array_to_vector`` makes them (float32 widens to float64 without rounding).
+
+    Raises ``ValueError`` for rows of different lengths or a null row."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0))
+    if column.null_count:
+        raise ValueError("K-Means input has null vectors")
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    dim = int(lengths[0])
+    if (lengths != dim).any():
+        raise ValueError("K-Means input has vectors of different dimensions")
+    values = column.values.to_numpy(zero_copy_only=False)
+    start = int(offsets[0])
+    return values[start : start + n * dim].astype(np.float64).reshape(n, dim)
+
+
 def _row_keys(matrix: np.ndarray) -> np.ndarray:
     """Each row of a C-contiguous 2-d array as one opaque bytes value (NumPy ``void``), which
     sorts and compares as its bytes."""
