@@ -2,20 +2,22 @@
 
 Rows: N unit vectors of dimension 384 (MiniLM's size) around k directions with noise (default),
 or, with ``--lake``, the embeddings of a lake (the latest model version of ``--unit``; e.g. the
-README demo's ``data/lake`` at the demo's k = 6).  Three fits of the same rows, same k,
-max_iter and tol:
+README demo's ``data/lake`` at the demo's k = 6).  Fits of the same rows, same k, max_iter
+and tol:
 
 * scikit-learn ``KMeans`` (k-means++, ``n_init=1``, Lloyd) on the NumPy array, with the same
-  convergence test (no centre moves more than ``--tol``), and once more with ``--tol`` read as
-  scikit-learn's own (relative) tolerance, for reference;
+  convergence test (no centre moves more than ``--tol``), and for reference once more with
+  ``--tol`` read as scikit-learn's own (relative) tolerance and once with ``cluster.n_init``
+  (3) inits, the restarts the cluster job makes;
 * the cluster job's CPU path (``jobs.clustering.kmeans.kmeans_estimator``: a k-means++ start on a
   bounded sample, ``cluster.n_init`` restarts, Lloyd passes on all rows in Spark);
 * for reference, MLlib's ``KMeans`` alone (k-means|| start, block solver), which the cluster job
   ran before.
 
 Each fit runs once cold with ``--seed`` (the JVM's JIT and scikit-learn's thread pools warm up)
-and then ``--repeats`` times warm with the next seeds, the fits taking turns with the same seed
-in each round (as the cluster stage's k sweep and evaluate's refits meet them).  Prints each
+and then ``--repeats`` times warm with the next seeds, the fits taking turns (in a rotating
+order) with the same seed in each round (as the cluster stage's k sweep and evaluate's refits
+meet them).  Prints each
 fit's median warm wall time and cost (inertia, computed the same way for all, on the rows in
 their original order) with the cold time in brackets, then ``cost ratio`` (median and worst
 seed) and ``time ratio`` (median warm; the cold ratio beside it) of the cluster job's path to
@@ -61,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lake", default=None, help="cluster this lake's embeddings instead")
     parser.add_argument("--unit", default="user", choices=["user", "session"])
-    parser.add_argument("--repeats", type=int, default=5, help="warm runs of each fit (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="warm runs of each fit, seeds after --seed (>= 1)"
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1 (the targets are on the warm fits)")
 
     import numpy as np
     import pyarrow as pa
@@ -137,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         d = norms[:, None] - 2.0 * points64 @ centres.T + (centres**2).sum(axis=1)[None, :]
         return float(np.clip(d.min(axis=1), 0.0, None).sum())
 
-    def fit_sklearn(tol: float, seed: int):
+    def fit_sklearn(tol: float, seed: int, n_init: int = 1):
         return SkKMeans(
             n_clusters=args.k,
             init="k-means++",
-            n_init=1,
+            n_init=n_init,
             max_iter=args.max_iter,
             tol=tol,
             random_state=seed,
@@ -179,17 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     # seed in a round: how long a fit takes and where it ends depend on its start, and one
     # seed's luck moved scikit-learn's 5,000-row time between 0.06 s and 0.15 s.  Both are
     # printed; the targets are on the warm rounds (median time; median and worst cost ratio).
-    seconds: dict[str, list[float]] = {"sk": [], "sk_own": [], "job": [], "mllib": []}
-    costs: dict[str, list[float]] = {name: [] for name in seconds}
+    # The order of the methods rotates from round to round, so that none always follows
+    # MLlib's fit (the JVM may still be collecting garbage on the 2 cores).
+    n_init = ClusterConfig(k=args.k).n_init
+    methods = [
+        ("sk", lambda s: fit_sklearn(same_tol, s)),
+        ("sk_own", lambda s: fit_sklearn(args.tol, s)),
+        ("sk_n_init", lambda s: fit_sklearn(same_tol, s, n_init)),
+        ("job", fit_job),
+        ("mllib", fit_mllib),
+    ]
+    seconds: dict[str, list[float]] = {name: [] for name, _ in methods}
+    costs: dict[str, list[float]] = {name: [] for name, _ in methods}
     starts: list = []
-    seeds = [args.seed + i for i in range(1 + max(1, args.repeats))]
-    for seed in seeds:
-        for name, fit in (
-            ("sk", lambda s: fit_sklearn(same_tol, s)),
-            ("sk_own", lambda s: fit_sklearn(args.tol, s)),
-            ("job", fit_job),
-            ("mllib", fit_mllib),
-        ):
+    seeds = [args.seed + i for i in range(1 + args.repeats)]
+    for round_, seed in enumerate(seeds):
+        turn = round_ % len(methods)
+        for name, fit in methods[turn:] + methods[:turn]:
             started = time.perf_counter()
             fitted = fit(seed)
             seconds[name].append(time.perf_counter() - started)
@@ -202,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_cost = {name: float(np.median(values[1:])) for name, values in costs.items()}
     sk_cost, sk_own_cost = warm_cost["sk"], warm_cost["sk_own"]
     job_cost, plain_cost = warm_cost["job"], warm_cost["mllib"]
+    n_init_s, n_init_cost = warm["sk_n_init"], warm_cost["sk_n_init"]
     ratios = [j / s for j, s in zip(costs["job"][1:], costs["sk"][1:], strict=True)]
     plain_ratios = [m / s for m, s in zip(costs["mllib"][1:], costs["sk"][1:], strict=True)]
     start = starts[0]
@@ -225,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         f"({seconds['sk_own'][0]:.2f}s)  cost {sk_own_cost:,.1f}"
     )
     print(
+        f"  the same, {n_init} inits (n_init={n_init}):           {n_init_s:7.2f}s "
+        f"({seconds['sk_n_init'][0]:.2f}s)  cost {n_init_cost:,.1f}  (reference: the job's "
+        "restarts)"
+    )
+    print(
         f"cluster job (sampled k-means++ start, Spark):  {job_s:7.2f}s ({seconds['job'][0]:.2f}s)  "
         f"cost {job_cost:,.1f}  "
         f"(seed {seeds[0]}: {start.sample_rows:,} sampled rows, restart costs "
@@ -243,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"time ratio {job_s / sk_s:.2f} (target <= 5; cold "
         f"{seconds['job'][0] / seconds['sk'][0]:.2f}); MLlib alone {plain_s / sk_s:.2f}; "
-        f"against scikit-learn's own tol {job_s / own_s:.2f}"
+        f"against scikit-learn's own tol {job_s / own_s:.2f}; against scikit-learn with "
+        f"n_init={n_init} {job_s / n_init_s:.2f}"
     )
     print(
         json.dumps(
@@ -257,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                 "mllib_s": plain_s,
                 "cold_s": {name: values[0] for name, values in seconds.items()},
                 "warm_runs_s": {name: values[1:] for name, values in seconds.items()},
+                "sklearn_n_init_s": n_init_s,
                 "seeds": seeds,
+                "sklearn_cost": sk_cost,
+                "job_cost": job_cost,
+                "mllib_cost": plain_cost,
                 "costs": costs,
                 "cost_ratios": ratios,
             }

@@ -540,8 +540,12 @@ def test_the_start_sample_read_from_the_embedding_column_is_the_vectors_sample(
     np.testing.assert_array_equal(arrays_from_arrow(column.slice(1, 2)), got[1:])
     with pytest.raises(ValueError, match="different dimensions"):
         arrays_from_arrow(pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())))
-    with pytest.raises(ValueError, match="null"):
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 2)
+    np.testing.assert_array_equal(arrays_from_arrow(fixed.slice(1, 2)), got[1:])
+    with pytest.raises(ValueError, match="null vectors"):
         arrays_from_arrow(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())))
+    with pytest.raises(ValueError, match="null values"):
+        arrays_from_arrow(pa.array([[1.0, 2.0], [1.0, None]], pa.list_(pa.float32())))
 
 
 @pytest.mark.parametrize("sample_col", [None, "e"], ids=["vectors", "array-column"])

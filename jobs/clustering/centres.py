@@ -7,18 +7,20 @@ RDD API's is not available under Spark Connect).  Two routes, the same model:
 
 * portable (Spark Connect included): MLlib's ``KMeans`` fitted on the k centres themselves with a
   random start, which picks all k of them, and ``maxIter=0`` (the start is the model).  Three
-  Spark jobs (``takeSample``'s count and sample, the training summary's cluster sizes): about
-  0.3-0.5 s per model on a warm local session, more than scikit-learn's whole fit of the README
-  demo's 5,000 users;
+  Spark jobs (``takeSample``'s count and sample, the training summary's cluster sizes), six the
+  first time a (k, seed) is met (below): about 0.3-0.5 s per fit on a warm local session, more
+  than scikit-learn's whole fit of the README demo's 5,000 users;
 * classic sessions: the model built in this process's JVM without a job (below, a compatibility
   shim), which the portable route backs up if the JVM refuses it.
 
 Either way the model's centres are the given ones *in the given order*, checked, so that a
 centre's ``cluster_id`` is its row in ``centres`` and a classic and a Connect run number the
-same segments alike.  MLlib's random start numbers the centres in the order it draws them (a
-shuffle that depends on the number of centres and the seed only); the portable route learns
-that order from its first fit of each (k, seed) and then feeds the centres pre-shuffled so
-that the draw puts them back in place.
+same segments alike.  MLlib's random start numbers the centres in the order it draws them
+(``RDD.takeSample`` shuffles all k rows with a generator seeded from ``seed``: an order that
+depends on k and the seed only); the portable route learns that order from its first fit of
+each (k, seed) and then feeds the centres pre-shuffled so that the draw puts them back in
+place.  Should an MLlib draw otherwise, the order is learnt again once; if it still differs, a
+warning says so and the model (right centres, MLlib's numbering) is kept.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 #: For each (number of centres, seed): MLlib's draw order, the rows of its input in the order
 #: the fitted model numbers them (learnt by :func:`_fitted_in_order`, per process).
 _DRAW_ORDER: dict[tuple[int, int], Any] = {}
+#: Whether building a model in the JVM has failed once in this process (then said once).
+_JVM_REFUSED: list[bool] = []
 
 
 def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
@@ -60,18 +64,21 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     model = _built_in_jvm(spark, given, estimator)
     if model is None:
         model = _fitted_in_order(spark, given, estimator, seed=seed)
+        if not np.allclose(np.array(model.clusterCenters()), given):
+            # The draw order was not the one learnt (another MLlib?): learn it again.
+            _DRAW_ORDER.pop((len(given), seed), None)
+            model = _fitted_in_order(spark, given, estimator, seed=seed)
     got = np.array(model.clusterCenters())
     if got.shape != given.shape or not np.allclose(
         got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
     ):
         raise RuntimeError("MLlib did not reproduce the K-Means centres it was given")
     if not np.allclose(got, given):
-        # The draw order was not what the first fit showed (another MLlib?): the model is
-        # right, only its cluster ids follow MLlib's order.
         _DRAW_ORDER.pop((len(given), seed), None)
         log.warning(
-            "MLlib numbered the %d K-Means centres in its own order on this session: cluster "
-            "ids may differ from a classic session's run of the same data",
+            "MLlib numbered the %d K-Means centres in its own order on this session: the "
+            "segments are right, but their cluster ids may differ from a classic session's run "
+            "of the same data",
             len(given),
         )
     return model
@@ -129,23 +136,30 @@ def _built_in_jvm(spark: SparkSession, given: Any, estimator: Any) -> Any | None
     the JVM refuses a call."""
     from jobs.core.session import is_connect
 
-    if is_connect(spark):
+    if is_connect(spark) or _JVM_REFUSED:
         return None
     try:
         from pyspark.ml.clustering import KMeansModel
-        from pyspark.mllib.common import _py2java
         from pyspark.mllib.linalg import DenseVector
+        from pyspark.serializers import CPickleSerializer
 
-        context = spark.sparkContext
-        jvm = context._jvm
+        jvm = spark.sparkContext._jvm
         if jvm is None:
             return None
-        # One pickled list through MLlib's own Python SerDe (what pyspark.mllib sends), not a
-        # py4j call per number.
-        vectors = _py2java(context, [DenseVector(row) for row in given])
+        # The centres as one pickled list, unpickled by MLlib's own Python SerDe (the format
+        # pyspark.mllib sends) into a java.util.ArrayList of MLlib vectors: one py4j call, not
+        # one per centre or per number.
+        pickled = bytearray(CPickleSerializer().dumps([DenseVector(row) for row in given]))
+        vectors = jvm.org.apache.spark.mllib.api.python.SerDe.loads(pickled)
         parent = jvm.org.apache.spark.mllib.clustering.KMeansModel(vectors)
         java_model = jvm.org.apache.spark.ml.clustering.KMeansModel(estimator.uid, parent)
-    except Exception as exc:  # an unexpected JVM or pyspark: the portable route still works
-        log.debug("building the K-Means model in the JVM failed, fitting it instead: %s", exc)
+    except Exception as exc:  # e.g. a cluster that allows py4j only to listed classes
+        _JVM_REFUSED.append(True)
+        log.warning(
+            "cannot build K-Means models in the driver's JVM (%s: %s); fitting each instead, "
+            "three Spark jobs per model",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
         return None
     return estimator._copyValues(KMeansModel(java_model))

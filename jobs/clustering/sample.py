@@ -66,7 +66,7 @@ def arrays_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     ``embedding``) fetched with ``toArrow()``: an ``(n, d)`` float64 array, the values exactly
     as ``array_to_vector`` makes them (float32 widens to float64 without rounding).
 
-    Raises ``ValueError`` for rows of different lengths or a null row."""
+    Raises ``ValueError`` for rows of different lengths, a null row or a null value."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     n = len(column)
@@ -74,14 +74,18 @@ def arrays_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.zeros((0, 0))
     if column.null_count:
         raise ValueError("K-Means input has null vectors")
-    offsets = column.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    dim = int(lengths[0])
-    if (lengths != dim).any():
-        raise ValueError("K-Means input has vectors of different dimensions")
-    values = column.values.to_numpy(zero_copy_only=False)
-    start = int(offsets[0])
-    return values[start : start + n * dim].astype(np.float64).reshape(n, dim)
+    # flatten() applies a sliced array's offset and holds exactly its rows' values.
+    values = column.flatten()
+    if values.null_count:  # a null is no coordinate (embeddings hold none)
+        raise ValueError("K-Means input has null values inside vectors")
+    if pa.types.is_fixed_size_list(column.type):
+        dim = column.type.list_size
+    else:
+        lengths = np.diff(column.offsets.to_numpy())
+        dim = int(lengths[0])
+        if (lengths != dim).any():
+            raise ValueError("K-Means input has vectors of different dimensions")
+    return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, dim)
 
 
 def _row_keys(matrix: np.ndarray) -> np.ndarray:
