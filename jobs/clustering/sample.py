@@ -18,18 +18,24 @@ import pyarrow as pa
 DENSE = 1
 
 
+def _rows(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A fetched column as one Arrow array; ``ValueError`` when a row is null."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    if column.null_count:
+        raise ValueError("K-Means input has null vectors")
+    return column
+
+
 def vectors_from_arrow(column: pa.ChunkedArray | pa.Array) -> Any:
     """The rows of an MLlib vector column fetched with ``toArrow()``: an ``(n, d)`` float64
     array when every row is dense, else an ``(n, size)`` CSR matrix.
 
     Raises ``ValueError`` for rows of different dimensions or a null vector."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    column = _rows(column)
     n = len(column)
     if n == 0:
         return np.zeros((0, 0))
-    if column.null_count:
-        raise ValueError("K-Means input has null vectors")
     # flatten(), not field(): it applies the struct array's own offset (a sliced batch).
     fields = dict(zip([f.name for f in column.type], column.flatten(), strict=True))
     kinds = fields["type"].to_numpy(zero_copy_only=False)
@@ -67,13 +73,10 @@ def arrays_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     as ``array_to_vector`` makes them (float32 widens to float64 without rounding).
 
     Raises ``ValueError`` for rows of different lengths, a null row or a null value."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    column = _rows(column)
     n = len(column)
     if n == 0:
         return np.zeros((0, 0))
-    if column.null_count:
-        raise ValueError("K-Means input has null vectors")
     # flatten() applies a sliced array's offset and holds exactly its rows' values.
     values = column.flatten()
     if values.null_count:  # a null is no coordinate (embeddings hold none)
