@@ -64,17 +64,12 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     model = _built_in_jvm(spark, given, estimator)
     if model is None:
         model = _fitted_in_order(spark, given, estimator, seed=seed)
-        if not np.allclose(np.array(model.clusterCenters()), given):
-            # The draw order was not the one learnt (another MLlib?): learn it again.
-            _DRAW_ORDER.pop((len(given), seed), None)
-            model = _fitted_in_order(spark, given, estimator, seed=seed)
     got = np.array(model.clusterCenters())
     if got.shape != given.shape or not np.allclose(
         got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
     ):
         raise RuntimeError("MLlib did not reproduce the K-Means centres it was given")
     if not np.allclose(got, given):
-        _DRAW_ORDER.pop((len(given), seed), None)
         log.warning(
             "MLlib numbered the %d K-Means centres in its own order on this session: the "
             "segments are right, but their cluster ids may differ from a classic session's run "
@@ -86,27 +81,32 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
 
 def _fitted_in_order(spark: SparkSession, given: Any, estimator: Any, *, seed: int) -> Any:
     """``estimator`` (random start, no Lloyd step) fitted on the rows of ``given`` so that the
-    model numbers them in ``given``'s order.  The first fit of a (k, seed) learns MLlib's draw
-    order and, unless it happens to keep the order, a second fit on the rows placed where the
-    draw takes them from gives the model."""
+    model numbers them in ``given``'s order: one fit on the rows placed where MLlib's draw for
+    this (k, seed) takes them from.  The first fit of a (k, seed), or one after the learnt draw
+    failed, learns the draw on the rows as given (kept if the draw left them in order)."""
     import numpy as np
 
+    def placed(order: Any) -> DataFrame:
+        rows = np.empty_like(given)
+        rows[order] = given  # the draw takes input row order[i] as centre i
+        return _centre_rows(spark, rows)
+
     key = (len(given), seed)
-    order = _DRAW_ORDER.get(key)
-    if order is None:
-        model = estimator.fit(_centre_rows(spark, given))
-        got = np.array(model.clusterCenters())
-        # Each centre's row in ``given`` (the rows are distinct; MLlib copies the values).
-        distances = ((got[:, None, :] - given[None, :, :]) ** 2).sum(axis=2)
-        order = distances.argmin(axis=1)
-        if sorted(order.tolist()) != list(range(len(given))):
-            return model  # not the given centres: model_with_centres says so
-        _DRAW_ORDER[key] = order
-        if (order == np.arange(len(given))).all():
+    if key in _DRAW_ORDER:
+        model = estimator.fit(placed(_DRAW_ORDER[key]))
+        if np.allclose(np.array(model.clusterCenters()), given):
             return model
-    placed = np.empty_like(given)
-    placed[order] = given  # the draw takes input row order[i] as centre i
-    return estimator.fit(_centre_rows(spark, placed))
+        del _DRAW_ORDER[key]  # MLlib drew otherwise (another version?): learn it again
+    model = estimator.fit(_centre_rows(spark, given))
+    got = np.array(model.clusterCenters())
+    # Each centre's row in ``given`` (the rows are distinct; MLlib copies the values).
+    order = ((got[:, None, :] - given[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    if sorted(order.tolist()) != list(range(len(given))):
+        return model  # not the given centres: model_with_centres says so
+    _DRAW_ORDER[key] = order
+    if (order == np.arange(len(given))).all():
+        return model
+    return estimator.fit(placed(order))
 
 
 def _centre_rows(spark: SparkSession, given: Any) -> DataFrame:
