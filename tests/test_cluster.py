@@ -317,6 +317,7 @@ def test_gpu_centres_match_cpu(
 
 def test_restarts_keep_the_lowest_cost_start() -> None:
     from sklearn.cluster import KMeans as SkKMeans
+    from threadpoolctl import threadpool_info
 
     from jobs.clustering.kmeans import _kmeans_pp_restarts
 
@@ -325,7 +326,10 @@ def test_restarts_keep_the_lowest_cost_start() -> None:
     corners = ((0, 0), (6, 0), (0, 6), (6, 6), (3, 3), (20, 20))
     points = np.vstack([rng.normal(loc, 1.0, size=(60, 2)) for loc in corners])
     settings = ClusterConfig(k=5, n_init=6, seed=11)
+    threads = [(i["user_api"], i["num_threads"]) for i in threadpool_info()]
     centres, costs = _kmeans_pp_restarts(points, np.ones(len(points)), k=5, config=settings)
+    # The restarts ran in threads with BLAS held at one thread: the limits are as they were.
+    assert [(i["user_api"], i["num_threads"]) for i in threadpool_info()] == threads
     assert len(costs) == 6 and len(set(np.round(costs, 6))) > 1
     labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
     kept = sum(((points[labels == c] - centres[c]) ** 2).sum() for c in range(len(centres)))
@@ -418,10 +422,13 @@ def test_a_model_built_in_the_jvm_is_the_model_mllib_fits_and_runs_no_job(
     finally:
         spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
     assert not built.hasSummary  # the shim's model: a fitted one carries a training summary
+    # Its numbering is the given order, which the caller gets without reading the JVM model.
+    np.testing.assert_array_equal(centres_module.numbered_model(spark, given, seed=1)[1], given)
     monkeypatch.setattr(centres_module, "_built_in_jvm", lambda *args: None)
     monkeypatch.setattr(centres_module, "_DRAW_ORDER", {})
-    fitted = centres_module.model_with_centres(spark, given, seed=1)
+    fitted, numbered = centres_module.numbered_model(spark, given, seed=1)
     assert fitted.hasSummary
+    np.testing.assert_array_equal(numbered, np.array(fitted.clusterCenters()))
     # Both routes number the centres in the order given (a classic and a Connect run of the
     # same data write the same cluster ids): the fitted one learnt MLlib's draw order once.
     np.testing.assert_array_equal(np.array(fitted.clusterCenters()), given)

@@ -48,6 +48,18 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     :data:`PREDICTION`, ``k`` = the number of centres) whose centres are exactly ``centres``
     ((k, d) array, distinct rows), in that order: cluster ``i`` is ``centres[i]``.
     ``RuntimeError`` if MLlib does not reproduce them."""
+    return numbered_model(spark, centres, seed=seed)[0]
+
+
+def numbered_model(spark: SparkSession, centres: Any, *, seed: int) -> tuple[Any, Any]:
+    """:func:`model_with_centres` and the model's centres as it numbers them ((k, d) float64:
+    ``centres`` themselves, unless MLlib numbered them otherwise, which a warning says), so
+    that a caller need not read them back (``clusterCenters()`` costs a py4j round trip of
+    about 50 ms on a warm local session).
+
+    The model built in the JVM holds the values it was sent (MLlib's SerDe unpickles the
+    doubles exactly; ``tests/test_cluster.py`` compares both routes' centres); a fitted one is
+    read back and checked."""
     import numpy as np
     from pyspark.ml.clustering import KMeans
 
@@ -62,8 +74,9 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
         predictionCol=PREDICTION,
     )
     model = _built_in_jvm(spark, given, estimator)
-    if model is None:
-        model = _fitted_in_order(spark, given, estimator, seed=seed)
+    if model is not None:
+        return model, given
+    model = _fitted_in_order(spark, given, estimator, seed=seed)
     got = np.array(model.clusterCenters())
     if got.shape != given.shape or not np.allclose(
         got[np.lexsort(got.T[::-1])], given[np.lexsort(given.T[::-1])]
@@ -76,7 +89,7 @@ def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
             "of the same data",
             len(given),
         )
-    return model
+    return model, got
 
 
 def _fitted_in_order(spark: SparkSession, given: Any, estimator: Any, *, seed: int) -> Any:
