@@ -257,9 +257,6 @@ def _store_history_vectors(lake: Lake, backtest: Backtest, target: _Target, run_
         log.warning("history vectors not stored (the next evaluate encodes them again): %s", exc)
 
 
-# ==================================================================== compute
-
-
 # ==================================================================== the stage
 
 
@@ -318,6 +315,16 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
                 embedding=embedding,
             )
             results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
+            # The profiles need the same rows' Jaccard only: computed (cached) while the
+            # backtest finishes (on the demo 5-7 s of its tail), written after it.
+            profiles = cluster_profiles(
+                this_run.select("id", "user_id", "cluster_id", "distance"),
+                sequences,
+                lake.read(SESSIONS),
+                jaccard=jaccard,
+                unit=unit,
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            profiles.count()
             backtest = pending.result()
         sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
     finally:
@@ -339,18 +346,12 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     for (method, metric), why in sorted(skipped.items()):
         log.info("not applicable: %s %s: %s", method, metric, why)
 
-    profiles = cluster_profiles(
-        this_run.select("id", "user_id", "cluster_id", "distance"),
-        sequences,
-        lake.read(SESSIONS),
-        jaccard=jaccard,
-        unit=unit,
-    )
     lake.overwrite_partitions(
         CLUSTER_PROFILES,
         profiles.select(F.lit(cluster_run).alias("run_id"), "*"),
         {"run_id": [cluster_run]},
     )
+    profiles.unpersist()
     record_metrics(
         spark,
         lake,
