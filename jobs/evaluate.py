@@ -277,6 +277,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
         .transform(with_squared_norms)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    profiles: DataFrame | None = None
     try:
         n = rows.count()
         log.info(
@@ -315,8 +316,7 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
                 embedding=embedding,
             )
             results, skipped, jaccard = same_rows_metrics(config, rows, sequences, truth, k=k)
-            # The profiles need the same rows' Jaccard only: computed (cached) while the
-            # backtest finishes (on the demo 5-7 s of its tail), written after it.
+            # Needing only the same rows' Jaccard, they are computed while the backtest ends.
             profiles = cluster_profiles(
                 this_run.select("id", "user_id", "cluster_id", "distance"),
                 sequences,
@@ -327,31 +327,32 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
             profiles.count()
             backtest = pending.result()
         sample = sample_rows(rows, sample=cfg.silhouette_sample, seed=cfg.seed)
+        _store_history_vectors(lake, backtest, target, run_id)
+        caveat = (
+            encoder_caveat(embedding.model_dir)
+            if backtest.protocol and isinstance(embedding, EmbeddingSource)
+            else None
+        )
+        if caveat:
+            log.warning("backtest: %s", caveat)
+            backtest = dataclasses.replace(backtest, caveat=caveat)
+        for method, values in backtest.metrics.items():
+            results.setdefault(method, {}).update(values)
+        skipped.update(backtest.not_applicable)
+        if backtest.protocol is None:
+            skipped[("*", "future_*")] = backtest.reason
+        for (method, metric), why in sorted(skipped.items()):
+            log.info("not applicable: %s %s: %s", method, metric, why)
+
+        lake.overwrite_partitions(
+            CLUSTER_PROFILES,
+            profiles.select(F.lit(cluster_run).alias("run_id"), "*"),
+            {"run_id": [cluster_run]},
+        )
     finally:
         rows.unpersist()
-    _store_history_vectors(lake, backtest, target, run_id)
-    caveat = (
-        encoder_caveat(embedding.model_dir)
-        if backtest.protocol and isinstance(embedding, EmbeddingSource)
-        else None
-    )
-    if caveat:
-        log.warning("backtest: %s", caveat)
-        backtest = dataclasses.replace(backtest, caveat=caveat)
-    for method, values in backtest.metrics.items():
-        results.setdefault(method, {}).update(values)
-    skipped.update(backtest.not_applicable)
-    if backtest.protocol is None:
-        skipped[("*", "future_*")] = backtest.reason
-    for (method, metric), why in sorted(skipped.items()):
-        log.info("not applicable: %s %s: %s", method, metric, why)
-
-    lake.overwrite_partitions(
-        CLUSTER_PROFILES,
-        profiles.select(F.lit(cluster_run).alias("run_id"), "*"),
-        {"run_id": [cluster_run]},
-    )
-    profiles.unpersist()
+        if profiles is not None:
+            profiles.unpersist()
     record_metrics(
         spark,
         lake,

@@ -422,8 +422,23 @@ def test_a_model_built_in_the_jvm_is_the_model_mllib_fits_and_runs_no_job(
     finally:
         spark.sparkContext.setJobGroup(None, None)  # type: ignore[arg-type]
     assert not built.hasSummary  # the shim's model: a fitted one carries a training summary
-    # Its numbering is the given order, which the caller gets without reading the JVM model.
-    np.testing.assert_array_equal(centres_module.numbered_model(spark, given, seed=1)[1], given)
+    # The first JVM-built model of a process is read back and checked; later ones are not, and
+    # their numbering (the given order) is what the JVM holds.
+    monkeypatch.setattr(centres_module, "_JVM_CHECKED", [])
+    model, numbered = centres_module.numbered_model(spark, given, seed=1)
+    assert centres_module._JVM_CHECKED == [True]
+    np.testing.assert_array_equal(numbered, np.array(model.clusterCenters()))
+    # A JVM that built the model otherwise (here: the centres reversed) is not trusted again:
+    # a warning, then the fitted route, numbering as given.
+    shim = centres_module._built_in_jvm
+    monkeypatch.setattr(centres_module, "_JVM_CHECKED", [])
+    monkeypatch.setattr(centres_module, "_JVM_REFUSED", [])
+    monkeypatch.setattr(centres_module, "_DRAW_ORDER", {})
+    monkeypatch.setattr(centres_module, "_built_in_jvm", lambda s, g, e: shim(s, g[::-1].copy(), e))
+    model, numbered = centres_module.numbered_model(spark, given, seed=1)
+    assert centres_module._JVM_REFUSED == [True] and model.hasSummary
+    np.testing.assert_array_equal(numbered, given)
+    np.testing.assert_array_equal(np.array(model.clusterCenters()), given)
     monkeypatch.setattr(centres_module, "_built_in_jvm", lambda *args: None)
     monkeypatch.setattr(centres_module, "_DRAW_ORDER", {})
     fitted, numbered = centres_module.numbered_model(spark, given, seed=1)

@@ -13,7 +13,8 @@ RDD API's is not available under Spark Connect).  Two routes, the same model:
 * classic sessions: the model built in this process's JVM without a job (below, a compatibility
   shim), which the portable route backs up if the JVM refuses it.
 
-Either way the model's centres are the given ones *in the given order*, checked, so that a
+Either way the model's centres are the given ones *in the given order* (the fitted route's are
+read back and checked, the JVM route's the first time in a process), so that a
 centre's ``cluster_id`` is its row in ``centres`` and a classic and a Connect run number the
 same segments alike.  MLlib's random start numbers the centres in the order it draws them
 (``RDD.takeSample`` shuffles all k rows with a generator seeded from ``seed``: an order that
@@ -41,13 +42,16 @@ log = logging.getLogger(__name__)
 _DRAW_ORDER: dict[tuple[int, int], Any] = {}
 #: Whether building a model in the JVM has failed once in this process (then said once).
 _JVM_REFUSED: list[bool] = []
+#: Whether a model built in the JVM held exactly its centres once in this process.
+_JVM_CHECKED: list[bool] = []
 
 
 def model_with_centres(spark: SparkSession, centres: Any, *, seed: int) -> Any:
     """A pyspark ``KMeansModel`` (Euclidean, features :data:`FEATURES`, prediction
     :data:`PREDICTION`, ``k`` = the number of centres) whose centres are exactly ``centres``
     ((k, d) array, distinct rows), in that order: cluster ``i`` is ``centres[i]``.
-    ``RuntimeError`` if MLlib does not reproduce them."""
+    ``RuntimeError`` if MLlib does not reproduce them (checked as :func:`numbered_model`
+    says)."""
     return numbered_model(spark, centres, seed=seed)[0]
 
 
@@ -58,8 +62,10 @@ def numbered_model(spark: SparkSession, centres: Any, *, seed: int) -> tuple[Any
     about 50 ms on a warm local session).
 
     The model built in the JVM holds the values it was sent (MLlib's SerDe unpickles the
-    doubles exactly; ``tests/test_cluster.py`` compares both routes' centres); a fitted one is
-    read back and checked."""
+    doubles' bytes; ``tests/test_cluster.py`` compares both routes' centres): it is read back
+    and checked once per process, in case another Spark version built it otherwise (then the
+    fitted route takes over, with a warning).  A fitted model is read back and checked
+    every time."""
     import numpy as np
     from pyspark.ml.clustering import KMeans
 
@@ -74,6 +80,13 @@ def numbered_model(spark: SparkSession, centres: Any, *, seed: int) -> tuple[Any
         predictionCol=PREDICTION,
     )
     model = _built_in_jvm(spark, given, estimator)
+    if model is not None and not _JVM_CHECKED:
+        if np.array_equal(np.array(model.clusterCenters()), given):
+            _JVM_CHECKED.append(True)
+        else:
+            _JVM_REFUSED.append(True)
+            log.warning("K-Means models built in the JVM lose their centres: fitting instead")
+            model = None
     if model is not None:
         return model, given
     model = _fitted_in_order(spark, given, estimator, seed=seed)

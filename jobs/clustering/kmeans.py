@@ -296,7 +296,8 @@ def fit_on_driver(raw: Any, *, k: int, config: ClusterConfig) -> tuple[Any, list
         )
     points, weights = distinct_points(raw)
     centres, costs = _start(points, weights, k=k, config=config)
-    return pairwise_distances_argmin(raw, centres), costs
+    with _SKLEARN_BLAS:
+        return pairwise_distances_argmin(raw, centres), costs
 
 
 def _stacked(first: Any, second: Any) -> Any:
@@ -321,8 +322,9 @@ def _dense(points: Any) -> Any:
     return points.toarray() if hasattr(points, "toarray") else np.asarray(points, dtype=np.float64)
 
 
-#: Held while a pool of K-Means restarts runs (see :func:`_kmeans_pp_restarts`).
-_RESTARTS = threading.Lock()
+#: Held around this module's scikit-learn calls that set and restore the process-wide BLAS
+#: limit: two at once (evaluate fits from two threads) would restore it out of turn.
+_SKLEARN_BLAS = threading.Lock()
 
 
 def _kmeans_pp_restarts(
@@ -333,15 +335,14 @@ def _kmeans_pp_restarts(
     ``weights``, and every fit's cost (weighted inertia), in seed order.
 
     The fits run side by side in driver threads (scikit-learn's Lloyd iterations release the
-    GIL; on the README demo's 5,000 rows three restarts took 0.12 s instead of 0.16-0.26 s on 2
-    cores, ``benchmarks/kmeans.py``).  Each fit keeps scikit-learn's own OpenMP threads (their
-    number decides how its Lloyd step sums up), as when it runs alone; BLAS is held at one
-    thread meanwhile (scikit-learn's Lloyd sets and restores that limit process-wide: fits
-    restoring it in turn would otherwise leave it at one thread after them)."""
-    import os
+    GIL; three restarts on the README demo's 5,000 rows: 0.16-0.26 s -> 0.11-0.14 s on 2 cores).
+    Each keeps scikit-learn's own OpenMP threads, so it sums up its Lloyd steps as when it runs
+    alone (to the last bit with up to 2 threads; with more, scikit-learn's merge order varies
+    from run to run anyway); BLAS is held at one thread meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
+    from joblib import cpu_count
     from sklearn.cluster import KMeans as SkKMeans
     from threadpoolctl import threadpool_limits
 
@@ -357,15 +358,14 @@ def _kmeans_pp_restarts(
             random_state=(config.seed + i) % 2**32,
         ).fit(points, sample_weight=weights)
 
-    workers = max(1, min(config.n_init, os.cpu_count() or 1))
-    # One pool at a time (evaluate fits from two driver threads): a pool uses every core, and
-    # two would restore each other's process-wide BLAS limit out of turn.
-    with (
-        _RESTARTS,
-        threadpool_limits(limits=1, user_api="blas"),
-        ThreadPoolExecutor(workers, thread_name_prefix="kmeans-restart") as pool,
-    ):
-        fits = list(pool.map(restart, range(config.n_init)))
+    # joblib's count honours CPU affinity and container quotas (os.cpu_count does not).
+    workers = max(1, min(config.n_init, cpu_count(only_physical_cores=False)))
+    with _SKLEARN_BLAS, threadpool_limits(limits=1, user_api="blas"):
+        if workers == 1:
+            fits = [restart(i) for i in range(config.n_init)]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="kmeans-restart") as pool:
+                fits = list(pool.map(restart, range(config.n_init)))
     best = min(fits, key=lambda f: f.inertia_)
     centres = np.unique(np.asarray(best.cluster_centers_, dtype=np.float64), axis=0)
     return centres, [float(f.inertia_) for f in fits]
