@@ -102,9 +102,13 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> C
             )
             models: dict[int, Any] = {}
             starts: dict[int, Any] = {}
+            shared = None  # the CPU path's start sample: fetched by the first fit, then reused
             for wanted in candidates:
-                estimator = kmeans_estimator(backend, wanted, cfg, rows=n, sample_col="embedding")
+                estimator = kmeans_estimator(
+                    backend, wanted, cfg, rows=n, sample_col="embedding", sample=shared
+                )
                 model = estimator.fit(rows)
+                shared = getattr(estimator, "last_sample", None)
                 # k is what was fitted: the number of centroids written, never the request.
                 k = len(model.clusterCenters())
                 if k != wanted:

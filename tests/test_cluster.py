@@ -169,10 +169,20 @@ def test_elbow_sweep_picks_the_true_k(
 
 @pytest.mark.slow  # a three-k sweep, about 12 s; the silhouette rule is test_pick_k_rules
 def test_sweep_picks_the_true_k_and_records_every_candidate(
-    spark: SparkSession, blob_lake: tuple[AppConfig, np.ndarray, np.ndarray]
+    spark: SparkSession,
+    blob_lake: tuple[AppConfig, np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from jobs.clustering import kmeans as kmeans_module
+
     config, points, _labels = blob_lake
+    fetches: list[int] = []
+    fetch = kmeans_module.fetch_start_sample
+    monkeypatch.setattr(
+        kmeans_module, "fetch_start_sample", lambda *a, **kw: fetches.append(1) or fetch(*a, **kw)
+    )
     lake = _sweep(spark, config, "silhouette")
+    assert fetches == [1]  # one start sample for the three k
     metrics = lake.read("cluster_metrics").where("run_id = 'sweep-silhouette'").collect()
     assert {(m["metric"], m["k"]) for m in metrics} == {
         (name, k)
@@ -568,6 +578,42 @@ def test_the_start_sample_read_from_the_embedding_column_is_the_vectors_sample(
         arrays_from_arrow(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())))
     with pytest.raises(ValueError, match="null values"):
         arrays_from_arrow(pa.array([[1.0, 2.0], [1.0, None]], pa.list_(pa.float32())))
+
+
+def test_a_k_sweep_fetches_one_start_sample(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster stage hands the first fit's start sample to the next k: fetched once (it is
+    seeded, so the same rows), with the same starts and models as fits fetching their own."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    from jobs.clustering import kmeans as kmeans_module
+
+    points, _ = blobs(seed=3)
+    frame = spark.createDataFrame(
+        [([float(x) for x in p],) for p in points], "embedding array<double>"
+    ).select("embedding", array_to_vector(F.col("embedding")).alias(kmeans_module.FEATURES))
+    config = ClusterConfig(k=K_TRUE, init_sample=100)  # a sample of the 500 rows: Lloyd passes
+    alone = {}
+    for k in (4, 5):
+        estimator = kmeans_module.SampledStartKMeans(k=k, config=config, sample_col="embedding")
+        alone[k] = (np.array(estimator.fit(frame).clusterCenters()), estimator.last_start)
+    fetches: list[int] = []
+    fetch = kmeans_module.fetch_start_sample
+    monkeypatch.setattr(
+        kmeans_module, "fetch_start_sample", lambda *a, **kw: fetches.append(1) or fetch(*a, **kw)
+    )
+    shared = None
+    for k in (4, 5):
+        estimator = kmeans_module.kmeans_estimator(
+            "cpu", k, config, rows=N, sample_col="embedding", sample=shared
+        )
+        centres = np.array(estimator.fit(frame).clusterCenters())
+        shared = estimator.last_sample
+        np.testing.assert_array_equal(centres, alone[k][0])
+        assert estimator.last_start == alone[k][1] and alone[k][1].lloyd_passes >= 1
+    assert fetches == [1] and shared is not None and shared.rows <= 100
 
 
 @pytest.mark.parametrize("sample_col", [None, "e"], ids=["vectors", "array-column"])

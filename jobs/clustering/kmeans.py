@@ -19,7 +19,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.clustering.centres import FEATURES, PREDICTION, numbered_model
-from jobs.clustering.sample import arrays_from_arrow, distinct_points, vectors_from_arrow
+from jobs.clustering.sample import (
+    StartSample,
+    arrays_from_arrow,
+    dense_copy,
+    distinct_points,
+    fetch_start_sample,
+    stacked_rows,
+    vectors_from_arrow,
+)
 from jobs.core.config import ClusterConfig
 from jobs.core.errors import DataError
 
@@ -109,6 +117,7 @@ def kmeans_estimator(
     *,
     rows: int | None = None,
     sample_col: str | None = None,
+    sample: StartSample | None = None,
 ) -> Any:
     """An unfitted K-Means of ``backend`` and ``config.algorithm`` (``bisecting_kmeans``:
     MLlib's ``BisectingKMeans`` on :data:`FEATURES`, whatever the backend; ``gpu``:
@@ -116,7 +125,8 @@ def kmeans_estimator(
     :data:`FEATURES`) predicting :data:`PREDICTION`.  ``rows``: the row count of the data it
     will fit, when the caller has counted it (the CPU path then does not count again);
     ``sample_col``: a dense array column of the data holding the same values as
-    :data:`FEATURES` (see :class:`SampledStartKMeans`)."""
+    :data:`FEATURES`; ``sample``: its start sample, already fetched (both: the CPU path, see
+    :class:`SampledStartKMeans`)."""
     if config.algorithm == "bisecting_kmeans":
         from pyspark.ml.clustering import BisectingKMeans
 
@@ -135,7 +145,7 @@ def kmeans_estimator(
             .setFeaturesCol("embedding")
             .setPredictionCol(PREDICTION)
         )
-    return SampledStartKMeans(k=k, config=config, rows=rows, sample_col=sample_col)
+    return SampledStartKMeans(k=k, config=config, rows=rows, sample_col=sample_col, sample=sample)
 
 
 class SingleCluster(DataError):
@@ -193,6 +203,7 @@ class SampledStartKMeans:
         config: ClusterConfig,
         rows: int | None = None,
         sample_col: str | None = None,
+        sample: StartSample | None = None,
     ) -> None:
         self.k = k
         self.config = config
@@ -203,7 +214,12 @@ class SampledStartKMeans:
         #: the start sample is fetched from it, half the bytes of float64 vectors and no vector
         #: conversion, the same numbers.  None: the vectors themselves are fetched.
         self.sample_col = sample_col
+        #: The start sample ``fit`` uses (fetched by it when None): the same data, ``seed`` and
+        #: ``init_sample`` give the same one, so a k sweep passes on the first fit's
+        #: :attr:`last_sample` (the top-up of a short sample stays per fit).
+        self.sample = sample
         self.last_start: StartReport | None = None
+        self.last_sample: StartSample | None = None
 
     def fit(self, features: DataFrame) -> Any:
         """An MLlib ``KMeansModel`` of ``features`` (column :data:`FEATURES`, dense or sparse
@@ -217,17 +233,16 @@ class SampledStartKMeans:
         total = features.count() if self.rows is None else self.rows
         fetched = self.sample_col or FEATURES
         from_arrow = arrays_from_arrow if self.sample_col else vectors_from_arrow
-        vectors = features.select(fetched)
-        if total > cfg.init_sample:
-            fraction = min(1.0, 1.2 * cfg.init_sample / total)
-            vectors = vectors.sample(withReplacement=False, fraction=fraction, seed=cfg.seed)
-        table = vectors.toArrow()
-        sampled = table.num_rows
-        if sampled > cfg.init_sample:  # an unbiased subsample, not the first partitions
-            keep = np.random.default_rng(cfg.seed).choice(sampled, cfg.init_sample, False)
-            table, sampled = table.take(np.sort(keep)), cfg.init_sample
-        raw = from_arrow(table.column(0))
-        points, weights = distinct_points(raw)
+        start = self.sample or fetch_start_sample(
+            features,
+            total=total,
+            at_most=cfg.init_sample,
+            seed=cfg.seed,
+            column=fetched,
+            dense_array=self.sample_col is not None,
+        )
+        self.last_sample = start
+        raw, sampled, points, weights = start.raw, start.rows, start.points, start.weights
         if points.shape[0] < self.k and total > sampled:
             # The sample missed rare points of the full data (the caller counted its distinct
             # vectors): up to k of the full data's distinct vectors join the start, so that it
@@ -236,7 +251,7 @@ class SampledStartKMeans:
             extra = from_arrow(
                 features.select(fetched).distinct().limit(self.k).toArrow().column(0)
             )
-            points, weights = distinct_points(_stacked(raw, extra))
+            points, weights = distinct_points(stacked_rows(raw, extra))
         centres, costs = _start(points, weights, k=self.k, config=cfg)
         spark = features.sparkSession
         model, current = numbered_model(spark, centres, seed=cfg.seed)
@@ -273,7 +288,7 @@ def _start(points: Any, weights: Any, *, k: int, config: ClusterConfig) -> tuple
         raise SingleCluster("K-Means found a single cluster: every sampled point coincides")
     if points.shape[0] <= k:
         # No more distinct points than clusters: each point is a centre, at cost 0.
-        return _dense(points), [0.0] * config.n_init
+        return dense_copy(points), [0.0] * config.n_init
     return _kmeans_pp_restarts(points, weights, k=k, config=config)
 
 
@@ -298,28 +313,6 @@ def fit_on_driver(raw: Any, *, k: int, config: ClusterConfig) -> tuple[Any, list
     centres, costs = _start(points, weights, k=k, config=config)
     with _SKLEARN_BLAS:
         return pairwise_distances_argmin(raw, centres), costs
-
-
-def _stacked(first: Any, second: Any) -> Any:
-    """The rows of ``first`` then ``second`` (both dense arrays, or either a CSR matrix)."""
-    import numpy as np
-
-    if first.shape[0] == 0:  # an empty sample has no width to stack on
-        return second
-    if hasattr(first, "tocsr") or hasattr(second, "tocsr"):
-        from scipy.sparse import csr_matrix, vstack
-
-        stacked = vstack([csr_matrix(first), csr_matrix(second)]).tocsr()
-        stacked.eliminate_zeros()  # a dense row's zeros and a sparse row's explicit ones
-        return stacked
-    return np.vstack([first, second])
-
-
-def _dense(points: Any) -> Any:
-    """A dense NumPy copy of a NumPy array or SciPy sparse matrix."""
-    import numpy as np
-
-    return points.toarray() if hasattr(points, "toarray") else np.asarray(points, dtype=np.float64)
 
 
 #: Held around this module's scikit-learn calls that set and restore the process-wide BLAS

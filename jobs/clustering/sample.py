@@ -10,12 +10,55 @@ An MLlib vector column reaches Arrow as its UDT's SQL type, ``struct<type: tinyi
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
 DENSE = 1
+
+
+@dataclass(frozen=True)
+class StartSample:
+    """A K-Means start sample on the driver (:func:`fetch_start_sample`): the fetched rows
+    (``raw``: (n, d) float64 array, or CSR matrix for sparse vectors), their distinct rows
+    (``points``) and how often each occurs (``weights``, (n',) float64)."""
+
+    raw: Any
+    points: Any
+    weights: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        """Rows fetched (n)."""
+        return int(self.raw.shape[0])
+
+
+def fetch_start_sample(
+    data: DataFrame, *, total: int, at_most: int, seed: int, column: str, dense_array: bool
+) -> StartSample:
+    """At most ``at_most`` rows of ``column`` of ``data`` (``total`` rows, counted by the
+    caller) as a :class:`StartSample`: every row when they fit, else a seeded Bernoulli sample
+    of about 1.2 x ``at_most`` rows cut to ``at_most`` by a seeded draw (an unbiased
+    subsample, not the first partitions).  One Spark job (``toArrow``); the same ``data``,
+    ``seed`` and ``at_most`` give the same rows, so a k sweep fetches it once.
+    ``dense_array``: ``column`` is an ``array<float|double>`` column
+    (:func:`arrays_from_arrow`), else MLlib vectors (:func:`vectors_from_arrow`)."""
+    selected = data.select(column)
+    if total > at_most:
+        fraction = min(1.0, 1.2 * at_most / total)
+        selected = selected.sample(withReplacement=False, fraction=fraction, seed=seed)
+    table = selected.toArrow()
+    if table.num_rows > at_most:
+        keep = np.random.default_rng(seed).choice(table.num_rows, at_most, False)
+        table = table.take(np.sort(keep))
+    raw = (arrays_from_arrow if dense_array else vectors_from_arrow)(table.column(0))
+    points, weights = distinct_points(raw)
+    return StartSample(raw, points, weights)
 
 
 def _rows(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -150,3 +193,21 @@ def _distinct_sparse(matrix: Any) -> tuple[Any, np.ndarray]:
     rows = [first[key] for key in keys]
     weights = np.array([counts[key] for key in keys], dtype=np.float64)
     return csr_matrix(matrix[rows]), weights
+
+
+def stacked_rows(first: Any, second: Any) -> Any:
+    """The rows of ``first`` then ``second`` (both dense arrays, or either a CSR matrix)."""
+    if first.shape[0] == 0:  # an empty sample has no width to stack on
+        return second
+    if hasattr(first, "tocsr") or hasattr(second, "tocsr"):
+        from scipy.sparse import csr_matrix, vstack
+
+        stacked = vstack([csr_matrix(first), csr_matrix(second)]).tocsr()
+        stacked.eliminate_zeros()  # a dense row's zeros and a sparse row's explicit ones
+        return stacked
+    return np.vstack([first, second])
+
+
+def dense_copy(points: Any) -> Any:
+    """A dense NumPy copy of a NumPy array or SciPy sparse matrix."""
+    return points.toarray() if hasattr(points, "toarray") else np.asarray(points, dtype=np.float64)
