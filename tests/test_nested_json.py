@@ -174,6 +174,9 @@ def test_records_that_cannot_be_exploded_are_quarantined_with_their_reason(
             {"session": 5, "payload": {"events": [{"ts": 1659304800000, "type": "clicks"}] * 50}},
             '{"session": 6, "payload": {"events": [',
             "",
+            # The object holding the array twice: one record, not exploded (the parser would
+            # keep only the second array).
+            '{"session": 7, "payload": {"events": []}, "payload": {"events": [{"ts": 1}]}}',
         ],
     )
     columns = {
@@ -210,6 +213,7 @@ def test_records_that_cannot_be_exploded_are_quarantined_with_their_reason(
         ("3", 1, "unknown event_type: x"),
         ("4", 0, "no elements in payload.events"),
         ("5", 0, f"oversize record (> {limit} bytes)"),
+        ("7", 0, "duplicate key in jsonl record: payload"),
     ]
     raws = {(r["user_id"], r["__element"]): r["__raw"] for r in rows}
     # Parent fields, and elements that are not objects, are shown as the text the mapping reads.

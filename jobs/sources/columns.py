@@ -43,6 +43,9 @@ SOURCE_FILE = "__source_file"
 CORRUPT = "__corrupt"
 #: Why the row is quarantined; null for a valid row.
 REASON = "__reason"
+#: A field the mapping reads that a JSON record holds more than once at its top level (the record
+#: is then malformed: a parser keeps one of the values); null otherwise, and for other formats.
+DUPLICATE_KEY = "__duplicate_key"
 #: Size of the record in bytes (a JSON line or CSV row; null when the reader cannot tell).
 RECORD_BYTES = "__record_bytes"
 #: The record is not valid UTF-8.

@@ -21,6 +21,7 @@ from jobs.sources.columns import (
     AMBIGUOUS_TIME,
     BAD_UTF8,
     CORRUPT,
+    DUPLICATE_KEY,
     ELEMENT,
     EXPLODE_REASON,
     MAPPABLE_COLUMNS,
@@ -163,6 +164,7 @@ def normalise(
     # Readers other than read_raw's may not report record size or encoding problems.
     record_bytes = F.col(RECORD_BYTES) if RECORD_BYTES in raw.columns else F.lit(None)
     bad_utf8 = F.col(BAD_UTF8) if BAD_UTF8 in raw.columns else F.lit(False)
+    repeated = F.col(DUPLICATE_KEY) if DUPLICATE_KEY in raw.columns else F.lit(None)
     # Two projections: first every value once, then checks on the named results, so each
     # expression (some are costly, e.g. timestamp parsing) is written and evaluated once.
     staged = raw.select(
@@ -171,6 +173,7 @@ def normalise(
         F.col(CORRUPT),
         record_bytes.cast("long").alias(RECORD_BYTES),
         bad_utf8.alias(BAD_UTF8),
+        repeated.cast("string").alias(DUPLICATE_KEY),
         F.col(EXPLODE_REASON),
         lineage[POSITION].cast("long").alias(POSITION),
         lineage[SPLIT_START].cast("long").alias(SPLIT_START),
@@ -199,6 +202,13 @@ def normalise(
         F.when(oversize, F.lit(f"oversize record (> {max_bytes} bytes)"))
         .when(col(BAD_UTF8), F.lit("invalid utf-8"))
         .when(col(CORRUPT) == "", F.lit("empty record"))
+        .when(
+            col(DUPLICATE_KEY).isNotNull(),
+            F.concat(
+                F.lit(f"duplicate key in {spec.format} record: "),
+                F.substring(DUPLICATE_KEY, 1, 40),
+            ),
+        )
         .when(col(CORRUPT).isNotNull(), F.lit(f"malformed {spec.format} record"))
         .when(col(EXPLODE_REASON).isNotNull(), col(EXPLODE_REASON))
         .when(col("user_id").isNull(), F.lit("missing user_id"))
