@@ -277,4 +277,6 @@ def test_the_driver_jvm_starts_with_its_own_options_and_the_added_ones(
         jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
     )
     assert "-XX:TieredStopAtLevel=1" in arguments and "-XX:+UseG1GC" in arguments
+    # Spark's generated methods beyond HotSpot's 8,000 bytes are compiled too (jobs.core.session).
+    assert "-XX:-DontCompileHugeMethods" in arguments
     assert any(a.startswith("-Dlog4j2.configurationFile=file:") for a in arguments)
