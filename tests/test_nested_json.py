@@ -21,7 +21,7 @@ from jobs.core.lake import Lake
 from jobs.core.tables import EVENTS, EVENTS_QUARANTINE
 from jobs.ingest import IngestError
 from jobs.sources.mapping import normalise
-from jobs.sources.nested import explode_path, referenced_paths
+from jobs.sources.nested import called_names, explode_path, referenced_paths
 from jobs.sources.readers import read_raw
 
 SESSIONS = [
@@ -243,6 +243,12 @@ def test_explode_settings_are_checked_before_any_row_is_read(
     with pytest.raises(IngestError, match=r"expected a field name or dotted path"):
         explode_path(odd)
     assert explode_path(InputSpec(explode="payload.`the events`")) == ("payload", "the events")
+
+
+def test_names_only_called_are_not_fields() -> None:
+    # The repeated-key check (jobs.sources.readers) looks only at fields the mapping reads.
+    expressions = ["concat('s-', session)", "cast(ts AS date)", "date", "coalesce (a.b, 'x(')"]
+    assert called_names(expressions) == {"concat", "cast", "coalesce"}
 
 
 def test_referenced_paths_form_a_tree() -> None:

@@ -84,8 +84,9 @@ def normalise(
     """Map raw fields onto the ``events`` columns and attach a quarantine reason (or null).
 
     ``raw`` is a :func:`jobs.sources.readers.read_raw` result (other readers may lack
-    ``__record_bytes`` / ``__bad_utf8``).  Returns one row per event (per input row, or per
-    array element with ``spec.explode``: :func:`jobs.sources.nested.explode_records`):
+    ``__record_bytes`` / ``__bad_utf8`` / ``__duplicate_key``).  Returns one row per event (per
+    input row, or per array element with ``spec.explode``:
+    :func:`jobs.sources.nested.explode_records`):
     ``__raw`` (kept for quarantined rows only unless ``keep_raw``; an oversize record as a
     preview of :data:`OVERSIZE_PREVIEW_CHARS` characters), ``__source_file``, the record's
     place in its file (:data:`LINEAGE_COLUMNS`: ``__order_value`` is ``source.order_by`` as a

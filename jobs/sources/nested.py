@@ -8,10 +8,11 @@ for one element, so ``events.ts`` is the ``ts`` of the element while the record'
 keep their own names (``session``): no name can mean two things.  README ("Bring your own log")
 shows a whole mapping.
 
-Record-level problems (malformed, blank, oversize, invalid UTF-8) quarantine the record as one
-row, unexploded.  A record whose array is missing, null or empty, or is not an array, yields one
-row quarantined with the reason in ``__explode_reason``; so does an element that is not an
-object when the mapping reads fields of it.  Pure transforms: no file or table is read here.
+Record-level problems (malformed, blank, oversize, invalid UTF-8, a repeated key) quarantine the
+record as one row, unexploded.  A record whose array is missing, null or empty, or is not an
+array, yields one row quarantined with the reason in ``__explode_reason``; so does an element
+that is not an object when the mapping reads fields of it.  Pure transforms: no file or table
+is read here.
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ def referenced_paths(expressions: Iterable[str]) -> PathTree:
             for part in split_path(match.group()):
                 node = node.setdefault(part, {})
     return tree
+
+
+def called_names(expressions: Iterable[str]) -> set[str]:
+    """Names that the Spark SQL ``expressions`` only ever call (``concat`` in
+    ``concat('s-', session)``): function names, which :func:`referenced_paths` also lists.  A
+    name used both ways (a field ``date`` and ``date(ts)``) is not in it."""
+    called: set[str] = set()
+    read: set[str] = set()
+    for expression in expressions:
+        text = _QUOTED.sub("''", expression)
+        for match in _PATH.finditer(text):
+            first = split_path(match.group())[0]
+            (called if text[match.end() :].lstrip().startswith("(") else read).add(first)
+    return called - read
 
 
 def record_schema(tree: PathTree, text_at: tuple[str, ...] = ()) -> T.StructType:

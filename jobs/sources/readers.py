@@ -30,7 +30,7 @@ from jobs.sources.columns import (
 )
 from jobs.sources.csv_reader import read_csv
 from jobs.sources.errors import IngestError, reading
-from jobs.sources.nested import explode_path, field_value, referenced_paths
+from jobs.sources.nested import called_names, explode_path, field_value, referenced_paths
 from jobs.sources.parquet import read_parquet
 
 _Reader = Callable[[SparkSession, InputSpec, list[str]], DataFrame]
@@ -49,9 +49,10 @@ def read_raw(
     faithful rendering of it for Parquet), ``__source_file``, ``__corrupt`` (set for
     unparseable records), ``__record_bytes`` (bytes of a JSON line or CSV row; null for
     Parquet), ``__bad_utf8`` (the record is not valid UTF-8) and the record's place in its file
-    (``__position``, ``__split_start``: provisional until :func:`resolve_positions`); one row
-    per record.  ``order_by`` (``ingest.source.order_by``) is an expression whose fields are
-    read too.
+    (``__position``, ``__split_start``: provisional until :func:`resolve_positions`); JSON
+    lines also ``__duplicate_key`` (a field the mapping reads that the record repeats at its
+    top level, which makes it malformed); one row per record.  ``order_by``
+    (``ingest.source.order_by``) is an expression whose fields are read too.
 
     Raises :class:`IngestError` when a local path does not exist, a CSV input has no header, or
     the input holds no record at all and ``allow_empty`` is false (a full refresh would
@@ -145,7 +146,8 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
     # Top-level fields are parsed as text, so a record is malformed only when it is not JSON;
     # fields read by dotted paths are then parsed from that text (a value of another shape gives
     # null fields), and the array to explode stays text for explode_records.
-    tree = referenced_paths([*spec.columns.values(), *filter(None, [spec.explode])])
+    expressions = [*spec.columns.values(), *filter(None, [spec.explode])]
+    tree = referenced_paths(expressions)
     explode = explode_path(spec)
     fields = sorted(tree)
     schema = T.StructType(
@@ -175,7 +177,16 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
         F.col(RAW).rlike(r'\}\s*\{\s*"') | joined
     )
     complete = F.btrim(RAW, F.lit(" \t\r")).endswith("}") & ~two_objects
-    repeated = _repeated_field(F.col("__keys"), fields)
+    # Only a record that is otherwise well-formed JSON can hold a repeated key (a malformed one
+    # stays malformed).  json_object_keys refuses NaN and Infinity, which from_json reads as
+    # numbers: such a record's keys are listed with those tokens replaced.
+    parsed_whole = F.col(f"__parsed.{CORRUPT}").isNull() & complete & ~blank
+    keys = F.coalesce(
+        F.col("__keys"),
+        F.when(parsed_whole, F.json_object_keys(F.regexp_replace(RAW, _NON_NUMERIC, "$10"))),
+    )
+    checked = sorted(set(fields) - called_names(expressions))
+    repeated = F.when(parsed_whole, _repeated_field(keys, checked))
     return (
         text.select(line.alias(RAW), F.col("_metadata.file_path").alias(SOURCE_FILE))
         .select(
@@ -202,6 +213,12 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
             (~F.is_valid_utf8(RAW)).alias(BAD_UTF8),
         )
     )
+
+
+#: A NaN or Infinity token (JSON has neither; Spark's from_json reads them) after a colon, a
+#: bracket or a comma, up to the next separator; group 1 is what precedes it (replaced by
+#: ``$10``: Java reads group 1, then a literal 0, since there is no group 10).
+_NON_NUMERIC = r"([:\[,]\s*)(?:[-+]?Infinity|NaN)(?=\s*[,}\]])"
 
 
 def _repeated_field(keys: Column, names: Sequence[str]) -> Column:
