@@ -32,8 +32,8 @@ from jobs.sequences.incremental import (
     split_at_cuts,
 )
 from jobs.sequences.sessionization import (
-    assign_sessions,
     rule_version,
+    session_keys,
     sessionize,
     summarise_unflagged,
 )
@@ -159,7 +159,7 @@ def _run_incremental(
         first_ts,
     )
     window_events = events_from_cuts(events, window=window, cuts=cuts, first_ts=first_ts)
-    recomputed = window_events.transform(assign_sessions, config=cfg).transform(
+    recomputed = window_events.transform(session_keys, config=cfg).transform(
         summarise_unflagged, config=cfg
     )
     recomputed = recomputed.persist(StorageLevel.MEMORY_AND_DISK)

@@ -17,6 +17,7 @@ from jobs.sequences.bots import apply_bot_flags, user_bot_flags
 from jobs.sequences.sessionization import (
     assign_sessions,
     rule_version,
+    session_keys,
     sessionize,
     summarise_sessions,
     summarise_unflagged,
@@ -313,12 +314,68 @@ def test_user_bot_flags_agree_with_the_row_flags(spark: SparkSession) -> None:
     bot = [("bot", at(seconds=s), "view") for s in range(0, 100)]
     bot += [("bot", at(300), "view")]
     human = [("human", at(m), "view") for m in range(0, 25)]
-    assigned = events(spark, bot + human).transform(assign_sessions, config=DEFAULT)
-    flagged = assigned.transform(summarise_sessions, config=DEFAULT)
-    unflagged = assigned.transform(summarise_unflagged, config=DEFAULT)
+    keyed = events(spark, bot + human).transform(session_keys, config=DEFAULT)
+    flagged = keyed.transform(summarise_sessions, config=DEFAULT)
+    unflagged = keyed.transform(summarise_unflagged, config=DEFAULT)
     assert "is_bot" not in unflagged.columns
     flags = user_bot_flags(unflagged, config=DEFAULT)
     assert {r["user_id"]: r["is_bot"] for r in flags.collect()} == {"bot": True, "human": False}
     reapplied = apply_bot_flags(unflagged, flags=flags)
     assert reapplied.columns == flagged.columns
     assertDataFrameEqual(reapplied, flagged)
+
+
+def _reference_starts(stamps: list[datetime], gap_s: int, max_s: int) -> list[datetime]:
+    """Each event's session start by the rules, in plain Python (UTC midnight splits on):
+    a gap over ``gap_s`` or a new UTC date opens a run; a run is cut every ``max_s`` seconds
+    from its first event; a session starts at its first event."""
+    starts: list[datetime] = []
+    run_start = window = None
+    for i, ts in enumerate(stamps):
+        prev = stamps[i - 1] if i else None
+        if prev is None or (ts - prev).total_seconds() > gap_s or ts.date() != prev.date():
+            run_start, window, start = ts, 0, ts
+        else:
+            assert run_start is not None
+            now = int((ts - run_start).total_seconds() // max_s)
+            start = ts if now != window else starts[-1]
+            window = now
+        starts.append(start)
+    return starts
+
+
+def test_per_event_and_per_session_paths_agree_with_the_rules(spark: SparkSession) -> None:
+    # Random steps (ties, short gaps, gaps over the threshold, runs longer than the maximum
+    # duration, midnight crossings): assign_sessions (one row per event) and sessionize (one
+    # row per session) must give the sessions a plain reading of the rules gives.
+    config = dataclasses.replace(
+        DEFAULT,
+        inactivity_gap_s=1800,
+        max_session_duration_s=3600,
+        split_at_midnight=True,
+        timezone="UTC",
+    )
+    rng = random.Random(11)
+    rows, expected = [], {}
+    for user in ("u1", "u2", "u3"):
+        ts, stamps = datetime(2024, 3, 1, 21, 0), []
+        for _ in range(120):
+            ts += timedelta(seconds=rng.choice([0, 0, 30, 300, 900, 1800, 1801, 5000]))
+            stamps.append(ts)
+        rows += [(user, s, "view") for s in stamps]
+        starts = _reference_starts(stamps, 1800, 3600)
+        for start in starts:
+            expected[(user, start)] = expected.get((user, start), 0) + 1
+    df = events(spark, rows)
+
+    sessions = df.transform(sessionize, config=config)
+    got = {(r["user_id"], r["session_start"]): r["n_events"] for r in sessions.collect()}
+    assert got == expected
+    assigned = df.transform(assign_sessions, config=config)
+    per_event = assigned.groupBy("user_id", "session_id", "session_start").agg(
+        F.count(F.lit(1)).alias("n_events")
+    )
+    assertDataFrameEqual(
+        per_event, sessions.select("user_id", "session_id", "session_start", "n_events")
+    )
+    assert len(expected) > 60  # the data really holds many sessions of every kind

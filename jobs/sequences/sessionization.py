@@ -52,12 +52,21 @@ def local_date(ts: Column, timezone: str) -> Column:
     return F.to_date(F.from_utc_timestamp(ts, timezone))
 
 
-def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
-    """Add ``session_id`` and ``session_start`` to every event (one row per input event).
+#: Columns :func:`session_keys` adds: with ``user_id`` they identify a session (its events are
+#: those of one user with the same inactivity-gap start and the same max-duration window).
+SESSION_KEY = ("__gap_start", "__window")
 
-    Needs ``user_id`` and the :data:`EVENT_ORDER` columns.  Events are ordered by
-    :data:`EVENT_ORDER` per user, so out-of-order input comes out the same on every run and
-    ties keep source order.
+
+def session_keys(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """Add the :data:`SESSION_KEY` columns to every event (one row per input event): the
+    timestamp of the event that opened its inactivity-gap run (``__gap_start``) and its
+    max-duration window within that run (``__window``, 0-based).  A session is a group of
+    ``user_id`` and both columns; its start is the group's earliest ``event_ts``.
+
+    Needs ``user_id`` and the :data:`EVENT_ORDER` columns.  Two window passes over one
+    ``user_id`` partitioning (``lag``, then a running ``last``), so the wide event rows are
+    buffered twice rather than four times as when each event's ``session_start`` is derived
+    (:func:`assign_sessions`).
     Raises ``ValueError`` when ``inactivity_gap_s`` or ``max_session_duration_s`` is not > 0.
     """
     if config.inactivity_gap_s <= 0 or config.max_session_duration_s <= 0:
@@ -74,34 +83,46 @@ def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame
         breaks = breaks | (
             local_date(F.col("event_ts"), config.timezone) != local_date(prev_ts, config.timezone)
         )
-    flagged = events.withColumn("__break", breaks).withColumn(
-        "__gap_start",
-        F.last(F.when(F.col("__break"), F.col("event_ts")), ignorenulls=True).over(so_far),
-    )
-    windowed = flagged.withColumn(
-        "__window",
+    gap_start, window = SESSION_KEY
+    return events.withColumn(
+        gap_start, F.last(F.when(breaks, F.col("event_ts")), ignorenulls=True).over(so_far)
+    ).withColumn(
+        window,
         F.floor(
-            (micros - F.unix_micros("__gap_start")) / F.lit(config.max_session_duration_s * MICROS)
+            (micros - F.unix_micros(gap_start)) / F.lit(config.max_session_duration_s * MICROS)
         ),
     )
-    new_session = F.col("__break") | (F.col("__window") != F.lag("__window").over(by_user))
-    with_start = windowed.withColumn(
-        "session_start",
-        F.last(F.when(new_session, F.col("event_ts")), ignorenulls=True).over(so_far),
-    )
+
+
+def session_id_of(user_id: Column, session_start: Column, config: SessionizeConfig) -> Column:
+    """``session_id``: the first 32 hex digits of SHA-256 over user, session start (epoch
+    microseconds) and :func:`rule_version`, so it is stable across reruns."""
     version = rule_version(config)
-    session_id = F.substring(
-        F.sha2(
-            F.concat_ws(
-                "|", F.col("user_id"), F.unix_micros("session_start").cast("string"), F.lit(version)
-            ),
-            256,
-        ),
-        1,
-        32,
+    text = F.concat_ws("|", user_id, F.unix_micros(session_start).cast("string"), F.lit(version))
+    return F.substring(F.sha2(text, 256), 1, 32)
+
+
+def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+    """Add ``session_id`` and ``session_start`` to every event (one row per input event).
+
+    Needs ``user_id`` and the :data:`EVENT_ORDER` columns.  Events are ordered by
+    :data:`EVENT_ORDER` per user, so out-of-order input comes out the same on every run and
+    ties keep source order.  The sessions are :func:`session_keys`' (the same rules, the same
+    ids as :func:`summarise_sessions`).
+    Raises ``ValueError`` when ``inactivity_gap_s`` or ``max_session_duration_s`` is not > 0.
+    """
+    keyed = events.transform(session_keys, config=config)
+    by_user = Window.partitionBy("user_id").orderBy(*EVENT_ORDER)
+    so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    gap_start, window = SESSION_KEY
+    # The first event of a (gap start, window) group opens a session; every later event of
+    # the group carries its timestamp.
+    opens = (F.col(gap_start) == F.col("event_ts")) | (F.col(window) != F.lag(window).over(by_user))
+    with_start = keyed.withColumn(
+        "session_start", F.last(F.when(opens, F.col("event_ts")), ignorenulls=True).over(so_far)
     )
-    return with_start.drop("__break", "__gap_start", "__window").withColumn(
-        "session_id", session_id
+    return with_start.drop(*SESSION_KEY).withColumn(
+        "session_id", session_id_of(F.col("user_id"), F.col("session_start"), config)
     )
 
 
@@ -117,24 +138,29 @@ def _counts() -> list[Column]:
     ]
 
 
-def summarise_sessions(assigned: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+def summarise_sessions(keyed: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """One row per session in the ``sessions`` contract, with the bot flag applied.
 
-    ``assigned`` is :func:`assign_sessions`' output; ``duration_s`` is in seconds, ``events``
-    holds the last ``max_events`` events in :data:`EVENT_ORDER` (oldest first, ties in source
-    order), ``session_date`` is the session start's date in ``timezone``.
+    ``keyed`` is :func:`session_keys`' output (events with the :data:`SESSION_KEY` columns);
+    ``duration_s`` is in seconds, ``events`` holds the last ``max_events`` events in
+    :data:`EVENT_ORDER` (oldest first, ties in source order), ``session_date`` is the session
+    start's date in ``timezone``.  Grouping by the key (not by ``session_id``) hashes one id
+    per session instead of one per event.
     """
     # Sorted on the order columns first, which are then dropped from each element.
     order = [F.col(c).alias(f"__o{i}") for i, c in enumerate(EVENT_ORDER)]
     fields = [F.col("event_ts").alias("ts"), *[F.col(c) for c in EVENT_FIELDS if c != "ts"]]
     ordered = F.array_sort(F.collect_list(F.struct(*order, *fields)))
-    sessions = assigned.groupBy("user_id", "session_id").agg(
+    sessions = keyed.groupBy("user_id", *SESSION_KEY).agg(
         F.min("event_ts").alias("session_start"),
         F.max("event_ts").alias("session_end"),
         *_counts(),
         F.transform(ordered, lambda e: F.struct(*[e[c].alias(c) for c in EVENT_FIELDS])).alias(
             "__events"
         ),
+    )
+    sessions = sessions.withColumn(
+        "session_id", session_id_of(F.col("user_id"), F.col("session_start"), config)
     )
     sessions = sessions.select(
         "session_id",
@@ -155,15 +181,15 @@ def summarise_sessions(assigned: DataFrame, *, config: SessionizeConfig) -> Data
     return flag_bots(sessions, config=config)
 
 
-def summarise_unflagged(assigned: DataFrame, *, config: SessionizeConfig) -> DataFrame:
+def summarise_unflagged(keyed: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """:func:`summarise_sessions` without the bot flag (a user-level property that incremental
     runs decide over the whole history, see :func:`jobs.sequences.bots.user_bot_flags`)."""
-    return summarise_sessions(assigned, config=without_bots(config)).drop("is_bot")
+    return summarise_sessions(keyed, config=without_bots(config)).drop("is_bot")
 
 
 def sessionize(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """``events`` -> ``sessions`` (a full rebuild as one pure transform)."""
-    return events.transform(assign_sessions, config=config).transform(
+    return events.transform(session_keys, config=config).transform(
         summarise_sessions, config=config
     )
 
