@@ -234,3 +234,52 @@ def test_without_a_source_id_the_id_hashes_the_pseudonymised_record(
     assert first["event_id"] != hashlib.sha256(line.encode()).hexdigest()[:32]
     pseudonymised = line.replace('"u1"', f'"{first["user_id"]}"')
     assert first["event_id"] == hashlib.sha256(pseudonymised.encode()).hexdigest()[:32]
+
+
+def test_content_comparison_treats_missing_values_as_equal_only_to_missing(
+    spark: SparkSession,
+) -> None:
+    # Records under one id in source order: equal content with null fields (and NaN prices)
+    # repeats the first; a null where the first has a value, or a value where it has none, is
+    # other content.
+    from datetime import datetime
+
+    from jobs.sources.columns import (
+        CONTENT_COLUMNS,
+        ELEMENT,
+        LABEL,
+        ORDER_VALUE,
+        POSITION,
+        RAW,
+        REASON,
+        SOURCE_FILE,
+    )
+    from jobs.sources.dedup import label_duplicates
+
+    ts = datetime(2024, 3, 1, 10, 0)
+    nan = float("nan")
+    contents = [
+        ("a", ("u", ts, "view", "i1", None, None, nan, None, None)),
+        ("a", ("u", ts, "view", "i1", None, None, nan, None, None)),  # the same, nulls too
+        ("a", ("u", ts, "view", "i1", "c", None, nan, None, None)),  # category given
+        ("b", ("u", ts, "view", "i1", "c", "x", 1.0, None, None)),
+        ("b", ("u", ts, "view", "i1", "c", None, 1.0, None, None)),  # brand missing
+        ("b", ("u", ts, "view", "i1", "c", "x", 1.0, None, None)),  # the same again
+    ]
+    schema = (
+        f"{RAW} string, {SOURCE_FILE} string, {POSITION} long, {ELEMENT} int, "
+        f"{ORDER_VALUE} long, event_id string, user_id string, event_ts timestamp, "
+        "event_type string, item_id string, category string, brand string, price double, "
+        f"query string, source_session_id string, {REASON} string"
+    )
+    assert CONTENT_COLUMNS == (
+        "user_id", "event_ts", "event_type", "item_id", "category", "brand", "price", "query",
+        "source_session_id",
+    )  # fmt: skip
+    rows = [
+        (None, "file:/in.jsonl", i, 0, None, event_id, *content, None)
+        for i, (event_id, content) in enumerate(contents)
+    ]
+    labelled = label_duplicates(spark.createDataFrame(rows, schema))
+    got = [r[LABEL] for r in labelled.orderBy(POSITION).collect()]
+    assert got == ["kept", "duplicate", "quarantined", "kept", "quarantined", "duplicate"]

@@ -21,6 +21,8 @@ inferring duplicates as a remainder, and the input is read once.
 
 from __future__ import annotations
 
+from functools import reduce
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -105,16 +107,21 @@ def label_duplicates(
         *[F.col(c) for c in (SOURCE_FILE, ORDER_VALUE, SPLIT_START, POSITION, ELEMENT)],
     ]
     by_id = Window.partitionBy(key).orderBy(*first_in_order)
-    content = F.struct(*CONTENT_COLUMNS)
+    # Column by column against the group's first row: a struct of the content columns as the
+    # window's input would be built before the shuffle and ship every row's content twice.
+    same_content = reduce(
+        Column.__and__, [F.col(c).eqNullSafe(F.first(c).over(by_id)) for c in CONTENT_COLUMNS]
+    )
     label = (
         F.when(~valid, F.lit(QUARANTINED))
         .when(F.row_number().over(by_id) == 1, F.lit(KEPT))
-        .when(content.eqNullSafe(F.first(content).over(by_id)), F.lit(DUPLICATE))
+        .when(same_content, F.lit(DUPLICATE))
         .otherwise(F.lit(_CONFLICT))
     )
     labelled = rows.withColumn(LABEL, label)
     if collapse:
         kept = F.col(LABEL) == KEPT
+        content = F.struct(*CONTENT_COLUMNS)
         by_content = Window.partitionBy(F.when(kept, content), F.when(~kept, key)).orderBy(
             *first_in_order
         )
