@@ -379,3 +379,35 @@ def test_per_event_and_per_session_paths_agree_with_the_rules(spark: SparkSessio
         per_event, sessions.select("user_id", "session_id", "session_start", "n_events")
     )
     assert len(expected) > 60  # the data really holds many sessions of every kind
+
+
+def test_revenue_adds_prices_in_event_order_whatever_the_partitioning(
+    spark: SparkSession,
+) -> None:
+    # Doubles near 1e16 are 2 apart: 1 + 1 + 1e16 is 1e16 + 2 in that order but 1e16 in the
+    # other.  The stored revenue must not depend on the order a plan delivers rows or sessions.
+    big = 1e16
+    one_session = [
+        ("u1", at(0), "purchase", "i", None, None, 1.0),
+        ("u1", at(1), "purchase", "i", None, None, 1.0),
+        ("u1", at(2), "purchase", "i", None, None, big),
+        ("u1", at(3), "view", "i", None, None, 5.0),  # a view's price is not revenue
+    ]
+    # 20 sessions buying for 1.0 each, then one for 1e16, all on one day.
+    many_sessions = [("u2", at(35 * i), "purchase", "i", None, None, 1.0) for i in range(20)]
+    many_sessions.append(("u2", at(35 * 20), "purchase", "i", None, None, big))
+    rows = one_session + many_sessions
+    for layout in (lambda df: df.repartition(1), lambda df: df.repartition(5, "event_id")):
+        for order in (list(rows), list(reversed(rows))):
+            sessions = layout(events(spark, order)).transform(sessionize, config=DEFAULT)
+            revenue = {r["user_id"]: r["revenue"] for r in sessions.where("n_events > 1").collect()}
+            assert revenue == {"u1": big + 2}
+            # Sessions handed over newest first, in one partition: still added oldest first.
+            newest_first = sessions.orderBy(F.desc("session_start")).coalesce(1)
+            for given in (sessions, newest_first):
+                users = build_user_sequences(given, config=DEFAULT)
+                assert {r["user_id"]: r["revenue"] for r in users.collect()} == {
+                    "u1": big + 2,
+                    "u2": big + 20,
+                }
+    assert big + 2 != (big + 1) + 1  # the order really matters for these prices

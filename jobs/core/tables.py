@@ -143,7 +143,7 @@ _COUNTS = (
     _c("n_views", _L),
     _c("n_add_to_cart", _L),
     _c("n_purchases", _L),
-    _c("revenue", _D, "sum of purchase prices"),
+    _c("revenue", _D, "sum of purchase prices, added in event order (the same value on every run)"),
 )
 
 _CONTRACTS: tuple[TableContract, ...] = (

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from jobs.core.config import SessionizeConfig, config_fingerprint
 from jobs.sequences.bots import flag_bots, without_bots
-from jobs.sequences.user_sequences import EVENT_FIELDS, last_n
+from jobs.sequences.user_sequences import EVENT_FIELDS, last_n, ordered_sum
 
 #: Bump when the meaning of a session changes in code; config changes are hashed in anyway.
 RULES_REVISION = "1"
@@ -132,9 +132,6 @@ def _counts() -> list[Column]:
         F.count_if(F.col("event_type") == "view").alias("n_views"),
         F.count_if(F.col("event_type") == "add_to_cart").alias("n_add_to_cart"),
         F.count_if(F.col("event_type") == "purchase").alias("n_purchases"),
-        F.coalesce(
-            F.sum(F.when(F.col("event_type") == "purchase", F.col("price"))), F.lit(0.0)
-        ).alias("revenue"),
     ]
 
 
@@ -174,7 +171,10 @@ def summarise_sessions(keyed: DataFrame, *, config: SessionizeConfig) -> DataFra
         "n_views",
         "n_add_to_cart",
         "n_purchases",
-        "revenue",
+        # Purchase prices added in event order (every event, not only the stored tail).
+        ordered_sum(
+            F.transform("__events", lambda e: F.when(e["event_type"] == "purchase", e["price"]))
+        ).alias("revenue"),
         last_n(F.col("__events"), config.max_events).alias("events"),
         local_date(F.col("session_start"), config.timezone).alias("session_date"),
     )

@@ -18,6 +18,15 @@ def last_n(values: Column, n: int) -> Column:
     return F.when(size > n, F.slice(values, size - n + 1, n)).otherwise(values)
 
 
+def ordered_sum(values: Column) -> Column:
+    """The sum of an array of doubles from its first element to its last, nulls skipped, 0.0
+    when there is none.  Floating-point addition depends on order: ``sum`` adds rows in the
+    order a plan delivers them (another partitioning, another last bit), this in the array's,
+    so a rerun on another cluster stores the same value."""
+    present = F.filter(values, lambda v: v.isNotNull())
+    return F.aggregate(present, F.lit(0.0), lambda total, v: total + v)
+
+
 def build_user_sequences(sessions: DataFrame, *, config: SessionizeConfig) -> DataFrame:
     """``sessions`` -> ``user_sequences``: each user's last ``max_events`` events across
     sessions, every event carrying its ``session_id`` so session boundaries survive."""
@@ -29,11 +38,10 @@ def build_user_sequences(sessions: DataFrame, *, config: SessionizeConfig) -> Da
         F.sum("n_views").alias("n_views"),
         F.sum("n_add_to_cart").alias("n_add_to_cart"),
         F.sum("n_purchases").alias("n_purchases"),
-        F.sum("revenue").alias("revenue"),
         F.max("is_bot").alias("is_bot"),
-        F.array_sort(F.collect_list(F.struct("session_start", "session_id", "events"))).alias(
-            "__sessions"
-        ),
+        F.array_sort(
+            F.collect_list(F.struct("session_start", "session_id", "revenue", "events"))
+        ).alias("__sessions"),
     )
     # Each session's array already holds its last max_events events, which is all the user's
     # tail can need from it.
@@ -57,7 +65,8 @@ def build_user_sequences(sessions: DataFrame, *, config: SessionizeConfig) -> Da
         "n_views",
         "n_add_to_cart",
         "n_purchases",
-        "revenue",
+        # Sessions' revenue added in session order, as each session's was (ordered_sum).
+        ordered_sum(F.col("__sessions.revenue")).alias("revenue"),
         "is_bot",
         last_n(flattened, config.max_events).alias("events"),
     )
