@@ -239,9 +239,9 @@ def test_without_a_source_id_the_id_hashes_the_pseudonymised_record(
 def test_content_comparison_treats_missing_values_as_equal_only_to_missing(
     spark: SparkSession,
 ) -> None:
-    # Records under one id in source order: equal content with null fields (and NaN prices)
-    # repeats the first; a null where the first has a value, or a value where it has none, is
-    # other content.
+    # Records under one id in source order: equal content with null fields (NaN prices, or
+    # 0.0 and -0.0) repeats the first; a null where the first has a value, or a value where it
+    # has none, is other content.
     from datetime import datetime
 
     from jobs.sources.columns import (
@@ -265,6 +265,8 @@ def test_content_comparison_treats_missing_values_as_equal_only_to_missing(
         ("b", ("u", ts, "view", "i1", "c", "x", 1.0, None, None)),
         ("b", ("u", ts, "view", "i1", "c", None, 1.0, None, None)),  # brand missing
         ("b", ("u", ts, "view", "i1", "c", "x", 1.0, None, None)),  # the same again
+        ("c", ("u", ts, "view", "i1", "c", "x", 0.0, None, None)),
+        ("c", ("u", ts, "view", "i1", "c", "x", -0.0, None, None)),  # -0.0 equals 0.0
     ]
     schema = (
         f"{RAW} string, {SOURCE_FILE} string, {POSITION} long, {ELEMENT} int, "
@@ -282,4 +284,6 @@ def test_content_comparison_treats_missing_values_as_equal_only_to_missing(
     ]
     labelled = label_duplicates(spark.createDataFrame(rows, schema))
     got = [r[LABEL] for r in labelled.orderBy(POSITION).collect()]
-    assert got == ["kept", "duplicate", "quarantined", "kept", "quarantined", "duplicate"]
+    assert got == [
+        "kept", "duplicate", "quarantined", "kept", "quarantined", "duplicate", "kept", "duplicate"
+    ]  # fmt: skip

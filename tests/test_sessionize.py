@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -22,7 +23,7 @@ from jobs.sequences.sessionization import (
     summarise_sessions,
     summarise_unflagged,
 )
-from jobs.sequences.user_sequences import build_user_sequences
+from jobs.sequences.user_sequences import build_user_sequences, ordered_sum
 from jobs.sessionize import SessionizeCounts
 from jobs.sources.columns import (
     ELEMENT,
@@ -325,15 +326,20 @@ def test_user_bot_flags_agree_with_the_row_flags(spark: SparkSession) -> None:
     assertDataFrameEqual(reapplied, flagged)
 
 
-def _reference_starts(stamps: list[datetime], gap_s: int, max_s: int) -> list[datetime]:
-    """Each event's session start by the rules, in plain Python (UTC midnight splits on):
-    a gap over ``gap_s`` or a new UTC date opens a run; a run is cut every ``max_s`` seconds
-    from its first event; a session starts at its first event."""
+def _reference_starts(stamps: list[datetime], gap_s: int, max_s: int, zone: str) -> list[datetime]:
+    """Each event's session start by the rules, in plain Python (midnight splits on, in
+    ``zone``): a gap over ``gap_s`` or a new local date opens a run; a run is split every
+    ``max_s`` seconds from its first event; a session starts at its first event.  ``stamps``
+    are naive UTC."""
     starts: list[datetime] = []
     run_start = window = None
+
+    def local(ts: datetime) -> date:
+        return ts.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(zone)).date()
+
     for i, ts in enumerate(stamps):
         prev = stamps[i - 1] if i else None
-        if prev is None or (ts - prev).total_seconds() > gap_s or ts.date() != prev.date():
+        if prev is None or (ts - prev).total_seconds() > gap_s or local(ts) != local(prev):
             run_start, window, start = ts, 0, ts
         else:
             assert run_start is not None
@@ -344,27 +350,31 @@ def _reference_starts(stamps: list[datetime], gap_s: int, max_s: int) -> list[da
     return starts
 
 
-def test_per_event_and_per_session_paths_agree_with_the_rules(spark: SparkSession) -> None:
-    # Random steps (ties, short gaps, gaps over the threshold, runs longer than the maximum
-    # duration, midnight crossings): assign_sessions (one row per event) and sessionize (one
-    # row per session) must give the sessions a plain reading of the rules gives.
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+def test_per_event_and_per_session_paths_agree_with_the_rules(
+    spark: SparkSession, zone: str
+) -> None:
+    # Random steps (ties, also at a user's first events; short gaps, gaps over the threshold,
+    # runs longer than the maximum duration, midnight crossings): assign_sessions (one row per
+    # event) and sessionize (one row per session) must give the sessions a plain reading of the
+    # rules gives.
     config = dataclasses.replace(
         DEFAULT,
         inactivity_gap_s=1800,
         max_session_duration_s=3600,
         split_at_midnight=True,
-        timezone="UTC",
+        timezone=zone,
     )
     rng = random.Random(11)
     rows, expected = [], {}
     for user in ("u1", "u2", "u3"):
-        ts, stamps = datetime(2024, 3, 1, 21, 0), []
+        ts = datetime(2024, 3, 1, 21, 0)
+        stamps = [ts, ts]  # the first two events tie
         for _ in range(120):
             ts += timedelta(seconds=rng.choice([0, 0, 30, 300, 900, 1800, 1801, 5000]))
             stamps.append(ts)
         rows += [(user, s, "view") for s in stamps]
-        starts = _reference_starts(stamps, 1800, 3600)
-        for start in starts:
+        for start in _reference_starts(stamps, 1800, 3600, zone):
             expected[(user, start)] = expected.get((user, start), 0) + 1
     df = events(spark, rows)
 
@@ -379,6 +389,22 @@ def test_per_event_and_per_session_paths_agree_with_the_rules(spark: SparkSessio
         per_event, sessions.select("user_id", "session_id", "session_start", "n_events")
     )
     assert len(expected) > 60  # the data really holds many sessions of every kind
+
+
+def test_ordered_sum_adds_from_the_first_element_to_the_last(spark: SparkSession) -> None:
+    big = 1e16  # doubles near 1e16 are 2 apart: 1 + 1 + 1e16 != 1e16 + 1 + 1
+    row = (
+        spark.range(1)
+        .select(
+            ordered_sum(F.array(*[F.lit(v) for v in (1.0, 1.0, big)])).alias("up"),
+            ordered_sum(F.array(*[F.lit(v) for v in (big, 1.0, 1.0)])).alias("down"),
+            ordered_sum(F.array(F.lit(None).cast("double"), F.lit(2.5))).alias("nulls"),
+            ordered_sum(F.array().cast("array<double>")).alias("empty"),
+        )
+        .first()
+    )
+    assert row is not None
+    assert (row["up"], row["down"], row["nulls"], row["empty"]) == (big + 2, big, 2.5, 0.0)
 
 
 def test_revenue_adds_prices_in_event_order_whatever_the_partitioning(

@@ -46,11 +46,11 @@ _LOCAL_DEFAULTS = {
     "spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false",
     "spark.sql.adaptive.enabled": "true",
     "spark.sql.adaptive.coalescePartitions.enabled": "true",
-    # Cached frames (ingest's labelled rows, sessionize's sessions) are built without Spark's
-    # columnar compression, whose encoders try every scheme on every column: on 2 cores,
-    # caching 4.8 M labelled rows took 9.5 s instead of 14.4 s, for 295 MB instead of 249 MB
-    # (benchmarks/sessionize.py).  The frames are MEMORY_AND_DISK, so a cache that outgrows
-    # memory spills instead of failing.
+    # Every cached frame (ingest's labelled rows, sessionize's sessions, the rows cluster and
+    # evaluate reuse) is built without Spark's columnar compression, whose encoders try every
+    # scheme on every column: on 2 cores, caching 4.8 M labelled rows took 9.5 s instead of
+    # 14.4 s, for 295 MB instead of 249 MB (benchmarks/sessionize.py).  The frames are
+    # MEMORY_AND_DISK, so a cache that outgrows memory spills instead of failing.
     "spark.sql.inMemoryColumnarStorage.compressed": "false",
 }
 

@@ -143,7 +143,6 @@ _COUNTS = (
     _c("n_views", _L),
     _c("n_add_to_cart", _L),
     _c("n_purchases", _L),
-    _c("revenue", _D, "sum of purchase prices, added in event order (the same value on every run)"),
 )
 
 _CONTRACTS: tuple[TableContract, ...] = (
@@ -224,6 +223,7 @@ _CONTRACTS: tuple[TableContract, ...] = (
             _c("session_end", _TS),
             _c("duration_s", _D, "seconds from first to last event"),
             *_COUNTS,
+            _c("revenue", _D, "sum of purchase prices, added in event order (run-independent)"),
             _c("is_bot", _B, "the user exceeded a rate or daily-count limit"),
             _c("events", T.ArrayType(SESSION_EVENT), "the last `max_events` events, in order"),
             _c("session_date", _DATE, "date of session_start in sessionize.timezone"),
@@ -242,6 +242,7 @@ _CONTRACTS: tuple[TableContract, ...] = (
             _c("first_seen", _TS),
             _c("last_seen", _TS),
             *_COUNTS,
+            _c("revenue", _D, "the sessions' revenue, added in session order (run-independent)"),
             _c("is_bot", _B),
             _c("events", T.ArrayType(USER_EVENT), "the last `max_events` events, in order"),
         ),

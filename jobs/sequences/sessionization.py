@@ -11,7 +11,7 @@ Rules (all configurable in ``sessionize``, see :class:`jobs.core.config.Sessioni
 
 Events are ordered by :data:`EVENT_ORDER`: time, then source order (file, then the order within
 it), so events with equal timestamps (common with second-resolution sources) keep the order
-they were logged in, in the session cut, the ``events`` arrays and their truncation alike.
+they were logged in: where sessions split, in the ``events`` arrays and in their truncation.
 
 ``session_id`` is a hash of user, session start and the rule version, so it is stable across
 reruns and changes only when the rules do.  Everything runs on Spark built-ins (window functions
@@ -83,11 +83,11 @@ def session_keys(events: DataFrame, *, config: SessionizeConfig) -> DataFrame:
         breaks = breaks | (
             local_date(F.col("event_ts"), config.timezone) != local_date(prev_ts, config.timezone)
         )
-    gap_start, window = SESSION_KEY
+    gap_start, window_col = SESSION_KEY
     return events.withColumn(
         gap_start, F.last(F.when(breaks, F.col("event_ts")), ignorenulls=True).over(so_far)
     ).withColumn(
-        window,
+        window_col,
         F.floor(
             (micros - F.unix_micros(gap_start)) / F.lit(config.max_session_duration_s * MICROS)
         ),
@@ -114,10 +114,13 @@ def assign_sessions(events: DataFrame, *, config: SessionizeConfig) -> DataFrame
     keyed = events.transform(session_keys, config=config)
     by_user = Window.partitionBy("user_id").orderBy(*EVENT_ORDER)
     so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    gap_start, window = SESSION_KEY
-    # The first event of a (gap start, window) group opens a session; every later event of
-    # the group carries its timestamp.
-    opens = (F.col(gap_start) == F.col("event_ts")) | (F.col(window) != F.lag(window).over(by_user))
+    gap_start, window_col = SESSION_KEY
+    # The first event of a (gap start, window) group opens a session (so do events tied with
+    # the first of its gap run: they carry the same timestamp); every event of the group then
+    # carries the opening timestamp.
+    opens = (F.col(gap_start) == F.col("event_ts")) | (
+        F.col(window_col) != F.lag(window_col).over(by_user)
+    )
     with_start = keyed.withColumn(
         "session_start", F.last(F.when(opens, F.col("event_ts")), ignorenulls=True).over(so_far)
     )
