@@ -112,6 +112,12 @@ def test_spark_error_lines_keep_the_first_line_of_a_java_trace_unless_debugging(
 
     assert pattern("ERROR").endswith(": %m %ex{1}%n")  # the default: one line per error
     assert pattern("WARN").endswith(": %m%n%ex")  # --log-level DEBUG: the whole trace
+    # A code-generation failure Spark recovers from is not an error the user must read.
+    codegen = "org.apache.spark.sql.catalyst.expressions.codegen.CodeGenerator"
+    for level, shown in (("ERROR", "fatal"), ("WARN", "WARN")):
+        lines = log4j2_config_file(level).read_text().splitlines()
+        assert f"logger.codegen.name = {codegen}" in lines
+        assert f"logger.codegen.level = {shown}" in lines
 
 
 @pytest.mark.slow  # a Spark run in a subprocess (about 18 s); the pattern is checked above

@@ -18,6 +18,8 @@ from pathlib import Path
 
 _SPARK_LEVEL_ENV = "SEGMENTS_SPARK_LOG_LEVEL"
 #: Classes whose loggers Spark consults before it resets a shell's root level.
+#: Spark's code generator: logs a compile failure it then recovers from as an ERROR.
+_CODEGEN_LOGGER = "org.apache.spark.sql.catalyst.expressions.codegen.CodeGenerator"
 _SHELL_LOGGERS = (
     "org.apache.spark.deploy.SparkSubmit",
     "org.apache.spark.api.python.PythonGatewayServer",
@@ -68,6 +70,11 @@ def log4j2_config_file(level: str) -> Path:
                 for index, name in enumerate(_SHELL_LOGGERS)
                 for line in (f"logger.s{index}.name = {name}", f"logger.s{index}.level = {level}")
             ],
+            # Code that outgrows the JVM's 64 KB method limit (a wide mapping's whole-stage
+            # projection) is logged as an ERROR, then run without whole-stage codegen
+            # (spark.sql.codegen.fallback): nothing failed, so it shows from --log-level DEBUG on.
+            f"logger.codegen.name = {_CODEGEN_LOGGER}",
+            "logger.codegen.level = " + ("fatal" if level.upper() == "ERROR" else level),
             "appender.console.type = Console",
             "appender.console.name = console",
             "appender.console.target = SYSTEM_ERR",
