@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 _SPARK_LEVEL_ENV = "SEGMENTS_SPARK_LOG_LEVEL"
-#: Classes whose loggers Spark consults before it resets a shell's root level.
 #: Spark's code generator: logs a compile failure it then recovers from as an ERROR.
 _CODEGEN_LOGGER = "org.apache.spark.sql.catalyst.expressions.codegen.CodeGenerator"
+#: Classes whose loggers Spark consults before it resets a shell's root level.
 _SHELL_LOGGERS = (
     "org.apache.spark.deploy.SparkSubmit",
     "org.apache.spark.api.python.PythonGatewayServer",

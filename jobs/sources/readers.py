@@ -180,13 +180,12 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
     # Only a record that is otherwise well-formed JSON can hold a repeated key (a malformed one
     # stays malformed).  json_object_keys refuses NaN and Infinity, which from_json reads as
     # numbers: such a record's keys are listed with those tokens replaced.
-    parsed_whole = F.col(f"__parsed.{CORRUPT}").isNull() & complete & ~blank
+    parsed_whole = F.col(f"__parsed.{CORRUPT}").isNull() & F.col("__complete") & ~F.col("__blank")
     keys = F.coalesce(
         F.col("__keys"),
         F.when(parsed_whole, F.json_object_keys(F.regexp_replace(RAW, _NON_NUMERIC, "$10"))),
     )
     checked = sorted(set(fields) - called_names(expressions))
-    repeated = F.when(parsed_whole, _repeated_field(keys, checked))
     return (
         text.select(line.alias(RAW), F.col("_metadata.file_path").alias(SOURCE_FILE))
         .select(
@@ -194,7 +193,14 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
             SOURCE_FILE,
             parsed.alias("__parsed"),
             F.json_object_keys(RAW).alias("__keys"),
+            complete.alias("__complete"),
+            blank.alias("__blank"),
         )
+        # Each check once, as a column of its own: written inline into every expression that
+        # reads it, the projection's generated code outgrew the JVM's 64 KB method limit and
+        # Spark ran it without whole-stage code generation.
+        .withColumn("__keys", keys)
+        .withColumn(DUPLICATE_KEY, F.when(parsed_whole, _repeated_field(F.col("__keys"), checked)))
         .select(
             # The text reader passes bytes through unchecked (the JSON parser then turns bad
             # bytes into U+FFFD silently), so invalid UTF-8 is detected on the bytes, and the
@@ -203,12 +209,12 @@ def _read_jsonl(spark: SparkSession, spec: InputSpec, paths: list[str]) -> DataF
             SOURCE_FILE,
             *[field_value(f, F.col(f"__parsed.`{f}`"), tree, explode).alias(f) for f in fields],
             # A blank line parses to an all-null record, not a corrupt one; call it what it is.
-            F.when(blank, F.lit(""))
-            .when(F.col(f"__parsed.{CORRUPT}").isNull() & ~complete, F.col(RAW))
-            .when(repeated.isNotNull(), F.col(RAW))
+            F.when(F.col("__blank"), F.lit(""))
+            .when(F.col(f"__parsed.{CORRUPT}").isNull() & ~F.col("__complete"), F.col(RAW))
+            .when(F.col(DUPLICATE_KEY).isNotNull(), F.col(RAW))
             .otherwise(F.col(f"__parsed.{CORRUPT}"))
             .alias(CORRUPT),
-            repeated.alias(DUPLICATE_KEY),
+            F.col(DUPLICATE_KEY),
             F.octet_length(RAW).cast("long").alias(RECORD_BYTES),
             (~F.is_valid_utf8(RAW)).alias(BAD_UTF8),
         )
