@@ -3,6 +3,7 @@ the key, no traceback."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,51 @@ def test_spark_error_lines_keep_the_first_line_of_a_java_trace_unless_debugging(
         lines = log4j2_config_file(level).read_text().splitlines()
         assert f"logger.codegen.name = {codegen}" in lines
         assert f"logger.codegen.level = {shown}" in lines
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_spark_errors_a_stage_handles_print_no_java_frames_unless_debugging(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PySpark logs every error Spark raises (plan and Java frames, as JSON on stderr) when the
+    Python exception is made, before the stage can turn it into one line naming the setting
+    (e.g. a mapping expression over a field the files lack)."""
+    from pyspark.errors import AnalysisException
+    from pyspark.logger import PySparkLogger
+    from pyspark.sql import functions as F
+
+    from jobs.core.logs import PYSPARK_ERROR_CONTEXT_LOGGERS, setup_logging
+
+    monkeypatch.setenv("SEGMENTS_SPARK_LOG_LEVEL", "ERROR")  # setup_logging sets it
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    loggers = [PySparkLogger.getLogger(name) for name in PYSPARK_ERROR_CONTEXT_LOGGERS]
+    saved_levels = [logger.level for logger in loggers]
+    seen = _Records()
+    for logger in loggers:
+        logger.addHandler(seen)
+    try:
+        for level, shown in (("INFO", False), ("DEBUG", True)):
+            setup_logging(level)
+            seen.records.clear()
+            with pytest.raises(AnalysisException):
+                spark.range(1).select(F.col("no_such_field")).collect()
+            errors = [r for r in seen.records if r.levelno >= logging.ERROR]
+            assert bool(errors) == shown, (level, [r.getMessage()[:200] for r in errors])
+    finally:
+        for logger, saved in zip(loggers, saved_levels, strict=True):
+            logger.removeHandler(seen)
+            logger.setLevel(saved)
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
 
 
 @pytest.mark.slow  # a Spark run in a subprocess (about 18 s); the pattern is checked above

@@ -4,6 +4,8 @@
 * Spark's JVM: ERROR by default, WARN at ``--log-level DEBUG`` (:func:`spark_log_level`); the
   level reaches the JVM before it starts through a log4j2 configuration file that
   :mod:`jobs.core.session` passes to a locally built driver, so start-up warnings obey it too.
+* PySpark's own error-context lines (a JSON dump of the plan and the Java frames of every error
+  Spark raises, handled or not): from ``DEBUG`` on only (:data:`PYSPARK_ERROR_CONTEXT_LOGGERS`).
 * Hugging Face: weight-loading progress bars and advisory warnings are off in every process that
   loads a model, Spark's Python workers included (:func:`quiet_model_loading`).
 """
@@ -40,7 +42,31 @@ def setup_logging(level: str) -> None:
     # Libraries' own chatter stays out of the job log unless it is a warning.
     for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    _quiet_pyspark_error_context(debug=numeric <= logging.DEBUG)
     os.environ[_SPARK_LEVEL_ENV] = "WARN" if numeric <= logging.DEBUG else "ERROR"
+
+
+#: Loggers through which PySpark (>= 4.0) writes every error Spark raises, the moment the Python
+#: exception is made (``PySparkException._log_exception``): a JSON line at ERROR with the query
+#: plan and the Java stack trace, on stderr, not propagated to the root logger.
+PYSPARK_ERROR_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
+def _quiet_pyspark_error_context(*, debug: bool) -> None:
+    """Show PySpark's error-context lines only from ``--log-level DEBUG`` on.
+
+    They are written before any caller can handle the error: a mapping expression that names a
+    field the files do not have prints kilobytes of Java frames, then the stage's own one-line
+    error naming the setting.  An error the stage does not handle still ends the run with that
+    line (and its traceback at DEBUG), so nothing is lost at the default level."""
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:  # pragma: no cover - PySpark < 4.0 has no such loggers
+        return
+    for name in PYSPARK_ERROR_CONTEXT_LOGGERS:
+        # Made as PySparkLogger (their log calls pass keyword context a plain Logger rejects).
+        logger = PySparkLogger.getLogger(name)
+        logger.setLevel(logging.ERROR if debug else logging.CRITICAL)
 
 
 def spark_log_level() -> str:
