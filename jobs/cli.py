@@ -18,12 +18,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = (*stages.NAMES, "pipeline", "maintain")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(f"usage: segments {{{','.join(commands)}}} [--conf PATH] [--set KEY=VALUE] ...")
+        # Asked for: the usage on stdout, exit 0; a usage error: on stderr, exit 2, as argparse.
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        out = sys.stdout if asked else sys.stderr
+        print(
+            f"usage: segments {{{','.join(commands)}}} [--conf PATH] [--set KEY=VALUE] ...",
+            file=out,
+        )
         for entry in stages.STAGES:
-            print(f"  {entry.name:<14} {entry.description}")
-        print(f"  {'pipeline':<14} the stages in order under one run id (--from / --to)")
-        print(f"  {'maintain':<14} OPTIMIZE and VACUUM the Delta tables (--tables, --retain-hours)")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+            print(f"  {entry.name:<14} {entry.description}", file=out)
+        print(f"  {'pipeline':<14} the stages in order under one run id (--from / --to)", file=out)
+        print(
+            f"  {'maintain':<14} OPTIMIZE and VACUUM the Delta tables (--tables, --retain-hours)",
+            file=out,
+        )
+        if asked:
+            return 0
+        if argv:
+            print(f"segments: error: unknown command {argv[0]!r}", file=sys.stderr)
+        else:
+            print("segments: error: a command is required", file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "pipeline":
         from jobs.pipeline import main as pipeline_main

@@ -64,8 +64,14 @@ def test_bad_setting_exits_2_with_one_line_naming_the_key(
 def test_unknown_command_lists_the_registered_stages() -> None:
     result = _segments("sessionise")
     assert result.returncode == 2
+    assert result.stdout == ""
     for stage in ("ingest", "sessionize", "embed", "cluster", "evaluate", "pipeline"):
-        assert stage in result.stdout
+        assert stage in result.stderr
+    assert result.stderr.splitlines()[-1] == "segments: error: unknown command 'sessionise'"
+    asked = _segments("--help")
+    assert asked.returncode == 0
+    assert "sessionize" in asked.stdout
+    assert asked.stderr == ""
 
 
 def test_pipeline_range_in_the_wrong_order_is_a_usage_error() -> None:
