@@ -81,7 +81,9 @@ def leaderboard(
         return [f"No future backtest on this data: {cell(detail)}.", ""]
     lines = [
         f"Protocol `{protocol}` ({cell(detail)}). Every method was fitted on history only and "
-        "is scored on what the same units did next; intervals are 95% bootstrap CIs over units.",
+        "is scored on what the same units did next; intervals are 95% bootstrap CIs over units. "
+        "`units`: those whose future names an item (the hit rates rest on them; a unit whose "
+        "future holds only searches or events without an item is not scored).",
         "",
         "| method | " + " | ".join(h for h, _, _ in LEADERBOARD) + " | size entropy | "
         "stability | units |",
