@@ -157,6 +157,11 @@ def test_report_cells_keep_their_columns(tmp_path: Path) -> None:
         path.read_text()
     )
     assert "dendrogram.png" not in path.read_text()  # one segment: nothing to draw
+    # The columns are explained above the table, per member of the unit evaluated.
+    assert lines[header - 2].startswith(
+        "Per user of the segment: conversion is the share of users with a purchase, cart rate"
+    )
+    assert "(>= 0.75 stable, < 0.5 dissolved)" in lines[header - 2]
 
 
 def test_report_draws_the_centroid_dendrogram(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from jobs.evaluation.plots import (
     plot_sizes,
     plot_top_categories,
 )
-from jobs.evaluation.stability import jaccard_label
+from jobs.evaluation.stability import DISSOLVED_BELOW, STABLE_FROM, jaccard_label
 
 #: Metrics shown in the comparison table, with the direction that is better.
 TABLE_METRICS = (
@@ -331,6 +331,14 @@ def write_report(
             "![k sweep](k_sweep.png)",
             "",
             "## Segments",
+            "",
+            # What the columns mean (jobs.evaluation.profiles.cluster_profiles).
+            f"Per {unit} of the segment: conversion is the share of {unit}s with a purchase, "
+            f"cart rate the share with an add-to-cart, events/session the mean session length"
+            + (" (each user's mean first)" if unit == "user" else "")
+            + f"; stability is the segment's mean bootstrap Jaccard (>= {STABLE_FROM} stable, "
+            f"< {DISSOLVED_BELOW} dissolved); a category's lift is its share of the segment's "
+            "events over its share of every clustered event.",
             "",
             *profile_lines,
             "",
