@@ -334,7 +334,7 @@ def write_report(
             "",
             # What the columns mean (jobs.evaluation.profiles.cluster_profiles).
             f"Per {unit} of the segment: conversion is the share of {unit}s with a purchase, "
-            f"cart rate the share with an add-to-cart, events/session the mean session length"
+            "cart rate the share with an add-to-cart, events/session the mean session length"
             + (" (each user's mean first)" if unit == "user" else "")
             + f"; stability is the segment's mean bootstrap Jaccard (>= {STABLE_FROM} stable, "
             f"< {DISSOLVED_BELOW} dissolved); a category's lift is its share of the segment's "
