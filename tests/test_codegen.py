@@ -91,14 +91,10 @@ def _check(df: DataFrame) -> None:
 def test_default_mapping_keeps_whole_stage_codegen(
     spark: SparkSession, tmp_path: Path, fmt: str, fixture: str | None
 ) -> None:
-    base = AppConfig()
-    spec = base.ingest.source.inputs[0]
-    source = dataclasses.replace(
-        base.ingest.source, inputs=(dataclasses.replace(spec, format=fmt),)
-    )
-    config = dataclasses.replace(base, ingest=dataclasses.replace(base.ingest, source=source))
-    path = str(REPO / "tests" / "hostile" / fixture) if fixture else _default_parquet(tmp_path)
+    config = AppConfig()
+    spec = config.ingest.source.inputs[0]
     assert isinstance(spec, InputSpec)
+    path = str(REPO / "tests" / "hostile" / fixture) if fixture else _default_parquet(tmp_path)
     _check(_labelled(spark, config, dataclasses.replace(spec, format=fmt, paths=(path,))))
 
 
