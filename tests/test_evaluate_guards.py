@@ -420,3 +420,80 @@ def test_a_k_sweep_without_a_silhouette_still_plots(tmp_path: Path) -> None:
     assert sweep["sse"].tolist() == [12.5] and sweep["silhouette_sqeuclidean"].isna().all()
     plot_k_sweep(sweep, tmp_path / "k_sweep.png")
     assert (tmp_path / "k_sweep.png").stat().st_size > 0
+
+
+def test_each_metric_row_reads_in_one_format_and_ties_at_the_shown_precision_are_all_bold() -> None:
+    from jobs.evaluation.report import comparison_table
+
+    methods = ("embedding", "tfidf_tokens_baseline", "tfidf_baseline", "aggregate_baseline")
+    calinski = (1126.7531, 1098.8495, 1117.999, 490.0912)
+    entropy = (0.99994, 0.99992, 0.99998, 0.9306)
+    metrics = {
+        m: {"calinski_harabasz": c, "size_entropy": e}
+        for m, c, e in zip(methods, calinski, entropy, strict=True)
+    }
+    lines = comparison_table(metrics).splitlines()
+    assert "| calinski_harabasz | higher | **1,126.8** | 1,098.8 | 1,118.0 | 490.1 |" in lines
+    # 0.99998 is the largest, but three methods show 1.000: bolding one would rank on digits
+    # the reader cannot see.
+    assert "| size_entropy | higher | **1.000** | **1.000** | **1.000** | 0.931 |" in lines
+
+
+def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_path: Path) -> None:
+    from jobs.evaluation.report import K_SWEEP_PLOT, k_sweep_lines, sweep_frame
+
+    one = sweep_frame(
+        [
+            {"k": 6, "metric": "sse", "value": 1261.17},
+            {"k": 6, "metric": "silhouette_sqeuclidean", "value": 0.4817},
+        ]
+    )
+    assert k_sweep_lines(one) == [
+        "One k was fitted (k = 6: SSE 1,261.2, silhouette 0.482), so there is no curve to plot. "
+        "Give `cluster.k` a list to fit and compare several, e.g. `--set 'cluster.k=[4, 6, 8]'`; "
+        "the cluster stage then keeps the best by `cluster.criterion` (silhouette by default)."
+    ]
+    assert k_sweep_lines(sweep_frame([])) == ["No k sweep was recorded for this run."]
+    several = sweep_frame(
+        [{"k": k, "metric": "sse", "value": 100.0 / k} for k in (4, 6)]
+        + [{"k": k, "metric": "silhouette_sqeuclidean", "value": 0.1 * k} for k in (4, 6)]
+    )
+    assert k_sweep_lines(several) == K_SWEEP_PLOT
+
+    def report(sweep: pd.DataFrame) -> str:
+        return write_report(
+            tmp_path,
+            run_id="r",
+            k=6,
+            rows=3,
+            unit="user",
+            model_version="v",
+            metrics={"embedding": {"sse": 1.0}},
+            not_applicable={},
+            backtest=Backtest(None, "too few users"),
+            sweep=sweep,
+            profiles=pd.DataFrame(
+                [
+                    {
+                        "cluster_id": 0,
+                        "size": 3,
+                        "share": 1.0,
+                        "conversion_rate": 0.0,
+                        "cart_rate": 0.0,
+                        "mean_events_per_session": 1.0,
+                        "stability_jaccard": None,
+                        "top_categories": [],
+                    }
+                ]
+            ),
+            sample_points=np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
+            sample_labels=np.array([0, 0, 0]),
+        ).read_text()
+
+    text = report(several)
+    assert "![k sweep](k_sweep.png)" in text
+    assert (tmp_path / "k_sweep.png").stat().st_size > 5_000
+    # A later single-k report into the same folder leaves no stale curve behind.
+    text = report(one)
+    assert "One k was fitted (k = 6: SSE 1,261.2, silhouette 0.482)" in text
+    assert "k_sweep.png" not in text and not (tmp_path / "k_sweep.png").exists()

@@ -178,8 +178,11 @@ def test_pipeline_accounts_for_every_generated_record(
     assert report.is_file() and "| ari_vs_truth | higher |" in text
     assert text.index("## Leaderboard") < text.index("| ari_vs_truth | higher |")
     assert evaluated.verdict and evaluated.verdict in text
-    for plot in ("k_sweep.png", "cluster_sizes.png", "projection.png", "top_categories.png"):
+    for plot in ("cluster_sizes.png", "projection.png", "top_categories.png"):
         assert (report.parent / plot).stat().st_size > 5_000
+    # One k (the default): its figures in words, no one-point curve.
+    assert f"One k was fitted (k = {clustered.k}: SSE " in text
+    assert not (report.parent / "k_sweep.png").exists()
     for table in PIPELINE_TABLES:
         path = Path(config.lake.root or "") / table
         # one commit per writing stage: cluster_metrics is written by cluster and evaluate

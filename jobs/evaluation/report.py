@@ -160,10 +160,16 @@ def _verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> st
     )
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, decimals: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,.{decimals}f}"
+
+
+def _row_decimals(values: Sequence[float]) -> int:
+    """Decimals of one metric's row: 3, or 1 when a value reaches 1,000 (Calinski-Harabasz),
+    so that a row reads in one format."""
+    return 1 if any(abs(v) >= 1000 for v in values) else 3
 
 
 def not_applicable_lines(not_applicable: Mapping[tuple[str, str], str]) -> list[str]:
@@ -193,7 +199,9 @@ def _num(value: float | None) -> str:
 
 
 def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
-    """Markdown table: one row per metric, one column per method, best value in bold."""
+    """Markdown table: one row per metric, one column per method, each row in one number format
+    (:func:`_row_decimals`), the best value in bold (every value showing the same text as it:
+    ties at the shown precision are not broken by hidden digits)."""
     methods = [m for m in METHOD_ORDER if m in metrics]
     lines = [
         "| metric | better | " + " | ".join(methods) + " |",
@@ -204,8 +212,14 @@ def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
         present = [v for v in values if v is not None and not math.isnan(v)]
         if not present:
             continue
+        decimals = _row_decimals(present)
         best = max(present) if direction == "higher" else min(present)
-        cells = [f"**{_fmt(v)}**" if v == best else _fmt(v) for v in values]
+        # Bold what reads as the best: values that tie at the shown precision are bold alike.
+        shown = _fmt(best, decimals)
+        cells = [
+            f"**{_fmt(v, decimals)}**" if _fmt(v, decimals) == shown else _fmt(v, decimals)
+            for v in values
+        ]
         lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -225,6 +239,31 @@ def margins(metrics: Mapping[str, Mapping[str, float]], metric: str = "ari_vs_tr
                 f"{theirs:.3f} (margin {ours - theirs:+.3f})."
             )
     return out
+
+
+#: The k-sweep section when the run fitted several k: the plot.
+K_SWEEP_PLOT = ["![k sweep](k_sweep.png)"]
+
+
+def k_sweep_lines(sweep: pd.DataFrame) -> list[str]:
+    """The report's k-sweep section: :data:`K_SWEEP_PLOT` when ``sweep`` (:func:`sweep_frame`)
+    holds two or more k, else a sentence with the one k's figures (a curve of one point says
+    nothing) and how to sweep."""
+    if len(sweep) >= 2:
+        return K_SWEEP_PLOT
+    if sweep.empty:
+        return ["No k sweep was recorded for this run."]
+    row = sweep.iloc[0]
+    figures = [f"SSE {_fmt(row.get('sse'), 1)}"]
+    silhouette = row.get("silhouette_sqeuclidean")
+    if silhouette is not None and math.isfinite(silhouette):
+        figures.append(f"silhouette {silhouette:.3f}")
+    return [
+        f"One k was fitted (k = {int(row['k'])}: {', '.join(figures)}), so there is no curve to "
+        "plot. Give `cluster.k` a list to fit and compare several, e.g. "
+        "`--set 'cluster.k=[4, 6, 8]'`; the cluster stage then keeps the best by "
+        "`cluster.criterion` (silhouette by default)."
+    ]
 
 
 def write_report(
@@ -255,7 +294,12 @@ def write_report(
     and ``centroid_ids`` (k,): the run's centroids, drawn as ``dendrogram.png`` (k >= 2).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_k_sweep(sweep, out_dir / "k_sweep.png")
+    sweep_lines = k_sweep_lines(sweep)
+    if sweep_lines == K_SWEEP_PLOT:
+        plot_k_sweep(sweep, out_dir / "k_sweep.png")
+    else:
+        # A rerun into the same folder must not leave an older run's curve beside this text.
+        (out_dir / "k_sweep.png").unlink(missing_ok=True)
     plot_sizes(profiles, out_dir / "cluster_sizes.png")
     plot_projection(sample_points, sample_labels, out_dir / "projection.png")
     categories_chart = (
@@ -328,7 +372,7 @@ def write_report(
             "",
             "## k sweep",
             "",
-            "![k sweep](k_sweep.png)",
+            *sweep_lines,
             "",
             "## Segments",
             "",
