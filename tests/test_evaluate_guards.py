@@ -428,15 +428,20 @@ def test_each_metric_row_reads_in_one_format_and_ties_at_the_shown_precision_are
     methods = ("embedding", "tfidf_tokens_baseline", "tfidf_baseline", "aggregate_baseline")
     calinski = (1126.7531, 1098.8495, 1117.999, 490.0912)
     entropy = (0.99994, 0.99992, 0.99998, 0.9306)
+    davies = (1.40231, 1.43451, 1.40249, None)  # lower is better; a method without the metric
+    ari = (-0.0004, 0.0003, -0.2, 0.0001)  # rounds to zero on both sides of it
     metrics = {
-        m: {"calinski_harabasz": c, "size_entropy": e}
-        for m, c, e in zip(methods, calinski, entropy, strict=True)
+        m: {"calinski_harabasz": c, "size_entropy": e, "ari_vs_truth": a}
+        | ({} if d is None else {"davies_bouldin": d})
+        for m, c, e, d, a in zip(methods, calinski, entropy, davies, ari, strict=True)
     }
     lines = comparison_table(metrics).splitlines()
     assert "| calinski_harabasz | higher | **1,126.8** | 1,098.8 | 1,118.0 | 490.1 |" in lines
     # 0.99998 is the largest, but three methods show 1.000: bolding one would rank on digits
     # the reader cannot see.
     assert "| size_entropy | higher | **1.000** | **1.000** | **1.000** | 0.931 |" in lines
+    assert "| davies_bouldin | lower | **1.402** | 1.435 | **1.402** | - |" in lines
+    assert "| ari_vs_truth | higher | **0.000** | **0.000** | -0.200 | **0.000** |" in lines
 
 
 def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_path: Path) -> None:
@@ -448,17 +453,27 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
             {"k": 6, "metric": "silhouette_sqeuclidean", "value": 0.4817},
         ]
     )
-    assert k_sweep_lines(one) == [
-        "One k was fitted (k = 6: SSE 1,261.2, silhouette 0.482), so there is no curve to plot. "
-        "Give `cluster.k` a list to fit and compare several, e.g. `--set 'cluster.k=[4, 6, 8]'`; "
-        "the cluster stage then keeps the best by `cluster.criterion` (silhouette by default)."
-    ]
-    assert k_sweep_lines(sweep_frame([])) == ["No k sweep was recorded for this run."]
+    how = (
+        "so there is no curve to plot. A cluster run given a list of k (`cluster.k`, e.g. "
+        "`--set 'cluster.k=[4, 6, 8]'`) fits each and keeps the best by `cluster.criterion` "
+        "(silhouette by default); its report plots the sweep."
+    )
+    assert k_sweep_lines(one) == (
+        f"This run has figures for one k (k = 6: SSE 1,261.2, silhouette 0.482), {how}",
+    )
+    # An assign-only batch in one cluster records its SSE alone; a run may record neither.
+    sse_only = sweep_frame([{"k": 5, "metric": "sse", "value": 12.5}])
+    assert k_sweep_lines(sse_only) == (f"This run has figures for one k (k = 5: SSE 12.5), {how}",)
+    silhouette_only = sweep_frame([{"k": 5, "metric": "silhouette_sqeuclidean", "value": 0.2}])
+    assert k_sweep_lines(silhouette_only) == (
+        f"This run has figures for one k (k = 5: silhouette 0.200), {how}",
+    )
+    assert k_sweep_lines(sweep_frame([])) == ("No k sweep was recorded for this run.",)
     several = sweep_frame(
         [{"k": k, "metric": "sse", "value": 100.0 / k} for k in (4, 6)]
         + [{"k": k, "metric": "silhouette_sqeuclidean", "value": 0.1 * k} for k in (4, 6)]
     )
-    assert k_sweep_lines(several) == K_SWEEP_PLOT
+    assert k_sweep_lines(several) is K_SWEEP_PLOT
 
     def report(sweep: pd.DataFrame) -> str:
         return write_report(
@@ -495,5 +510,5 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
     assert (tmp_path / "k_sweep.png").stat().st_size > 5_000
     # A later single-k report into the same folder leaves no stale curve behind.
     text = report(one)
-    assert "One k was fitted (k = 6: SSE 1,261.2, silhouette 0.482)" in text
+    assert "This run has figures for one k (k = 6: SSE 1,261.2, silhouette 0.482)" in text
     assert "k_sweep.png" not in text and not (tmp_path / "k_sweep.png").exists()

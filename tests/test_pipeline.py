@@ -181,7 +181,7 @@ def test_pipeline_accounts_for_every_generated_record(
     for plot in ("cluster_sizes.png", "projection.png", "top_categories.png"):
         assert (report.parent / plot).stat().st_size > 5_000
     # One k (the default): its figures in words, no one-point curve.
-    assert f"One k was fitted (k = {clustered.k}: SSE " in text
+    assert f"This run has figures for one k (k = {clustered.k}: SSE " in text
     assert not (report.parent / "k_sweep.png").exists()
     for table in PIPELINE_TABLES:
         path = Path(config.lake.root or "") / table

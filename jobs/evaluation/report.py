@@ -161,9 +161,11 @@ def _verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> st
 
 
 def _fmt(value: float | None, decimals: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """``value`` with ``decimals`` decimals and thousands separators; ``-`` when it is missing
+    or not finite.  A value that rounds to zero reads ``0.000``, never ``-0.000``."""
+    if value is None or not math.isfinite(value):
         return "-"
-    return f"{value:,.{decimals}f}"
+    return f"{round(value, decimals) + 0.0:,.{decimals}f}"
 
 
 def _row_decimals(values: Sequence[float]) -> int:
@@ -209,7 +211,7 @@ def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     ]
     for name, direction in TABLE_METRICS:
         values = [metrics[m].get(name) for m in methods]
-        present = [v for v in values if v is not None and not math.isnan(v)]
+        present = [v for v in values if v is not None and math.isfinite(v)]
         if not present:
             continue
         decimals = _row_decimals(present)
@@ -242,28 +244,35 @@ def margins(metrics: Mapping[str, Mapping[str, float]], metric: str = "ari_vs_tr
 
 
 #: The k-sweep section when the run fitted several k: the plot.
-K_SWEEP_PLOT = ["![k sweep](k_sweep.png)"]
+K_SWEEP_PLOT = ("![k sweep](k_sweep.png)",)
 
 
-def k_sweep_lines(sweep: pd.DataFrame) -> list[str]:
+def k_sweep_lines(sweep: pd.DataFrame) -> tuple[str, ...]:
     """The report's k-sweep section: :data:`K_SWEEP_PLOT` when ``sweep`` (:func:`sweep_frame`)
     holds two or more k, else a sentence with the one k's figures (a curve of one point says
-    nothing) and how to sweep."""
+    nothing) and how a run gets a sweep.  The sentence holds for every run with one k: a fit
+    of one configured k, a list the cluster stage cut to one, or a saved model applied
+    (``cluster.assign_with_model``, which fits nothing)."""
     if len(sweep) >= 2:
         return K_SWEEP_PLOT
     if sweep.empty:
-        return ["No k sweep was recorded for this run."]
+        return ("No k sweep was recorded for this run.",)
     row = sweep.iloc[0]
-    figures = [f"SSE {_fmt(row.get('sse'), 1)}"]
-    silhouette = row.get("silhouette_sqeuclidean")
-    if silhouette is not None and math.isfinite(silhouette):
-        figures.append(f"silhouette {silhouette:.3f}")
-    return [
-        f"One k was fitted (k = {int(row['k'])}: {', '.join(figures)}), so there is no curve to "
-        "plot. Give `cluster.k` a list to fit and compare several, e.g. "
-        "`--set 'cluster.k=[4, 6, 8]'`; the cluster stage then keeps the best by "
-        "`cluster.criterion` (silhouette by default)."
+    figures = [
+        f"{name} {shown}"
+        for name, column, decimals in (
+            ("SSE", "sse", 1),
+            ("silhouette", "silhouette_sqeuclidean", 3),
+        )
+        if (shown := _fmt(row.get(column), decimals)) != "-"
     ]
+    measured = f": {', '.join(figures)}" if figures else ""
+    return (
+        f"This run has figures for one k (k = {int(row['k'])}{measured}), so there is no curve "
+        "to plot. A cluster run given a list of k (`cluster.k`, e.g. "
+        "`--set 'cluster.k=[4, 6, 8]'`) fits each and keeps the best by `cluster.criterion` "
+        "(silhouette by default); its report plots the sweep.",
+    )
 
 
 def write_report(
@@ -295,10 +304,11 @@ def write_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_lines = k_sweep_lines(sweep)
-    if sweep_lines == K_SWEEP_PLOT:
+    if sweep_lines is K_SWEEP_PLOT:
         plot_k_sweep(sweep, out_dir / "k_sweep.png")
     else:
-        # A rerun into the same folder must not leave an older run's curve beside this text.
+        # A rerun into the same local folder must not leave a plot an earlier version of the
+        # report drew beside this text.
         (out_dir / "k_sweep.png").unlink(missing_ok=True)
     plot_sizes(profiles, out_dir / "cluster_sizes.png")
     plot_projection(sample_points, sample_labels, out_dir / "projection.png")
