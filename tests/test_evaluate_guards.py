@@ -189,23 +189,16 @@ def test_report_draws_the_centroid_dendrogram(tmp_path: Path) -> None:
     )
 
     def report(profiles: pd.DataFrame) -> str:
-        return write_report(
+        return _small_report(
             tmp_path,
-            run_id="r",
             k=4,
-            rows=4,
-            unit="user",
-            model_version="v",
-            metrics={"embedding": {"sse": 1.0}},
-            not_applicable={},
-            backtest=Backtest(None, "too few users"),
             sweep=pd.DataFrame({"k": [4], "sse": [1.0], "silhouette_sqeuclidean": [0.5]}),
             profiles=profiles,
             sample_points=centroids,
             sample_labels=np.array(ids),
             centroids=centroids,
             centroid_ids=ids,
-        ).read_text()
+        )
 
     text = report(profiles)
     assert (tmp_path / "dendrogram.png").stat().st_size > 0
@@ -476,34 +469,24 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
     assert k_sweep_lines(several) is K_SWEEP_PLOT
 
     def report(sweep: pd.DataFrame) -> str:
-        return write_report(
+        one_segment = {
+            "cluster_id": 0,
+            "size": 3,
+            "share": 1.0,
+            "conversion_rate": 0.0,
+            "cart_rate": 0.0,
+            "mean_events_per_session": 1.0,
+            "stability_jaccard": None,
+            "top_categories": [],
+        }
+        return _small_report(
             tmp_path,
-            run_id="r",
             k=6,
-            rows=3,
-            unit="user",
-            model_version="v",
-            metrics={"embedding": {"sse": 1.0}},
-            not_applicable={},
-            backtest=Backtest(None, "too few users"),
             sweep=sweep,
-            profiles=pd.DataFrame(
-                [
-                    {
-                        "cluster_id": 0,
-                        "size": 3,
-                        "share": 1.0,
-                        "conversion_rate": 0.0,
-                        "cart_rate": 0.0,
-                        "mean_events_per_session": 1.0,
-                        "stability_jaccard": None,
-                        "top_categories": [],
-                    }
-                ]
-            ),
+            profiles=pd.DataFrame([one_segment]),
             sample_points=np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
             sample_labels=np.array([0, 0, 0]),
-        ).read_text()
+        )
 
     text = report(several)
     assert "![k sweep](k_sweep.png)" in text
@@ -512,3 +495,32 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
     text = report(one)
     assert "This run has figures for one k (k = 6: SSE 1,261.2, silhouette 0.482)" in text
     assert "k_sweep.png" not in text and not (tmp_path / "k_sweep.png").exists()
+
+
+def _small_report(
+    out: Path,
+    *,
+    k: int,
+    sweep: pd.DataFrame,
+    profiles: pd.DataFrame,
+    sample_points: np.ndarray,
+    sample_labels: np.ndarray,
+    **more: object,
+) -> str:
+    """The text of a report of one embedding-only run without a backtest, written to ``out``."""
+    return write_report(
+        out,
+        run_id="r",
+        k=k,
+        rows=len(sample_points),
+        unit="user",
+        model_version="v",
+        metrics={"embedding": {"sse": 1.0}},
+        not_applicable={},
+        backtest=Backtest(None, "too few users"),
+        sweep=sweep,
+        profiles=profiles,
+        sample_points=sample_points,
+        sample_labels=sample_labels,
+        **more,  # type: ignore[arg-type]
+    ).read_text()
