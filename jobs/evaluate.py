@@ -56,8 +56,9 @@ from jobs.evaluation.external import truth_labels
 from jobs.evaluation.internal import sample_rows, with_squared_norms
 from jobs.evaluation.methods import known_vectors
 from jobs.evaluation.profiles import cluster_profiles
-from jobs.evaluation.report import METHOD_ORDER, sweep_frame, verdict, write_report
+from jobs.evaluation.report import METHOD_ORDER, verdict, write_report
 from jobs.evaluation.same_rows import same_rows_metrics
+from jobs.evaluation.sweep import sweep_frame
 from jobs.evaluation.tracking import log_evaluate_run
 from jobs.runner import run_stage
 from jobs.sequences.encoder_choice import resolve_encoder
@@ -378,19 +379,12 @@ def run(spark: SparkSession, lake: Lake, config: AppConfig, *, run_id: str) -> E
     )
     for method, values in results.items():
         log.info("%s: %s", method, ", ".join(f"{m}={v:.4f}" for m, v in sorted(values.items())))
-    sweep = sweep_frame(
-        [
-            r.asDict()
-            for r in lake.read(CLUSTER_METRICS)
-            .where(
-                (F.col("run_id") == cluster_run)
-                & (F.col("method") == "embedding")
-                & F.col("metric").isin(*CLUSTER_STAGE_METRICS)
-            )
-            .select("k", "metric", "value")
-            .collect()
-        ]
+    recorded = lake.read(CLUSTER_METRICS).where(
+        (F.col("run_id") == cluster_run)
+        & (F.col("method") == "embedding")
+        & F.col("metric").isin(*CLUSTER_STAGE_METRICS)
     )
+    sweep = sweep_frame([r.asDict() for r in recorded.select("k", "metric", "value").collect()])
     centres = (
         lake.read(CLUSTER_CENTROIDS)
         .where(F.col("run_id") == cluster_run)

@@ -406,7 +406,7 @@ def test_a_stage_without_data_to_work_on_fails_in_one_line(
 def test_a_k_sweep_without_a_silhouette_still_plots(tmp_path: Path) -> None:
     # An assign-only batch in one cluster records its SSE alone.
     from jobs.evaluation.plots import plot_k_sweep
-    from jobs.evaluation.report import sweep_frame
+    from jobs.evaluation.sweep import sweep_frame
 
     sweep = sweep_frame([{"k": 5, "metric": "sse", "value": 12.5}])
     assert list(sweep.columns) == ["k", "sse", "silhouette_sqeuclidean"]
@@ -435,10 +435,13 @@ def test_each_metric_row_reads_in_one_format_and_ties_at_the_shown_precision_are
     assert "| size_entropy | higher | **1.000** | **1.000** | **1.000** | 0.931 |" in lines
     assert "| davies_bouldin | lower | **1.402** | 1.435 | **1.402** | - |" in lines
     assert "| ari_vs_truth | higher | **0.000** | **0.000** | -0.200 | **0.000** |" in lines
+    # A row with one value has nothing to beat: not bold.
+    alone = comparison_table({"embedding": {"stability_ari_mean": 0.923}, "random_baseline": {}})
+    assert "| stability_ari_mean | higher | 0.923 | - |" in alone.splitlines()
 
 
 def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_path: Path) -> None:
-    from jobs.evaluation.report import K_SWEEP_PLOT, k_sweep_lines, sweep_frame
+    from jobs.evaluation.sweep import K_SWEEP_PLOT, k_sweep_lines, sweep_frame
 
     one = sweep_frame(
         [
@@ -449,7 +452,7 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
     how = (
         "so there is no curve to plot. A cluster run given a list of k (`cluster.k`, e.g. "
         "`--set 'cluster.k=[4, 6, 8]'`) fits each and keeps the best by `cluster.criterion` "
-        "(silhouette by default); its report plots the sweep."
+        "(silhouette by default); its report plots the sweep and lists each k's figures."
     )
     assert k_sweep_lines(one) == (
         f"This run has figures for one k (k = 6: SSE 1,261.2, silhouette 0.482), {how}",
@@ -466,7 +469,12 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
         [{"k": k, "metric": "sse", "value": 100.0 / k} for k in (4, 6)]
         + [{"k": k, "metric": "silhouette_sqeuclidean", "value": 0.1 * k} for k in (4, 6)]
     )
-    assert k_sweep_lines(several) is K_SWEEP_PLOT
+    assert k_sweep_lines(several, 6) == (
+        *K_SWEEP_PLOT,
+        "",
+        "Fitted: k = 4: SSE 25.0, silhouette 0.400; k = 6: SSE 16.7, silhouette 0.600. The run "
+        "kept k = 6, by `cluster.criterion` (silhouette by default).",
+    )
 
     def report(sweep: pd.DataFrame) -> str:
         one_segment = {
@@ -489,7 +497,7 @@ def test_a_single_k_gets_its_figures_in_words_and_a_sweep_gets_the_curve(tmp_pat
         )
 
     text = report(several)
-    assert "![k sweep](k_sweep.png)" in text
+    assert "![k sweep](k_sweep.png)" in text and "The run kept k = 6" in text
     assert (tmp_path / "k_sweep.png").stat().st_size > 5_000
     # A later single-k report into the same folder leaves no stale curve behind.
     text = report(one)

@@ -112,7 +112,11 @@ def _fitters(
         vectors = vectors.localCheckpoint(eager=True)
         row = vectors.agg(F.count_if(F.col(ENCODED)), F.count(F.lit(1))).first()
         fresh, total = (int(row[0]), int(row[1])) if row is not None else (0, 0)
-        log.info("backtest: %d of %d history vectors encoded, the others reused", fresh, total)
+        log.info(
+            "backtest: %s of %s history vectors encoded, the others reused",
+            f"{fresh:,}",
+            f"{total:,}",
+        )
         if fresh:
             # One vector per text (units rendering alike were encoded alike): the smallest id's.
             encoded.append(known_vectors(vectors.where(F.col(ENCODED))).localCheckpoint())

@@ -25,6 +25,8 @@ from jobs.evaluation.plots import (
     plot_top_categories,
 )
 from jobs.evaluation.stability import DISSOLVED_BELOW, STABLE_FROM, jaccard_label
+from jobs.evaluation.sweep import K_SWEEP_PLOT, k_sweep_lines
+from jobs.evaluation.sweep import fmt_number as _fmt
 
 #: Metrics shown in the comparison table, with the direction that is better.
 TABLE_METRICS = (
@@ -81,9 +83,18 @@ def leaderboard(
         return [f"No future backtest on this data: {cell(detail)}.", ""]
     lines = [
         f"Protocol `{protocol}` ({cell(detail)}). Every method was fitted on history only and "
-        "is scored on what the same units did next; intervals are 95% bootstrap CIs over units. "
-        "`units`: those whose future names an item (the hit rates rest on them; a unit whose "
-        "future holds only searches or events without an item is not scored).",
+        "is scored on what the same units did next; intervals are 95% bootstrap CIs over units."
+        " `units`: those whose future names an item (the hit rates rest on them; a unit whose "
+        "future holds only searches or events without an item is not scored). Item hit-rate@20:"
+        " the share of units with at least one future item among their segment's 20 most "
+        "popular history items; item NDCG@20: the same ranking with each hit discounted by its "
+        "position; category hit-rate@10: the same for categories and the top 10 (no interval); "
+        "purchase AUC: how well the segment's history conversion rate (share of its units with "
+        "a purchase) ranks the units that purchase in the future (0.5 is chance; no interval); "
+        "lift vs popularity: item hit-rate@20 over `global_baseline`'s (one segment: plain "
+        "popularity, 1 by definition); size entropy: the entropy of the segment sizes over its "
+        "maximum (1 = equal sizes); stability: the mean bootstrap Jaccard of the embedding's "
+        "segments (min: the least stable one).",
         "",
         "| method | " + " | ".join(h for h, _, _ in LEADERBOARD) + " | size entropy | "
         "stability | units |",
@@ -160,14 +171,6 @@ def _verdict(metrics: Mapping[str, Mapping[str, float]], backtest: object) -> st
     )
 
 
-def _fmt(value: float | None, decimals: int = 3) -> str:
-    """``value`` with ``decimals`` decimals and thousands separators; ``-`` when it is missing
-    or not finite.  A value that rounds to zero reads ``0.000``, never ``-0.000``."""
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{round(value, decimals) + 0.0:,.{decimals}f}"
-
-
 def _row_decimals(values: Sequence[float]) -> int:
     """Decimals of one metric's row: 3, or 1 when a value reaches 1,000 (Calinski-Harabasz),
     so that a row reads in one format."""
@@ -217,7 +220,7 @@ def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
         decimals = _row_decimals(present)
         best = max(present) if direction == "higher" else min(present)
         # Bold what reads as the best: values that tie at the shown precision are bold alike.
-        shown = _fmt(best, decimals)
+        shown = _fmt(best, decimals) if len(present) > 1 else None  # nothing to beat alone
         cells = [
             f"**{_fmt(v, decimals)}**" if _fmt(v, decimals) == shown else _fmt(v, decimals)
             for v in values
@@ -241,38 +244,6 @@ def margins(metrics: Mapping[str, Mapping[str, float]], metric: str = "ari_vs_tr
                 f"{theirs:.3f} (margin {ours - theirs:+.3f})."
             )
     return out
-
-
-#: The k-sweep section when the run fitted several k: the plot.
-K_SWEEP_PLOT = ("![k sweep](k_sweep.png)",)
-
-
-def k_sweep_lines(sweep: pd.DataFrame) -> tuple[str, ...]:
-    """The report's k-sweep section: :data:`K_SWEEP_PLOT` when ``sweep`` (:func:`sweep_frame`)
-    holds two or more k, else a sentence with the one k's figures (a curve of one point says
-    nothing) and how a run gets a sweep.  The sentence holds for every run with one k: a fit
-    of one configured k, a list the cluster stage cut to one, or a saved model applied
-    (``cluster.assign_with_model``, which fits nothing)."""
-    if len(sweep) >= 2:
-        return K_SWEEP_PLOT
-    if sweep.empty:
-        return ("No k sweep was recorded for this run.",)
-    row = sweep.iloc[0]
-    figures = [
-        f"{name} {shown}"
-        for name, column, decimals in (
-            ("SSE", "sse", 1),
-            ("silhouette", "silhouette_sqeuclidean", 3),
-        )
-        if (shown := _fmt(row.get(column), decimals)) != "-"
-    ]
-    measured = f": {', '.join(figures)}" if figures else ""
-    return (
-        f"This run has figures for one k (k = {int(row['k'])}{measured}), so there is no curve "
-        "to plot. A cluster run given a list of k (`cluster.k`, e.g. "
-        "`--set 'cluster.k=[4, 6, 8]'`) fits each and keeps the best by `cluster.criterion` "
-        "(silhouette by default); its report plots the sweep.",
-    )
 
 
 def write_report(
@@ -303,8 +274,8 @@ def write_report(
     and ``centroid_ids`` (k,): the run's centroids, drawn as ``dendrogram.png`` (k >= 2).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    sweep_lines = k_sweep_lines(sweep)
-    if sweep_lines is K_SWEEP_PLOT:
+    sweep_lines = k_sweep_lines(sweep, k)
+    if sweep_lines[0] == K_SWEEP_PLOT[0]:
         plot_k_sweep(sweep, out_dir / "k_sweep.png")
     else:
         # A rerun into the same local folder must not leave a plot an earlier version of the
@@ -330,12 +301,14 @@ def write_report(
         ]
     profile_lines = [
         "| cluster | size | share | conversion | cart rate | events/session | "
-        "stability (Jaccard) | top categories (lift) |",
+        "stability (Jaccard) | top categories (share, lift) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for record in profiles.sort_values("cluster_id").to_dict("records"):
         top_three = items(record["top_categories"])[:3]
-        tops = ", ".join(f"{cell(t['value'])} ({t['lift']:.1f}x)" for t in top_three)
+        tops = ", ".join(
+            f"{cell(t['value'])} ({t['share']:.0%}, {t['lift']:.1f}x)" for t in top_three
+        )
         jaccard = record.get("stability_jaccard")
         stable = (
             "-"
@@ -391,8 +364,9 @@ def write_report(
             "cart rate the share with an add-to-cart, events/session the mean session length"
             + (" (each user's mean first)" if unit == "user" else "")
             + f"; stability is the segment's mean bootstrap Jaccard (>= {STABLE_FROM} stable, "
-            f"< {DISSOLVED_BELOW} dissolved); a category's lift is its share of the segment's "
-            "events over its share of every clustered event.",
+            f"< {DISSOLVED_BELOW} dissolved); top categories are the segment's most frequent, "
+            "each with its share of the segment's events and its lift (that share over its share "
+            "of every clustered event).",
             "",
             *profile_lines,
             "",
@@ -408,14 +382,3 @@ def write_report(
     path = out_dir / "report.md"
     path.write_text(text)
     return path
-
-
-def sweep_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-    """k-sweep rows (k, metric, value) of one run -> one row per k."""
-    columns = ["k", "sse", "silhouette_sqeuclidean"]
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    wide = frame.pivot_table(index="k", columns="metric", values="value").reset_index()
-    # A run without a silhouette (an assign-only batch in one cluster) plots SSE alone.
-    return wide.reindex(columns=[*columns, *[c for c in wide.columns if c not in columns]])
