@@ -21,17 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Asked for: the usage on stdout, exit 0; a usage error: on stderr, exit 2, as argparse.
         asked = bool(argv) and argv[0] in ("-h", "--help")
         out = sys.stdout if asked else sys.stderr
-        print(
-            f"usage: segments {{{','.join(commands)}}} [--conf PATH] [--set KEY=VALUE] ...",
-            file=out,
-        )
-        for entry in stages.STAGES:
-            print(f"  {entry.name:<14} {entry.description}", file=out)
-        print(f"  {'pipeline':<14} the stages in order under one run id (--from / --to)", file=out)
-        print(
-            f"  {'maintain':<14} OPTIMIZE and VACUUM the Delta tables (--tables, --retain-hours)",
-            file=out,
-        )
+        entries = [
+            *((entry.name, entry.description) for entry in stages.STAGES),
+            ("pipeline", "the stages in order under one run id (--from / --to)"),
+            ("maintain", "OPTIMIZE and VACUUM the Delta tables (--tables, --retain-hours)"),
+        ]
+        usage = f"usage: segments {{{','.join(commands)}}} [--conf PATH] [--set KEY=VALUE] ..."
+        print("\n".join([usage, *(f"  {name:<14} {text}" for name, text in entries)]), file=out)
         if asked:
             return 0
         if argv:

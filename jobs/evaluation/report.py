@@ -25,8 +25,8 @@ from jobs.evaluation.plots import (
     plot_top_categories,
 )
 from jobs.evaluation.stability import DISSOLVED_BELOW, STABLE_FROM, jaccard_label
-from jobs.evaluation.sweep import K_SWEEP_PLOT, k_sweep_lines
 from jobs.evaluation.sweep import fmt_number as _fmt
+from jobs.evaluation.sweep import has_curve, k_sweep_lines
 
 #: Metrics shown in the comparison table, with the direction that is better.
 TABLE_METRICS = (
@@ -275,7 +275,7 @@ def write_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_lines = k_sweep_lines(sweep, k)
-    if sweep_lines[0] == K_SWEEP_PLOT[0]:
+    if has_curve(sweep):
         plot_k_sweep(sweep, out_dir / "k_sweep.png")
     else:
         # A rerun into the same local folder must not leave a plot an earlier version of the

@@ -39,23 +39,25 @@ def k_sweep_lines(sweep: pd.DataFrame, kept: int | None = None) -> tuple[str, ..
     sentence holds for every run with one k: a fit of one configured k, a list the cluster
     stage cut to one, or a saved model applied (``cluster.assign_with_model``, which fits
     nothing)."""
-    if len(sweep) >= 2:
+    if has_curve(sweep):
         return (*K_SWEEP_PLOT, "", _sweep_figures(sweep, kept))
     if sweep.empty:
         return ("No k sweep was recorded for this run.",)
-    figures = _k_figures(sweep.iloc[0])
-    row = sweep.iloc[0]
-    measured = f": {figures}" if figures else ""
     return (
-        f"This run has figures for one k (k = {int(row['k'])}{measured}), so there is no curve "
+        f"This run has figures for one k ({_k_figures(sweep.iloc[0])}), so there is no curve "
         "to plot. A cluster run given a list of k (`cluster.k`, e.g. "
         "`--set 'cluster.k=[4, 6, 8]'`) fits each and keeps the best by `cluster.criterion` "
         "(silhouette by default); its report plots the sweep and lists each k's figures.",
     )
 
 
+def has_curve(sweep: pd.DataFrame) -> bool:
+    """Whether ``sweep`` (:func:`sweep_frame`) holds two or more k: a curve to plot."""
+    return len(sweep) >= 2
+
+
 def _k_figures(row: Any) -> str:
-    """``SSE 1,261.2, silhouette 0.482`` of one sweep row (what it holds)."""
+    """``k = 6: SSE 1,261.2, silhouette 0.482`` of one sweep row (the figures it holds)."""
     figures = [
         f"{name} {shown}"
         for name, column, decimals in (
@@ -64,15 +66,12 @@ def _k_figures(row: Any) -> str:
         )
         if (shown := fmt_number(row.get(column), decimals)) != "-"
     ]
-    return ", ".join(figures)
+    return f"k = {int(row['k'])}" + (f": {', '.join(figures)}" if figures else "")
 
 
 def _sweep_figures(sweep: pd.DataFrame, kept: int | None) -> str:
     """One sentence: every swept k's figures, and which k the run kept."""
-    parts = []
-    for _, row in sweep.sort_values("k").iterrows():
-        figures = _k_figures(row)
-        parts.append(f"k = {int(row['k'])}" + (f": {figures}" if figures else ""))
+    parts = [_k_figures(row) for _, row in sweep.sort_values("k").iterrows()]
     choice = (
         f" The run kept k = {kept}, by `cluster.criterion` (silhouette by default)."
         if kept is not None
